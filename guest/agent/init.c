@@ -1,0 +1,158 @@
+/* PID 1 of the initramfs: load virtio modules, mount the ext4 root, switch to it, serve the host. */
+#define _GNU_SOURCE
+#include "init.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "proto.h"
+#include "server.h"
+
+static char cmdline[4096];
+
+/* Value of key=value on the kernel command line, or NULL. */
+static const char *param(const char *key) {
+	static char val[256];
+	size_t kl = strlen(key);
+	for (char *p = cmdline; p && *p;) {
+		while (*p == ' ') p++;
+		if (!strncmp(p, key, kl) && p[kl] == '=') {
+			const char *v = p + kl + 1;
+			size_t n = strcspn(v, " \n");
+			if (n >= sizeof val) n = sizeof val - 1;
+			memcpy(val, v, n);
+			val[n] = 0;
+			return val;
+		}
+		p = strchr(p, ' ');
+	}
+	return NULL;
+}
+
+static void must_mount(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+	mkdir(dst, 0755);
+	if (mount(src, dst, type, flags, data) < 0 && errno != EBUSY)
+		logmsg("mount %s on %s: %s", type ? type : src, dst, strerror(errno));
+}
+
+static void load_modules(void) {
+	FILE *f = fopen("/etc/smolvm/modules", "r");
+	char line[256];
+	if (!f) return;
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\n")] = 0;
+		if (!line[0]) continue;
+		char path[300];
+		snprintf(path, sizeof path, "/lib/modules/%s", line);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			logmsg("module %s: %s", line, strerror(errno));
+			continue;
+		}
+		if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST)
+			logmsg("load %s: %s", line, strerror(errno));
+		close(fd);
+	}
+	fclose(f);
+}
+
+static void power_off(void) {
+	sync();
+	reboot(RB_AUTOBOOT); /* QEMU runs with -no-reboot, so this ends the VM */
+	for (;;) pause();
+}
+
+static void loopback_up(void) {
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr = {0};
+	strcpy(ifr.ifr_name, "lo");
+	if (s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+		ioctl(s, SIOCSIFFLAGS, &ifr);
+	}
+	if (s >= 0) close(s);
+}
+
+static int switch_root(const char *dev, const char *fstype) {
+	for (int i = 0; i < 500; i++) { /* the disk appears once virtio_blk has probed */
+		struct stat st;
+		if (stat(dev, &st) == 0) break;
+		usleep(10000);
+	}
+	mkdir("/newroot", 0755);
+	if (mount(dev, "/newroot", fstype, 0, NULL) < 0) {
+		logmsg("mount root %s (%s): %s", dev, fstype, strerror(errno));
+		return -1;
+	}
+	const char *moves[] = {"/dev", "/proc", "/sys"};
+	for (int i = 0; i < 3; i++) {
+		char dst[64];
+		snprintf(dst, sizeof dst, "/newroot%s", moves[i]);
+		mkdir(dst, 0755);
+		if (mount(moves[i], dst, NULL, MS_MOVE, NULL) < 0) logmsg("move %s: %s", moves[i], strerror(errno));
+	}
+	if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) {
+		logmsg("switch root: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+int init_main(void) {
+	must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	int fd = open("/proc/cmdline", O_RDONLY);
+	if (fd >= 0) {
+		ssize_t n = read(fd, cmdline, sizeof cmdline - 1);
+		cmdline[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+	const char *probe = param("smolvm.probe");
+	if (probe) { /* accelerator probe: prove the guest reached userspace, then leave */
+		static const char ok[] = "\nSMOLVM_PROBE_OK\n";
+		ssize_t ignored = write(1, ok, sizeof ok - 1);
+		(void)ignored;
+		power_off();
+	}
+	must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	load_modules();
+	const char *root = param("smolvm.root");
+	if (!root) root = "/dev/vda";
+	char rootdev[256];
+	snprintf(rootdev, sizeof rootdev, "%s", root);
+	const char *fstype = param("smolvm.rootfstype");
+	if (switch_root(rootdev, fstype ? fstype : "ext4") < 0) {
+		logmsg("cannot mount the root filesystem; powering off");
+		power_off();
+	}
+	must_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+	must_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	must_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+	const char *host = param("smolvm.hostname");
+	if (host) sethostname(host, strlen(host));
+	loopback_up();
+	static char *base_env[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
+				   "USER=root", "LANG=C.UTF-8", NULL};
+	const char *channel = param("smolvm.channel");
+	struct server_opts o = {0};
+	o.is_init = 1;
+	o.base_env = base_env;
+	if (!channel || !strcmp(channel, "vport")) o.vport_name = "agent";
+	if (!channel || !strcmp(channel, "vsock")) o.vsock_port = 1024;
+	logmsg("ready");
+	server_run(&o);
+	logmsg("server stopped; powering off");
+	power_off();
+	return 0;
+}

@@ -1,0 +1,82 @@
+/* SmolVM guest protocol: framing shared by the agent, the proxy and (in TypeScript) the host.
+ * See docs/PROTOCOL.md. Every frame:
+ *   u32 length (big-endian; bytes that follow: 1 + 4 + payload)
+ *   u8  type
+ *   u32 stream id (big-endian)
+ *   payload (at most SMOL_MAX_PAYLOAD bytes)
+ */
+#ifndef SMOL_PROTO_H
+#define SMOL_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SMOL_PROTO_VERSION 1
+#define SMOL_HDR 9
+#define SMOL_MAX_PAYLOAD 65536
+
+/* host -> agent */
+#define T_PING 0x01
+#define T_EXEC 0x10
+#define T_STDIN 0x12
+#define T_SIGNAL 0x13
+#define T_RELEASE 0x20
+#define T_SHUTDOWN 0x30
+/* agent -> host */
+#define T_PONG 0x02
+#define T_HELLO 0x03
+#define T_WELCOME 0x04 /* proxy -> client */
+#define T_STARTED 0x11
+#define T_STDOUT 0x14
+#define T_STDERR 0x15
+#define T_EXIT 0x16
+#define T_ERROR 0x1f
+
+/* EXEC fields: u8 tag, u32 length (big-endian), value */
+#define F_ARG 1
+#define F_SHELL 2
+#define F_ENV 3
+#define F_CWD 4
+#define F_STDIN 5
+/* ERROR fields */
+#define F_CODE 1
+#define F_MSG 2
+
+/* A growable byte queue with a hard cap. */
+struct bq {
+	uint8_t *buf;
+	size_t off, len, cap;
+};
+
+int bq_push(struct bq *q, const void *p, size_t n, size_t limit);
+void bq_consume(struct bq *q, size_t n);
+void bq_free(struct bq *q);
+
+static inline uint32_t get_be32(const uint8_t *p) {
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline void put_be32(uint8_t *p, uint32_t v) {
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+/* Encode a frame header into hdr; returns SMOL_HDR. */
+size_t frame_header(uint8_t *hdr, uint8_t type, uint32_t stream, size_t payload_len);
+
+/* Parse one frame from buf[0..len). Returns:
+ *   >0 the frame's total size (header + payload) when a whole frame is there,
+ *    0 when more bytes are needed,
+ *   -1 when the bytes cannot be a frame (length out of range). */
+long frame_parse(const uint8_t *buf, size_t len, uint8_t *type, uint32_t *stream, const uint8_t **payload,
+		 size_t *payload_len);
+
+/* Iterate fields of a payload: returns 1 and fills tag/val/vlen, 0 at end, -1 on a malformed field. */
+int field_next(const uint8_t *p, size_t len, size_t *off, uint8_t *tag, const uint8_t **val, size_t *vlen);
+
+int write_all(int fd, const void *p, size_t n);
+void set_nonblock(int fd, int on);
+void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,236 @@
+/* Host-side multiplexer: one upstream channel to the guest agent (QEMU's virtio-serial chardev socket accepts a
+ * single client), many local clients on a 0600 Unix socket. Each client gets a slot; its stream ids must carry the
+ * slot in their top 8 bits, which is how replies are routed back. A client that goes away has its streams released. */
+#define _GNU_SOURCE
+#include "proxy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto.h"
+
+#define SLOTS 256
+#define CLIENT_OUT_LIMIT (16u << 20) /* a client that falls this far behind is dropped */
+#define UP_OUT_LIMIT (4u << 20)      /* stop reading clients while this much waits for the guest */
+#define IN_LIMIT (2 * (SMOL_HDR + SMOL_MAX_PAYLOAD))
+
+struct client {
+	int fd; /* -1 when free */
+	struct bq in, out;
+};
+
+static struct client cl[SLOTS];
+static int up = -1;
+static struct bq up_in, up_out;
+static unsigned next_slot = 1;
+
+static int connect_unix(const char *path) {
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof a.sun_path) return -1;
+	strcpy(a.sun_path, path);
+	for (int i = 0; i < 500; i++) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+		close(fd);
+		usleep(10000);
+	}
+	return -1;
+}
+
+static void queue_frame(struct bq *q, uint8_t type, uint32_t stream, const void *pl, size_t n, size_t limit) {
+	uint8_t hdr[SMOL_HDR];
+	frame_header(hdr, type, stream, n);
+	if (bq_push(q, hdr, SMOL_HDR, limit) == 0) bq_push(q, pl, n, limit + n);
+}
+
+static void drop_client(int s) {
+	close(cl[s].fd);
+	cl[s].fd = -1;
+	bq_free(&cl[s].in);
+	bq_free(&cl[s].out);
+	uint8_t r[8];
+	put_be32(r, (uint32_t)s << 24);
+	put_be32(r + 4, ((uint32_t)s << 24) | 0xffffffu);
+	queue_frame(&up_out, T_RELEASE, (uint32_t)s << 24, r, 8, (size_t)-1 / 2);
+}
+
+static void accept_client(int lfd) {
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0) return;
+	for (unsigned i = 0; i < SLOTS - 1; i++) {
+		unsigned s = next_slot;
+		next_slot = next_slot % (SLOTS - 1) + 1; /* round robin over 1..255: late frames miss new owners */
+		if (cl[s].fd >= 0) continue;
+		cl[s].fd = fd;
+		uint8_t w[18];
+		w[0] = 1; /* base */
+		put_be32(w + 1, 4);
+		put_be32(w + 5, (uint32_t)s << 24);
+		w[9] = 2; /* version */
+		put_be32(w + 10, 4);
+		put_be32(w + 14, SMOL_PROTO_VERSION);
+		queue_frame(&cl[s].out, T_WELCOME, 0, w, sizeof w, CLIENT_OUT_LIMIT);
+		return;
+	}
+	close(fd); /* full */
+}
+
+/* Move whole frames from a client to the upstream queue. */
+static void client_read(int s) {
+	uint8_t buf[65536];
+	ssize_t r = read(cl[s].fd, buf, sizeof buf);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+	if (r <= 0 || bq_push(&cl[s].in, buf, (size_t)r, IN_LIMIT) < 0) {
+		drop_client(s);
+		return;
+	}
+	for (;;) {
+		uint8_t type;
+		uint32_t stream;
+		const uint8_t *pl;
+		size_t n;
+		long f = frame_parse(cl[s].in.buf + cl[s].in.off, cl[s].in.len, &type, &stream, &pl, &n);
+		if (f == 0) return;
+		if (f < 0 || stream >> 24 != (uint32_t)s || type == T_RELEASE) {
+			logmsg("proxy: client %d broke the protocol; dropped", s);
+			drop_client(s);
+			return;
+		}
+		bq_push(&up_out, cl[s].in.buf + cl[s].in.off, (size_t)f, (size_t)-1 / 2);
+		bq_consume(&cl[s].in, (size_t)f);
+	}
+}
+
+/* Route whole frames from the guest to their clients. Returns -1 when the guest broke the framing. */
+static int upstream_read(void) {
+	uint8_t buf[65536];
+	ssize_t r = read(up, buf, sizeof buf);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+	if (r <= 0) return -1;
+	if (bq_push(&up_in, buf, (size_t)r, IN_LIMIT) < 0) return -1;
+	for (;;) {
+		uint8_t type;
+		uint32_t stream;
+		const uint8_t *pl;
+		size_t n;
+		long f = frame_parse(up_in.buf + up_in.off, up_in.len, &type, &stream, &pl, &n);
+		if (f == 0) return 0;
+		if (f < 0) {
+			logmsg("proxy: guest sent a malformed frame");
+			return -1;
+		}
+		unsigned s = stream >> 24;
+		if (s > 0 && cl[s].fd >= 0) {
+			if (bq_push(&cl[s].out, up_in.buf + up_in.off, (size_t)f, CLIENT_OUT_LIMIT) < 0) {
+				logmsg("proxy: client %u is not reading; dropped", s);
+				drop_client((int)s);
+			}
+		}
+		bq_consume(&up_in, (size_t)f);
+	}
+}
+
+static int flush(int fd, struct bq *q) {
+	while (q->len) {
+		ssize_t w = write(fd, q->buf + q->off, q->len);
+		if (w < 0 && errno == EINTR) continue;
+		if (w < 0 && errno == EAGAIN) return 0;
+		if (w <= 0) return -1;
+		bq_consume(q, (size_t)w);
+	}
+	return 0;
+}
+
+int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, int daemonize) {
+	signal(SIGPIPE, SIG_IGN);
+	for (int i = 0; i < SLOTS; i++) cl[i].fd = -1;
+	up = connect_unix(upstream);
+	if (up < 0) {
+		logmsg("proxy: cannot connect to %s: %s", upstream, strerror(errno));
+		return 1;
+	}
+	set_nonblock(up, 1);
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(listen_path) >= sizeof a.sun_path) {
+		logmsg("proxy: socket path too long: %s", listen_path);
+		return 1;
+	}
+	strcpy(a.sun_path, listen_path);
+	unlink(listen_path);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	mode_t old = umask(0177);
+	if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 64) < 0) {
+		logmsg("proxy: cannot listen on %s: %s", listen_path, strerror(errno));
+		return 1;
+	}
+	umask(old);
+	if (daemonize) {
+		pid_t pid = fork();
+		if (pid < 0) return 1;
+		if (pid > 0) _exit(0); /* the socket is listening: the caller may connect now */
+		setsid();
+		int nul = open("/dev/null", O_RDWR);
+		dup2(nul, 0);
+		dup2(nul, 1);
+		if (nul > 2) close(nul);
+	}
+	if (pidfile) {
+		FILE *f = fopen(pidfile, "w");
+		if (f) {
+			fprintf(f, "%d\n", (int)getpid());
+			fclose(f);
+		}
+	}
+	for (;;) {
+		struct pollfd pf[2 + SLOTS];
+		int slot[2 + SLOTS];
+		int n = 0;
+		int reading_clients = up_out.len < UP_OUT_LIMIT;
+		pf[n] = (struct pollfd){up, POLLIN | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
+		pf[n] = (struct pollfd){lfd, POLLIN, 0}, slot[n++] = -2;
+		for (int s = 1; s < SLOTS; s++) {
+			if (cl[s].fd < 0) continue;
+			short ev = (reading_clients ? POLLIN : 0) | (cl[s].out.len ? POLLOUT : 0);
+			pf[n] = (struct pollfd){cl[s].fd, ev, 0}, slot[n++] = s;
+		}
+		if (poll(pf, (nfds_t)n, -1) < 0) {
+			if (errno == EINTR) continue;
+			return 1;
+		}
+		for (int k = 0; k < n; k++) {
+			short re = pf[k].revents;
+			if (!re) continue;
+			int s = slot[k];
+			if (s == -1) {
+				if ((re & (POLLIN | POLLHUP | POLLERR)) && upstream_read() < 0) goto done;
+				if ((re & POLLOUT) && flush(up, &up_out) < 0) goto done;
+			} else if (s == -2) {
+				accept_client(lfd);
+			} else if (cl[s].fd == pf[k].fd) {
+				if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s);
+				if (cl[s].fd >= 0 && (re & POLLOUT) && flush(cl[s].fd, &cl[s].out) < 0) drop_client(s);
+			}
+		}
+		if (up_out.len && flush(up, &up_out) < 0) goto done;
+	}
+done:
+	/* the VM is gone (or broke the protocol): tell clients by closing, and leave no socket behind */
+	for (int s = 1; s < SLOTS; s++)
+		if (cl[s].fd >= 0) {
+			flush(cl[s].fd, &cl[s].out);
+			close(cl[s].fd);
+		}
+	unlink(listen_path);
+	if (pidfile) unlink(pidfile);
+	return 0;
+}

@@ -1,0 +1,4 @@
+#ifndef SMOL_PROXY_H
+#define SMOL_PROXY_H
+int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, int daemonize);
+#endif
