@@ -140,7 +140,8 @@ int init_main(void) {
 	must_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	must_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
 	const char *host = param("smolvm.hostname");
-	if (host) sethostname(host, strlen(host));
+	if (!host) host = "smolvm";
+	sethostname(host, strlen(host));
 	loopback_up();
 	static char *base_env[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
 				   "USER=root", "LANG=C.UTF-8", NULL};

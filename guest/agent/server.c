@@ -392,6 +392,7 @@ static void chan_lost(int c) {
 		chans[c].retry_at_ms = now_ms() + 50;
 		return;
 	}
+	if (opts->stdio && c == 0) exit(0); /* serve --stdio: the one channel is gone */
 	close(chans[c].rfd);
 	if (chans[c].wfd != chans[c].rfd) close(chans[c].wfd);
 	bq_free(&chans[c].in);

@@ -1,0 +1,363 @@
+/** Multiplexed client of the guest agent: many commands at once over one byte stream. */
+import { connect, type Socket } from "node:net";
+import { AgentError, VMDiedError } from "../errors.js";
+import {
+  decodeFields,
+  encodeFields,
+  encodeFrame,
+  F,
+  FE,
+  type Field,
+  fieldString,
+  fieldU32,
+  FrameDecoder,
+  type Frame,
+  MAX_PAYLOAD,
+  T,
+} from "./codec.js";
+
+export interface ExecRequest {
+  /** argv to execute directly (PATH lookup in the guest). */
+  argv?: string[];
+  /** Shell command, run as `/bin/sh -c`. */
+  shell?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  /** true: the caller will write stdin (and must close it); false: stdin is /dev/null. */
+  stdin?: boolean;
+}
+
+export interface ExecExit {
+  /** Exit code, or null when the process was killed by a signal. */
+  exitCode: number | null;
+  signal: number | null;
+}
+
+export interface ExecHandlers {
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+}
+
+interface PendingExec extends ExecHandlers {
+  resolveStarted: (pid: number) => void;
+  rejectStarted: (e: Error) => void;
+  resolveExit: (e: ExecExit) => void;
+  rejectExit: (e: Error) => void;
+  started: boolean;
+}
+
+export class ExecHandle {
+  constructor(
+    private readonly client: AgentClient,
+    readonly streamId: number,
+    /** Resolves with the guest pid once the process started. */
+    readonly started: Promise<number>,
+    /** Resolves when the process exited and all its output was delivered. */
+    readonly exited: Promise<ExecExit>,
+  ) {}
+
+  async writeStdin(data: Buffer | string): Promise<void> {
+    const buf = typeof data === "string" ? Buffer.from(data) : data;
+    for (let off = 0; off < buf.length; off += MAX_PAYLOAD) {
+      await this.client.send(T.STDIN, this.streamId, buf.subarray(off, off + MAX_PAYLOAD));
+    }
+  }
+
+  closeStdin(): Promise<void> {
+    return this.client.send(T.STDIN, this.streamId, Buffer.alloc(0));
+  }
+
+  /** Send a signal to the command's whole process group. */
+  kill(signal = 9): Promise<void> {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(signal);
+    return this.client.send(T.SIGNAL, this.streamId, b);
+  }
+}
+
+export interface ConnectOptions {
+  /** Give up connecting after this long (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+export class AgentClient {
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, PendingExec>();
+  private readonly pings = new Map<number, () => void>();
+  private base = 0x01000000;
+  private next = 1;
+  private closedError: Error | null = null;
+  private welcome: Promise<void>;
+  private onClose: Array<(e: Error) => void> = [];
+
+  /** Wrap a connected byte stream. `viaProxy`: the peer is the per-VM proxy, which greets with WELCOME. */
+  constructor(
+    private readonly sock: Socket,
+    viaProxy: boolean,
+  ) {
+    let resolveWelcome: () => void = () => {};
+    let rejectWelcome: (e: Error) => void = () => {};
+    this.welcome = viaProxy
+      ? new Promise((res, rej) => {
+          resolveWelcome = res;
+          rejectWelcome = rej;
+        })
+      : Promise.resolve();
+    this.welcome.catch(() => {});
+    sock.on("data", (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = this.decoder.push(chunk);
+      } catch (e) {
+        this.fail(e as Error);
+        sock.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (f.type === T.WELCOME) {
+          const base = fieldU32(this.safeFields(f.payload), 1);
+          if (base === undefined || base === 0 || (base & 0xffffff) !== 0) {
+            this.fail(new AgentError("malformed WELCOME from the proxy"));
+            sock.destroy();
+            return;
+          }
+          this.base = base;
+          resolveWelcome();
+          continue;
+        }
+        this.dispatch(f);
+      }
+    });
+    const closed = (err?: Error) => {
+      const e = new VMDiedError(`the agent channel closed${err ? `: ${err.message}` : ""}`);
+      rejectWelcome(e);
+      this.fail(e);
+    };
+    sock.on("error", closed);
+    sock.on("close", () => closed());
+  }
+
+  /** Connect to a VM's agent socket (the proxy). */
+  static connect(path: string, opts: ConnectOptions = {}): Promise<AgentClient> {
+    const timeoutMs = opts.timeoutMs ?? 5000;
+    return new Promise((resolve, reject) => {
+      const sock = connect(path);
+      const timer = setTimeout(() => {
+        sock.destroy();
+        reject(new VMDiedError(`timed out connecting to the agent at ${path}`));
+      }, timeoutMs);
+      sock.once("error", (e) => {
+        clearTimeout(timer);
+        reject(new VMDiedError(`cannot connect to the agent at ${path}: ${e.message}`));
+      });
+      sock.once("connect", () => {
+        const client = new AgentClient(sock, true);
+        client.welcome.then(
+          () => {
+            clearTimeout(timer);
+            resolve(client);
+          },
+          (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        );
+      });
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedError !== null;
+  }
+
+  /** Call `fn` once when the channel closes. */
+  onClosed(fn: (e: Error) => void): void {
+    if (this.closedError) fn(this.closedError);
+    else this.onClose.push(fn);
+  }
+
+  private safeFields(p: Buffer): Field[] {
+    try {
+      return decodeFields(p);
+    } catch {
+      return [];
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.closedError) return;
+    this.closedError = e;
+    for (const p of this.pending.values()) {
+      p.rejectStarted(e);
+      p.rejectExit(e);
+    }
+    this.pending.clear();
+    for (const fn of this.onClose.splice(0)) fn(e);
+  }
+
+  private dispatch(f: Frame): void {
+    if (f.type === T.PONG) {
+      if (f.payload.length === 4) {
+        const done = this.pings.get(f.payload.readUInt32BE(0));
+        done?.();
+      }
+      return;
+    }
+    if (f.type === T.HELLO) return;
+    const p = this.pending.get(f.stream);
+    if (!p) return; // late output of a released stream
+    switch (f.type) {
+      case T.STARTED: {
+        const pid = fieldU32(this.safeFields(f.payload), 1);
+        p.started = true;
+        p.resolveStarted(pid ?? 0);
+        return;
+      }
+      case T.STDOUT:
+        p.onStdout?.(f.payload);
+        return;
+      case T.STDERR:
+        p.onStderr?.(f.payload);
+        return;
+      case T.EXIT: {
+        this.pending.delete(f.stream);
+        if (f.payload.length !== 8) {
+          p.rejectExit(new AgentError("malformed EXIT frame"));
+          return;
+        }
+        const code = f.payload.readInt32BE(0);
+        const sig = f.payload.readInt32BE(4);
+        p.resolveExit({ exitCode: code < 0 ? null : code, signal: sig > 0 ? sig : null });
+        return;
+      }
+      case T.ERROR: {
+        const fields = this.safeFields(f.payload);
+        const msg = (fieldString(fields, FE.MSG) ?? "unknown error").slice(0, 512);
+        const err = new AgentError(`agent error (code ${fieldU32(fields, FE.CODE) ?? "?"}): ${msg}`);
+        if (!p.started) {
+          this.pending.delete(f.stream);
+          p.rejectStarted(err);
+          p.rejectExit(err);
+        }
+        return;
+      }
+    }
+  }
+
+  /** Write one frame, waiting for the socket to drain when its buffer is full. */
+  async send(type: number, stream: number, payload?: Buffer): Promise<void> {
+    if (this.closedError) throw this.closedError;
+    if (!this.sock.write(encodeFrame(type, stream, payload))) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.sock.off("drain", done);
+          this.sock.off("close", done);
+          resolve();
+        };
+        this.sock.once("drain", done);
+        this.sock.once("close", done);
+      });
+    }
+  }
+
+  private allocStream(): number {
+    for (let i = 0; i < 0xffffff; i++) {
+      const id = (this.base | this.next) >>> 0;
+      this.next = this.next >= 0xffffff ? 1 : this.next + 1;
+      if (!this.pending.has(id)) return id;
+    }
+    throw new AgentError("no free stream ids");
+  }
+
+  /** Ping the agent; resolves with the round-trip time in ms. */
+  async ping(timeoutMs = 5000): Promise<number> {
+    const nonce = (Math.random() * 0xffffffff) >>> 0;
+    const t0 = performance.now();
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(nonce);
+    const got = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pings.delete(nonce);
+        reject(new AgentError(`agent did not answer a ping within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pings.set(nonce, () => {
+        clearTimeout(timer);
+        this.pings.delete(nonce);
+        resolve();
+      });
+      this.onClosed((e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+    await this.send(T.PING, this.base, b);
+    await got;
+    return performance.now() - t0;
+  }
+
+  /**
+   * Wait until the guest agent answers. Pings are repeated every `intervalMs` because bytes written before the
+   * guest opens its port may wait in QEMU; extra answers are ignored.
+   */
+  async waitReady(timeoutMs: number, intervalMs = 25): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const nonce = (Math.random() * 0xffffffff) >>> 0;
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(nonce);
+    let answered = false;
+    const got = new Promise<void>((resolve) => this.pings.set(nonce, resolve)).then(() => {
+      answered = true;
+    });
+    try {
+      while (!answered) {
+        if (this.closedError) throw this.closedError;
+        if (Date.now() > deadline) throw new AgentError(`the guest agent did not answer within ${timeoutMs} ms`);
+        await this.send(T.PING, this.base, b);
+        await Promise.race([got, new Promise((r) => setTimeout(r, intervalMs))]);
+      }
+    } finally {
+      this.pings.delete(nonce);
+    }
+  }
+
+  /** Start a command. Output arrives through the handlers; `exited` settles after the last byte. */
+  exec(req: ExecRequest, handlers: ExecHandlers = {}): ExecHandle {
+    if (this.closedError) throw this.closedError;
+    const fields: Field[] = [];
+    if (req.shell !== undefined) fields.push([F.SHELL, req.shell]);
+    for (const a of req.argv ?? []) fields.push([F.ARG, a]);
+    for (const [k, v] of Object.entries(req.env ?? {})) fields.push([F.ENV, `${k}=${v}`]);
+    if (req.cwd !== undefined) fields.push([F.CWD, req.cwd]);
+    if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
+    const payload = encodeFields(fields);
+    if (payload.length > MAX_PAYLOAD) throw new AgentError("command, env and cwd together exceed 64 KiB");
+    const stream = this.allocStream();
+    const d = {} as PendingExec;
+    const started = new Promise<number>((resolve, reject) => {
+      d.resolveStarted = resolve;
+      d.rejectStarted = reject;
+    });
+    const exited = new Promise<ExecExit>((resolve, reject) => {
+      d.resolveExit = resolve;
+      d.rejectExit = reject;
+    });
+    const p: PendingExec = Object.assign(d, handlers, { started: false });
+    started.catch(() => {});
+    this.pending.set(stream, p);
+    this.send(T.EXEC, stream, payload).catch((e: Error) => {
+      p.rejectStarted(e);
+      p.rejectExit(e);
+    });
+    return new ExecHandle(this, stream, started, exited);
+  }
+
+  /** Ask the guest to sync its disks and power off. */
+  async shutdown(): Promise<void> {
+    await this.send(T.SHUTDOWN, this.base);
+  }
+
+  close(): void {
+    this.sock.end();
+    this.sock.destroy();
+  }
+}

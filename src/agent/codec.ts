@@ -1,0 +1,122 @@
+/**
+ * The SmolVM guest protocol framing (docs/PROTOCOL.md), host side.
+ * frame = u32 length (big-endian, = 5 + payload bytes) | u8 type | u32 stream id | payload (<= 64 KiB)
+ */
+import { AgentError } from "../errors.js";
+
+export const PROTOCOL_VERSION = 1;
+export const HEADER_BYTES = 9;
+export const MAX_PAYLOAD = 65536;
+
+export const T = {
+  PING: 0x01,
+  PONG: 0x02,
+  HELLO: 0x03,
+  WELCOME: 0x04,
+  EXEC: 0x10,
+  STARTED: 0x11,
+  STDIN: 0x12,
+  SIGNAL: 0x13,
+  STDOUT: 0x14,
+  STDERR: 0x15,
+  EXIT: 0x16,
+  ERROR: 0x1f,
+  RELEASE: 0x20,
+  SHUTDOWN: 0x30,
+} as const;
+
+/** Field tags of EXEC payloads. */
+export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5 } as const;
+/** Field tags of ERROR payloads. */
+export const FE = { CODE: 1, MSG: 2 } as const;
+
+export interface Frame {
+  type: number;
+  stream: number;
+  payload: Buffer;
+}
+
+export function encodeFrame(type: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  if (payload.length > MAX_PAYLOAD) throw new RangeError(`payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+  const buf = Buffer.allocUnsafe(HEADER_BYTES + payload.length);
+  buf.writeUInt32BE(payload.length + 5, 0);
+  buf.writeUInt8(type, 4);
+  buf.writeUInt32BE(stream >>> 0, 5);
+  payload.copy(buf, HEADER_BYTES);
+  return buf;
+}
+
+export type Field = [tag: number, value: Buffer | string];
+
+export function encodeFields(fields: Field[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const [tag, value] of fields) {
+    const v = typeof value === "string" ? Buffer.from(value, "utf8") : value;
+    const h = Buffer.allocUnsafe(5);
+    h.writeUInt8(tag, 0);
+    h.writeUInt32BE(v.length, 1);
+    parts.push(h, v);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Decode a field list; throws `AgentError` on a field that runs past the payload. */
+export function decodeFields(payload: Buffer): Field[] {
+  const out: Field[] = [];
+  let off = 0;
+  while (off < payload.length) {
+    if (payload.length - off < 5) throw new AgentError("malformed field header");
+    const tag = payload.readUInt8(off);
+    const len = payload.readUInt32BE(off + 1);
+    if (len > payload.length - off - 5) throw new AgentError("field length runs past the payload");
+    out.push([tag, payload.subarray(off + 5, off + 5 + len)]);
+    off += 5 + len;
+  }
+  return out;
+}
+
+export function fieldU32(fields: Field[], tag: number): number | undefined {
+  const f = fields.find(([t]) => t === tag);
+  if (!f || !Buffer.isBuffer(f[1]) || f[1].length !== 4) return undefined;
+  return f[1].readUInt32BE(0);
+}
+
+export function fieldString(fields: Field[], tag: number): string | undefined {
+  const f = fields.find(([t]) => t === tag);
+  return f ? f[1].toString() : undefined;
+}
+
+/**
+ * Incremental decoder. Holds at most one partial frame (<= 64 KiB + header), so memory stays bounded
+ * whatever the peer sends; a length outside the protocol's range throws `AgentError`.
+ */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): Frame[] {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const frames: Frame[] = [];
+    let off = 0;
+    while (this.buf.length - off >= 4) {
+      const len = this.buf.readUInt32BE(off);
+      if (len < 5 || len > MAX_PAYLOAD + 5) {
+        this.buf = Buffer.alloc(0);
+        throw new AgentError(`invalid frame length ${len} from the agent`);
+      }
+      if (this.buf.length - off < 4 + len) break;
+      frames.push({
+        type: this.buf.readUInt8(off + 4),
+        stream: this.buf.readUInt32BE(off + 5),
+        // copy: the frame must not pin the (possibly large) read buffer
+        payload: Buffer.from(this.buf.subarray(off + HEADER_BYTES, off + 4 + len)),
+      });
+      off += 4 + len;
+    }
+    this.buf = off === this.buf.length ? Buffer.alloc(0) : Buffer.from(this.buf.subarray(off));
+    return frames;
+  }
+
+  get pendingBytes(): number {
+    return this.buf.length;
+  }
+}

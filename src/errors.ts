@@ -1,0 +1,58 @@
+/** Base class of every error SmolVM throws on purpose. */
+export class SmolVMError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** A configuration value is missing, of the wrong type or out of range. `field` names it. */
+export class ConfigError extends SmolVMError {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field}: ${message}`);
+  }
+}
+
+/** No VM with this id or name is known to the state store. */
+export class VMNotFoundError extends SmolVMError {
+  constructor(readonly vmId: string) {
+    super(`VM not found: ${vmId}`);
+  }
+}
+
+/** The VM is not in a state that allows the operation (e.g. running a command on a stopped VM). */
+export class VMStateError extends SmolVMError {}
+
+/** The VM (or its agent channel) went away while an operation was pending. */
+export class VMDiedError extends SmolVMError {}
+
+/** A command ran past its timeout; it was killed. Partial output is kept. */
+export class CommandTimeoutError extends SmolVMError {
+  constructor(
+    readonly command: string,
+    readonly timeoutMs: number,
+    readonly stdout: string,
+    readonly stderr: string,
+  ) {
+    super(`command timed out after ${timeoutMs} ms and was killed: ${command}`);
+  }
+}
+
+/** A backend cannot run on this host. The message says how to fix it. */
+export class BackendUnavailableError extends SmolVMError {
+  constructor(
+    readonly backend: string,
+    message: string,
+  ) {
+    super(`${backend} backend unavailable: ${message}`);
+  }
+}
+
+/** The guest agent broke the protocol or reported an error. */
+export class AgentError extends SmolVMError {}
+
+/** Building or finding an image (kernel, initramfs, rootfs) failed. */
+export class ImageError extends SmolVMError {}
