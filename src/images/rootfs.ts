@@ -1,9 +1,9 @@
 /** The default root filesystem: static busybox in an ext4 image made with `mkfs.ext4 -d` (no root, no loop devices). */
-import { spawnSync } from "node:child_process";
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { ImageError } from "../errors.js";
+import { isStaticElf } from "../util/elf.js";
 import { mustRun, type Progress, silent, which } from "../util/run.js";
 
 /** Bump when the rootfs layout changes, so images are rebuilt. */
@@ -20,12 +20,9 @@ const FILES: Record<string, string> = {
   "etc/profile": "export PS1='\\h:\\w\\$ '\n",
 };
 
+/** A statically linked busybox on the host (Debian's busybox-static), or null. */
 export function busyboxPath(): string | null {
-  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
-    const r = spawnSync("file", ["-L", p], { encoding: "utf8" });
-    if (r.status === 0 && /statically linked|static-pie/.test(r.stdout)) return p;
-  }
-  return null;
+  return ["/bin/busybox", "/usr/bin/busybox"].find((p) => isStaticElf(p)) ?? null;
 }
 
 export async function buildBusyboxRootfs(out: string, progress: Progress = silent): Promise<void> {

@@ -1,0 +1,35 @@
+import { spawnSync } from "node:child_process";
+import { BackendUnavailableError } from "../../errors.js";
+import { which } from "../../util/run.js";
+
+/** The QEMU system emulator for this host's architecture (`SMOLVM_QEMU` overrides). */
+export function qemuBinary(): string | null {
+  if (process.env.SMOLVM_QEMU) return process.env.SMOLVM_QEMU;
+  return which(process.arch === "arm64" ? "qemu-system-aarch64" : "qemu-system-x86_64");
+}
+
+export function requireQemu(): string {
+  const q = qemuBinary();
+  if (!q) {
+    throw new BackendUnavailableError(
+      "qemu",
+      "qemu-system-x86_64 not found; run 'npx smolvm setup' (or apt-get install qemu-system-x86 qemu-utils)",
+    );
+  }
+  return q;
+}
+
+export function qemuVersion(bin: string): string | null {
+  const r = spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 5000 });
+  return /version (\S+)/.exec(r.stdout)?.[1] ?? null;
+}
+
+/** Accelerators this QEMU build was compiled with. */
+export function qemuAccels(bin: string): string[] {
+  const r = spawnSync(bin, ["-accel", "help"], { encoding: "utf8", timeout: 5000 });
+  return r.stdout
+    .split("\n")
+    .slice(1)
+    .map((s) => s.trim())
+    .filter(Boolean);
+}

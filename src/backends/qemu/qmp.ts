@@ -1,0 +1,93 @@
+/** A minimal QMP client: connect, negotiate capabilities, execute commands one at a time. */
+import { connect, type Socket } from "node:net";
+import { SmolVMError } from "../../errors.js";
+
+export class QmpClient {
+  private buf = "";
+  private waiters: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
+  private greeting: Promise<void>;
+
+  private constructor(private readonly sock: Socket) {
+    let greeted: () => void = () => {};
+    this.greeting = new Promise((r) => {
+      greeted = r;
+    });
+    sock.setEncoding("utf8");
+    sock.on("data", (d: string) => {
+      this.buf += d;
+      if (this.buf.length > 1 << 20) {
+        sock.destroy(new Error("QMP reply too large"));
+        return;
+      }
+      let nl = this.buf.indexOf("\n");
+      while (nl >= 0) {
+        const line = this.buf.slice(0, nl).trim();
+        this.buf = this.buf.slice(nl + 1);
+        nl = this.buf.indexOf("\n");
+        if (!line) continue;
+        let msg: Record<string, unknown>;
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if ("QMP" in msg) greeted();
+        else if ("return" in msg) this.waiters.shift()?.resolve(msg.return);
+        else if ("error" in msg) {
+          const e = msg.error as { desc?: string };
+          this.waiters.shift()?.reject(new SmolVMError(`QMP: ${e.desc ?? "error"}`));
+        }
+      }
+    });
+    const fail = () => {
+      for (const w of this.waiters.splice(0)) w.reject(new SmolVMError("QMP connection closed"));
+    };
+    sock.on("close", fail);
+    sock.on("error", fail);
+  }
+
+  static async connect(path: string, timeoutMs = 3000): Promise<QmpClient> {
+    const sock = connect(path);
+    const client = new QmpClient(sock);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve, reject) => {
+          sock.once("error", reject);
+          client.greeting.then(resolve);
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new SmolVMError(`QMP at ${path} did not greet`)), timeoutMs);
+        }),
+      ]);
+      await client.execute("qmp_capabilities");
+      return client;
+    } catch (e) {
+      sock.destroy();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+    });
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** Connect, run one command, disconnect. */
+export async function qmpOnce(path: string, command: string, args?: Record<string, unknown>): Promise<unknown> {
+  const q = await QmpClient.connect(path);
+  try {
+    return await q.execute(command, args);
+  } finally {
+    q.close();
+  }
+}

@@ -1,0 +1,109 @@
+/** Host diagnostics. Every check is bounded in time (the KVM probe boot is the longest, at most a few seconds). */
+import { accessSync, constants, mkdirSync } from "node:fs";
+import { kvmVerdict, type KvmVerdict } from "./backends/qemu/accel.js";
+import { qemuAccels, qemuBinary, qemuVersion } from "./backends/qemu/binary.js";
+import { FIRECRACKER_IMPLEMENTED, firecrackerBinary } from "./backends/firecracker/backend.js";
+import { resolveBackendName } from "./backends/resolve.js";
+import type { BackendName } from "./config.js";
+import { hostTools } from "./host-tools.js";
+import { findDefaultImage } from "./images/store.js";
+import { findKernel } from "./images/kernel.js";
+import { dataDir, stateDir } from "./paths.js";
+import { StateStore } from "./state/store.js";
+
+export type CheckStatus = "ok" | "warn" | "fail" | "skip";
+
+export interface DoctorCheck {
+  name: string;
+  status: CheckStatus;
+  detail: string;
+}
+
+export interface DoctorReport {
+  /** No check failed (warnings allowed). */
+  ok: boolean;
+  backend: string;
+  /** Accelerator VMs will use: kvm, hvf or tcg. */
+  accel: string;
+  kvm: KvmVerdict;
+  checks: DoctorCheck[];
+  durationMs: number;
+}
+
+export async function doctor(opts: { backend?: BackendName; probe?: boolean } = {}): Promise<DoctorReport> {
+  const t0 = performance.now();
+  const checks: DoctorCheck[] = [];
+  const add = (name: string, status: CheckStatus, detail: string) => checks.push({ name, status, detail });
+
+  const platformOk = (process.platform === "linux" || process.platform === "darwin") && ["x64", "arm64"].includes(process.arch);
+  add("platform", platformOk ? "ok" : "fail", `${process.platform}/${process.arch}, node ${process.version}`);
+
+  let backend = "qemu";
+  try {
+    backend = resolveBackendName(opts.backend);
+    add("backend", "ok", `${backend} (explicit > SMOLVM_BACKEND > platform default)`);
+  } catch (e) {
+    add("backend", "fail", (e as Error).message);
+  }
+
+  const qemu = qemuBinary();
+  if (qemu) {
+    const accels = qemuAccels(qemu);
+    add("qemu", "ok", `${qemu} ${qemuVersion(qemu) ?? "?"}; accelerators: ${accels.join(", ") || "none"}`);
+  } else add("qemu", "fail", "qemu-system-x86_64 not found: run 'smolvm setup'");
+
+  for (const t of hostTools().slice(1)) {
+    add(t.what, t.found ? "ok" : "fail", t.found ?? `missing: run 'smolvm setup' (package ${t.pkg})`);
+  }
+
+  const kernel = (() => {
+    try {
+      return findKernel();
+    } catch (e) {
+      add("kernel", "fail", (e as Error).message);
+      return undefined;
+    }
+  })();
+  if (kernel) add("kernel", "ok", `${kernel.version} (${kernel.source}), ${kernel.modules.length} modules`);
+  else if (kernel === null) add("kernel", "fail", "no guest kernel: run 'smolvm setup'");
+
+  const image = kernel ? findDefaultImage() : null;
+  add("image", image ? "ok" : "fail", image ? `initrd ${image.initrdPath}, rootfs ${image.rootfsPath}` : "default image not built: run 'smolvm setup'");
+
+  let kvm: KvmVerdict = { present: false, usable: false, reason: "not checked" };
+  if (qemu) kvm = await kvmVerdict(qemu, image, { useCache: opts.probe !== true });
+  const kvmDetail = `${kvm.present ? "present" : "absent"}, ${kvm.usable ? "usable" : "unusable"}: ${kvm.reason}${kvm.cached ? ` (cached ${kvm.checkedAt})` : ""}`;
+  add("kvm", kvm.usable ? "ok" : process.platform === "darwin" ? "skip" : "warn", kvmDetail);
+
+  const envAccel = process.env.SMOLVM_ACCEL;
+  const accel =
+    envAccel && envAccel !== "auto" ? envAccel : process.platform === "darwin" ? "hvf" : kvm.usable ? "kvm" : "tcg";
+  add("accelerator", accel === "tcg" ? "warn" : "ok", accel === "tcg" ? "tcg (software emulation: works, but slower)" : accel);
+
+  const fc = firecrackerBinary();
+  if (backend === "firecracker") {
+    add("firecracker", "fail", FIRECRACKER_IMPLEMENTED ? (fc ?? "binary not found") : "not supported by this release yet");
+  } else {
+    add("firecracker", "skip", fc ? `${fc} (not used: this release drives QEMU)` : "binary not found (optional)");
+  }
+
+  try {
+    for (const d of [dataDir(), stateDir()]) {
+      mkdirSync(d, { recursive: true });
+      accessSync(d, constants.W_OK);
+    }
+    const store = StateStore.open();
+    add("state", "ok", `${stateDir()}/smolvm.db (schema v${store.schemaVersion}, ${store.list().length} VMs)`);
+  } catch (e) {
+    add("state", "fail", (e as Error).message);
+  }
+
+  return {
+    ok: !checks.some((c) => c.status === "fail"),
+    backend,
+    accel,
+    kvm,
+    checks,
+    durationMs: Math.round(performance.now() - t0),
+  };
+}

@@ -1,0 +1,31 @@
+/** The host programs SmolVM needs, and the Debian packages that provide them. */
+import { existsSync } from "node:fs";
+import { busyboxPath } from "./images/rootfs.js";
+import { which } from "./util/run.js";
+import { qemuBinary } from "./backends/qemu/binary.js";
+
+export interface HostTool {
+  what: string;
+  pkg: string;
+  found: string | null;
+}
+
+function libcStatic(): string | null {
+  const dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/lib64"];
+  return dirs.map((d) => `${d}/libc.a`).find((p) => existsSync(p)) ?? null;
+}
+
+export function hostTools(): HostTool[] {
+  const qemuPkg = process.arch === "arm64" ? "qemu-system-arm" : "qemu-system-x86";
+  return [
+    { what: "QEMU system emulator", pkg: qemuPkg, found: qemuBinary() },
+    { what: "qemu-img", pkg: "qemu-utils", found: which("qemu-img") },
+    { what: "mkfs.ext4", pkg: "e2fsprogs", found: which("mkfs.ext4") },
+    { what: "static busybox", pkg: "busybox-static", found: busyboxPath() },
+    { what: "C compiler", pkg: "gcc", found: which("gcc") ?? which("cc") },
+    { what: "static libc", pkg: "libc6-dev", found: libcStatic() },
+    { what: "dpkg-deb", pkg: "dpkg", found: which("dpkg-deb") },
+  ];
+}
+
+export const missingTools = () => hostTools().filter((t) => !t.found);

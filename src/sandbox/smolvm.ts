@@ -1,0 +1,300 @@
+/** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
+import { rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { AgentClient } from "../agent/client.js";
+import { getBackend, resolveBackendName } from "../backends/resolve.js";
+import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
+import { type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
+import { SmolVMError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
+import { ensureAgent } from "../images/agent-build.js";
+import { ensureDefaultImage } from "../images/store.js";
+import { runtimeDir, stateDir } from "../paths.js";
+import { reconcile, reconcileVm } from "../state/reconcile.js";
+import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
+import { type Progress, silent } from "../util/run.js";
+import { waitFor } from "../util/proc.js";
+import { type CommandResult, type RunOptions, runCommand } from "./commands.js";
+import { tailFile } from "./console-log.js";
+
+export type { VMStatus };
+
+export interface StartOptions {
+  /** Progress lines for slow first-time steps (building the image). */
+  onProgress?: Progress;
+  /** Give up if the guest agent has not answered after this long (default 60 s, or SMOLVM_BOOT_TIMEOUT_MS). */
+  bootTimeoutMs?: number;
+}
+
+/** A summary of a VM, as `list` and `status` show it. */
+export interface VMInfo {
+  vmId: string;
+  name: string | null;
+  status: VMStatus;
+  backend: BackendKind;
+  accel: string | null;
+  pid: number | null;
+  vcpuCount: number;
+  memSizeMib: number;
+  diskMode: string;
+  createdAt: string;
+  error: string | null;
+}
+
+function info(rec: VMRecord): VMInfo {
+  return {
+    vmId: rec.id,
+    name: rec.name,
+    status: rec.status,
+    backend: rec.backend,
+    accel: rec.handle?.accel ?? null,
+    pid: rec.handle?.pid ?? null,
+    vcpuCount: rec.config.vcpuCount,
+    memSizeMib: rec.config.memSizeMib,
+    diskMode: rec.config.diskMode,
+    createdAt: rec.createdAt,
+    error: rec.error,
+  };
+}
+
+const runDirFor = (vmId: string) =>
+  join(runtimeDir(), createHash("sha256").update(`${stateDir()}\0${vmId}`).digest("hex").slice(0, 16));
+
+export class SmolVM implements AsyncDisposable {
+  readonly config: ResolvedVMConfig;
+  /** The backend that drives this VM. */
+  readonly backend: BackendKind;
+  private rec: VMRecord | null = null;
+  private client: AgentClient | null = null;
+  /** Created by this object: `await using` / dispose deletes it. */
+  private owned = true;
+  private readonly store = StateStore.open();
+
+  /** Validate the configuration (throws `ConfigError`); nothing starts until `start()`. */
+  constructor(config: VMConfig = {}) {
+    this.config = resolveConfig(config);
+    this.backend = resolveBackendName(this.config.backend);
+  }
+
+  /** Construct and start a VM. */
+  static async create(config: VMConfig = {}, opts: StartOptions = {}): Promise<SmolVM> {
+    const vm = new SmolVM(config);
+    await vm.start(opts);
+    return vm;
+  }
+
+  /** Attach to an existing VM by id or name (created by this or another process). Throws `VMNotFoundError`. */
+  static async fromId(idOrName: string): Promise<SmolVM> {
+    const store = StateStore.open();
+    const rec = store.get(idOrName);
+    if (!rec) throw new VMNotFoundError(idOrName);
+    const vm = Object.create(SmolVM.prototype) as SmolVM;
+    Object.assign(vm, {
+      config: rec.config,
+      backend: rec.backend,
+      rec: await reconcileVm(store, rec),
+      client: null,
+      owned: false,
+      store,
+    });
+    return vm;
+  }
+
+  /** Every VM in the state store, after reconciling dead ones. */
+  static async list(): Promise<VMInfo[]> {
+    const store = StateStore.open();
+    await reconcile(store);
+    return store.list().map(info);
+  }
+
+  get vmId(): string {
+    return this.config.vmId;
+  }
+
+  get name(): string | null {
+    return this.config.name;
+  }
+
+  /** created | running | paused | stopped | error. A VM whose process died reads as stopped. */
+  get status(): VMStatus {
+    const rec = this.rec;
+    if (!rec) return "created";
+    if ((rec.status === "running" || rec.status === "paused") && rec.handle && !this.driver().isAlive(rec.handle)) {
+      return "stopped";
+    }
+    return rec.status;
+  }
+
+  info(): VMInfo {
+    return info(this.refresh() ?? (this.rec as VMRecord));
+  }
+
+  private driver(): Backend {
+    return getBackend(this.backend);
+  }
+
+  /** Re-read this VM's record (another process may have changed it). */
+  private refresh(): VMRecord | null {
+    const rec = this.store.get(this.vmId);
+    if (rec) this.rec = rec;
+    return rec;
+  }
+
+  /** Boot the VM and wait until its agent answers. A stopped VM boots again from its own disk. */
+  async start(opts: StartOptions = {}): Promise<void> {
+    const progress = opts.onProgress ?? silent;
+    if (this.rec && this.refresh() === null) throw new VMNotFoundError(this.vmId);
+    if (this.status === "running" || this.status === "paused") return;
+    const backend = this.driver(); // throws BackendUnavailableError for a backend this host cannot run
+    const c = this.config;
+    const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
+    const image = needDefault ? await ensureDefaultImage(progress) : null;
+    const agentBinary = image?.agentPath ?? (await ensureAgent(progress));
+    if (!this.rec) {
+      this.rec = this.store.insert({
+        id: c.vmId,
+        name: c.name,
+        backend: this.backend,
+        status: "created",
+        config: c,
+        handle: null,
+        diskPath: null,
+        diskFormat: null,
+        vmDir: join(this.store.vmsDir(), c.vmId),
+        error: null,
+      });
+    }
+    const rec = this.rec;
+    let handle: VMHandle | null = null;
+    const logPath = join(rec.vmDir, "console.log");
+    try {
+      const disk = await backend.prepareDisk({
+        base: c.rootfsPath ?? (image?.rootfsPath as string),
+        mode: c.diskMode,
+        vmDir: rec.vmDir,
+      });
+      this.store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
+      handle = await backend.boot({
+        vmId: c.vmId,
+        vcpuCount: c.vcpuCount,
+        memSizeMib: c.memSizeMib,
+        kernelPath: c.kernelPath ?? (image?.kernelPath as string),
+        initrdPath: c.initrdPath ?? (image?.initrdPath as string),
+        diskPath: disk.path,
+        diskFormat: disk.format,
+        bootArgs: c.bootArgs,
+        hostname: c.name ?? c.vmId,
+        runDir: runDirFor(c.vmId),
+        logPath,
+        agentBinary,
+        accel: c.accel,
+      });
+      this.store.update(rec.id, { status: "running", handle, error: null });
+      const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
+      const client = await AgentClient.connect(handle.agentSocket);
+      this.client = client;
+      await client.waitReady(timeout);
+      this.refresh();
+    } catch (e) {
+      this.client?.close();
+      this.client = null;
+      if (handle) await backend.kill(handle);
+      const msg = (e as Error).message;
+      this.store.update(rec.id, { status: "error", handle: null, error: msg });
+      this.refresh();
+      const tail = tailFile(logPath, 1500).trim();
+      throw new SmolVMError(`VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`, {
+        cause: e,
+      });
+    }
+  }
+
+  /** The agent connection, opened on first use. */
+  private async agent(): Promise<AgentClient> {
+    if (this.client && !this.client.closed) return this.client;
+    const rec = this.refresh();
+    if (!rec) throw new VMNotFoundError(this.vmId);
+    const status = this.status;
+    if (status !== "running" || !rec.handle) {
+      throw new VMStateError(`VM ${this.vmId} is ${status}; start it first`);
+    }
+    try {
+      this.client = await AgentClient.connect(this.driver().agentChannel(rec.handle));
+    } catch (e) {
+      throw new VMDiedError(`cannot reach the agent of VM ${this.vmId}: ${(e as Error).message}`);
+    }
+    return this.client;
+  }
+
+  /** Run a command: a string runs through `/bin/sh -c`, an array is an argv. */
+  async run(cmd: string | string[], opts: RunOptions = {}): Promise<CommandResult> {
+    return runCommand(await this.agent(), cmd, this.config.env, opts);
+  }
+
+  /** Freeze the VM's vCPUs. */
+  async pause(): Promise<void> {
+    const rec = this.refresh();
+    if (!rec?.handle || this.status !== "running") throw new VMStateError(`VM ${this.vmId} is ${this.status}`);
+    await this.driver().pause(rec.handle);
+    this.store.update(rec.id, { status: "paused" });
+    this.refresh();
+  }
+
+  async resume(): Promise<void> {
+    const rec = this.refresh();
+    if (!rec?.handle || this.status !== "paused") throw new VMStateError(`VM ${this.vmId} is ${this.status}`);
+    await this.driver().resume(rec.handle);
+    this.store.update(rec.id, { status: "running" });
+    this.refresh();
+  }
+
+  /** Shut the guest down cleanly (disks synced), then make sure the VMM is gone. Idempotent. */
+  async stop(opts: { timeoutMs?: number } = {}): Promise<void> {
+    const rec = this.refresh();
+    if (!rec) throw new VMNotFoundError(this.vmId);
+    const backend = this.driver();
+    if (rec.handle) {
+      const h = rec.handle;
+      if (backend.isAlive(h)) {
+        try {
+          if (rec.status === "paused") await backend.resume(h);
+          const client = await this.agent();
+          await client.shutdown();
+          await waitFor(() => !backend.isAlive(h), opts.timeoutMs ?? 5000);
+        } catch {
+          // fall through to kill
+        }
+      }
+      await backend.kill(h);
+    }
+    this.client?.close();
+    this.client = null;
+    this.store.update(rec.id, { status: "stopped", handle: null });
+    this.refresh();
+  }
+
+  /** Kill the VM and remove everything it owns: process, sockets, its disk layer, its record. Idempotent. */
+  async delete(): Promise<void> {
+    this.client?.close();
+    this.client = null;
+    const rec = this.store.get(this.vmId);
+    if (!rec) return;
+    if (rec.handle) await this.driver().kill(rec.handle);
+    rmSync(runDirFor(rec.id), { recursive: true, force: true });
+    rmSync(rec.vmDir, { recursive: true, force: true }); // the private layer and console log; never the base image
+    this.store.delete(rec.id);
+    this.rec = { ...rec, status: "stopped", handle: null };
+  }
+
+  /** Drop this object's connection to the agent; the VM keeps running. */
+  close(): void {
+    this.client?.close();
+    this.client = null;
+  }
+
+  /** `await using vm = ...`: deletes VMs this object created; only disconnects from ones attached with fromId. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.owned) await this.delete();
+    else this.close();
+  }
+}

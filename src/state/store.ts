@@ -1,0 +1,173 @@
+/**
+ * SQLite state at `<state>/smolvm.db`. WAL mode and a busy timeout make it safe for several processes creating and
+ * deleting VMs at once; migrations run inside an immediate transaction so two first-time processes cannot race.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import type { BackendKind, VMHandle } from "../backends/types.js";
+import type { ResolvedVMConfig } from "../config.js";
+import { ConfigError } from "../errors.js";
+import { stateDir } from "../paths.js";
+import { MIGRATIONS } from "./migrations.js";
+
+export type VMStatus = "created" | "running" | "paused" | "stopped" | "error";
+
+export interface VMRecord {
+  id: string;
+  name: string | null;
+  backend: BackendKind;
+  status: VMStatus;
+  config: ResolvedVMConfig;
+  handle: VMHandle | null;
+  diskPath: string | null;
+  diskFormat: "raw" | "qcow2" | null;
+  vmDir: string;
+  error: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface Row {
+  id: string;
+  name: string | null;
+  backend: string;
+  status: string;
+  config: string;
+  handle: string | null;
+  disk_path: string | null;
+  disk_format: string | null;
+  vm_dir: string;
+  error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+function fromRow(r: Row): VMRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    backend: r.backend as BackendKind,
+    status: r.status as VMStatus,
+    config: JSON.parse(r.config),
+    handle: r.handle ? JSON.parse(r.handle) : null,
+    diskPath: r.disk_path,
+    diskFormat: r.disk_format as VMRecord["diskFormat"],
+    vmDir: r.vm_dir,
+    error: r.error,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+const stores = new Map<string, StateStore>();
+
+export class StateStore {
+  readonly db: Database.Database;
+
+  private constructor(readonly dir: string) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.db = new Database(join(dir, "smolvm.db"), { timeout: 10_000 });
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("foreign_keys = ON");
+    this.migrate();
+  }
+
+  /** The store of the current state dir (one connection per process and folder). */
+  static open(dir = stateDir()): StateStore {
+    let s = stores.get(dir);
+    if (!s) {
+      s = new StateStore(dir);
+      stores.set(dir, s);
+    }
+    return s;
+  }
+
+  get schemaVersion(): number {
+    return this.db.pragma("user_version", { simple: true }) as number;
+  }
+
+  private migrate(): void {
+    if (this.schemaVersion >= MIGRATIONS.length) return;
+    this.db
+      .transaction(() => {
+        const v = this.schemaVersion; // re-read under the write lock
+        for (let i = v; i < MIGRATIONS.length; i++) this.db.exec(MIGRATIONS[i] as string);
+        this.db.pragma(`user_version = ${MIGRATIONS.length}`);
+      })
+      .immediate();
+  }
+
+  vmsDir(): string {
+    return join(this.dir, "vms");
+  }
+
+  insert(rec: Omit<VMRecord, "createdAt" | "updatedAt">): VMRecord {
+    const now = new Date().toISOString();
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO vms (id, name, backend, status, config, handle, disk_path, disk_format, vm_dir, error,
+                            created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          rec.id,
+          rec.name,
+          rec.backend,
+          rec.status,
+          JSON.stringify(rec.config),
+          rec.handle ? JSON.stringify(rec.handle) : null,
+          rec.diskPath,
+          rec.diskFormat,
+          rec.vmDir,
+          rec.error,
+          now,
+          now,
+        );
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg.includes("UNIQUE") && msg.includes("vms.name")) {
+        throw new ConfigError("name", `${JSON.stringify(rec.name)} is already used by another VM`);
+      }
+      if (msg.includes("UNIQUE") && msg.includes("vms.id")) {
+        throw new ConfigError("vmId", `${JSON.stringify(rec.id)} is already used by another VM`);
+      }
+      throw e;
+    }
+    return { ...rec, createdAt: now, updatedAt: now };
+  }
+
+  update(
+    id: string,
+    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error">>,
+  ): void {
+    const sets: string[] = [];
+    const vals: unknown[] = [];
+    const col: Record<string, string> = { diskPath: "disk_path", diskFormat: "disk_format" };
+    for (const [k, v] of Object.entries(fields)) {
+      sets.push(`${col[k] ?? k} = ?`);
+      vals.push(k === "handle" ? (v ? JSON.stringify(v) : null) : v);
+    }
+    sets.push("updated_at = ?");
+    vals.push(new Date().toISOString());
+    this.db.prepare(`UPDATE vms SET ${sets.join(", ")} WHERE id = ?`).run(...vals, id);
+  }
+
+  /** A VM by id or by name. */
+  get(idOrName: string): VMRecord | null {
+    const row = this.db.prepare("SELECT * FROM vms WHERE id = ? OR name = ? LIMIT 1").get(idOrName, idOrName) as
+      | Row
+      | undefined;
+    return row ? fromRow(row) : null;
+  }
+
+  list(): VMRecord[] {
+    return (this.db.prepare("SELECT * FROM vms ORDER BY created_at").all() as Row[]).map(fromRow);
+  }
+
+  delete(id: string): void {
+    this.db.prepare("DELETE FROM vms WHERE id = ?").run(id);
+  }
+}

@@ -1,0 +1,44 @@
+import { readFileSync } from "node:fs";
+
+/**
+ * Whether `pid` is a live (not zombie) process whose command line contains `marker`. The marker guards against pid
+ * reuse: a recycled pid that belongs to another program reads as dead.
+ */
+export function processAlive(pid: number | null | undefined, marker?: string): boolean {
+  if (!pid || pid <= 0) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    if (state === "Z" || state === "X") return false;
+    if (marker) {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (!cmdline.includes(marker)) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Poll until `pred` holds or `timeoutMs` passes; returns whether it held. */
+export async function waitFor(pred: () => boolean, timeoutMs: number, stepMs = 5): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (pred()) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(stepMs);
+  }
+}
+
+/** SIGKILL a process (if it is still the one we mean) and wait until it is gone. */
+export async function killAndWait(pid: number | null | undefined, marker: string, timeoutMs = 3000): Promise<void> {
+  if (!processAlive(pid, marker)) return;
+  try {
+    process.kill(pid as number, "SIGKILL");
+  } catch {
+    return;
+  }
+  await waitFor(() => !processAlive(pid, marker), timeoutMs);
+}
