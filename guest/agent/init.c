@@ -126,7 +126,9 @@ int init_main(void) {
 	}
 	must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	logmsg("loading modules");
 	load_modules();
+	logmsg("modules loaded");
 	const char *root = param("smolvm.root");
 	if (!root) root = "/dev/vda";
 	char rootdev[256];
@@ -136,6 +138,7 @@ int init_main(void) {
 		logmsg("cannot mount the root filesystem; powering off");
 		power_off();
 	}
+	logmsg("root mounted");
 	must_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
 	must_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	must_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");

@@ -1,7 +1,7 @@
 /* smolvm-agent: one static binary, three roles.
  *   (PID 1)                    guest init + exec server over virtio-serial / vsock
  *   serve --stdio | --listen P  exec server on the host, for protocol tests
- *   proxy --upstream U --listen L [--pidfile F] [--daemon]   host-side multiplexer in front of a VM */
+ *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -39,7 +39,7 @@ int main(int argc, char **argv) {
 	if (!strcmp(mode, "proxy")) {
 		const char *u = arg(argc, argv, "--upstream"), *l = arg(argc, argv, "--listen");
 		if (!u || !l) goto usage;
-		return proxy_main(u, l, arg(argc, argv, "--pidfile"), flag(argc, argv, "--daemon"));
+		return proxy_main(u, l, arg(argc, argv, "--pidfile"), arg(argc, argv, "--log"), flag(argc, argv, "--daemon"));
 	}
 	if (!strcmp(mode, "--version")) {
 		printf("smolvm-agent protocol %d\n", SMOL_PROTO_VERSION);
@@ -47,6 +47,6 @@ int main(int argc, char **argv) {
 	}
 usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
-			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--daemon]\n");
+			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon]\n");
 	return 2;
 }

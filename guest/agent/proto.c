@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 int bq_push(struct bq *q, const void *p, size_t n, size_t limit) {
@@ -109,11 +110,15 @@ void set_nonblock(int fd, int on) {
 
 void logmsg(const char *fmt, ...) {
 	char buf[512];
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	int h = snprintf(buf, sizeof buf, "[%ld.%03ld] ", (long)ts.tv_sec, ts.tv_nsec / 1000000);
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+	int n = vsnprintf(buf + h, sizeof buf - 1 - h, fmt, ap);
 	va_end(ap);
 	if (n < 0) return;
+	n += h;
 	if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
 	buf[n++] = '\n';
 	ssize_t ignored = write(2, "smolvm-agent: ", 14);

@@ -151,7 +151,7 @@ static int flush(int fd, struct bq *q) {
 	return 0;
 }
 
-int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, int daemonize) {
+int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile, int daemonize) {
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < SLOTS; i++) cl[i].fd = -1;
 	up = connect_unix(upstream);
@@ -179,10 +179,14 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		if (pid < 0) return 1;
 		if (pid > 0) _exit(0); /* the socket is listening: the caller may connect now */
 		setsid();
+		/* no fd of the caller may stay open, or it would wait for our output to end */
 		int nul = open("/dev/null", O_RDWR);
+		int log = logfile ? open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
 		dup2(nul, 0);
 		dup2(nul, 1);
+		dup2(log >= 0 ? log : nul, 2);
 		if (nul > 2) close(nul);
+		if (log > 2) close(log);
 	}
 	if (pidfile) {
 		FILE *f = fopen(pidfile, "w");

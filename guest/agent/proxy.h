@@ -1,4 +1,5 @@
 #ifndef SMOL_PROXY_H
 #define SMOL_PROXY_H
-int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, int daemonize);
+int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile,
+	       int daemonize);
 #endif

@@ -523,7 +523,10 @@ int server_run(const struct server_opts *o) {
 	if (o->vport_name) {
 		int fd = open_vport(o->vport_name);
 		if (fd < 0) logmsg("virtio port %s not found", o->vport_name);
-		else chan_add(fd, fd, 1);
+		else {
+			logmsg("serving on virtio port %s", o->vport_name);
+			chan_add(fd, fd, 1);
+		}
 	}
 	for (;;) {
 		struct pollfd pf[3 + MAX_CHANS + 3 * MAX_PROCS];

@@ -62,7 +62,18 @@ export class QemuBackend implements Backend {
     };
     const p = await runHost(
       spec.agentBinary,
-      ["proxy", "--upstream", paths.channelSocket, "--listen", agentSocket, "--pidfile", proxyPidFile, "--daemon"],
+      [
+        "proxy",
+        "--upstream",
+        paths.channelSocket,
+        "--listen",
+        agentSocket,
+        "--pidfile",
+        proxyPidFile,
+        "--log",
+        join(spec.runDir, "proxy.log"),
+        "--daemon",
+      ],
       { timeoutMs: 10_000 },
     );
     await waitFor(() => existsSync(proxyPidFile), 2000, 2);

@@ -1,0 +1,129 @@
+/** create, list, status, logs, stop, rm */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Command } from "commander";
+import type { BackendName, DiskMode } from "../config.js";
+import { SmolVMError, VMNotFoundError } from "../errors.js";
+import { SmolVM } from "../sandbox/smolvm.js";
+import { StateStore } from "../state/store.js";
+import { num, parseEnv, printJson, progress, table } from "./output.js";
+
+export interface VmOptions {
+  name?: string;
+  mem?: string;
+  cpus?: string;
+  backend?: string;
+  diskMode?: string;
+  env?: string[];
+  json?: boolean;
+}
+
+/** Options shared by `create` and `run`. */
+export function addVmOptions(cmd: Command): Command {
+  return cmd
+    .option("--mem <mib>", "guest memory in MiB (128-16384, default 512)")
+    .option("--cpus <n>", "virtual CPUs (1-32, default 2)")
+    .option("--backend <name>", "auto | firecracker | qemu")
+    .option("--disk-mode <mode>", "isolated (default) | shared")
+    .option("-e, --env <KEY=VALUE...>", "environment for every command");
+}
+
+export function vmConfigFrom(o: VmOptions) {
+  return {
+    name: o.name,
+    memSizeMib: num("memSizeMib", o.mem),
+    vcpuCount: num("vcpuCount", o.cpus),
+    backend: o.backend as BackendName | undefined,
+    diskMode: o.diskMode as DiskMode | undefined,
+    env: parseEnv(o.env),
+  };
+}
+
+const COLUMNS = ["vmId", "name", "status", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];
+
+export function registerLifecycle(program: Command): void {
+  addVmOptions(program.command("create").description("create and start a VM; prints its id"))
+    .option("--name <name>", "unique name")
+    .option("--json", "print the VM as JSON")
+    .action(async (o: VmOptions) => {
+      const vm = await SmolVM.create(vmConfigFrom(o), { onProgress: progress });
+      if (o.json) printJson(vm.info());
+      else process.stdout.write(`${vm.vmId}\n`);
+      vm.close();
+    });
+
+  program
+    .command("list")
+    .alias("ls")
+    .description("list VMs")
+    .option("--json", "print JSON")
+    .action(async (o: { json?: boolean }) => {
+      const vms = await SmolVM.list();
+      if (o.json) printJson(vms);
+      else process.stdout.write(`${table(vms as unknown as Record<string, unknown>[], COLUMNS)}\n`);
+    });
+
+  program
+    .command("status <id>")
+    .description("show a VM's status")
+    .option("--json", "print JSON")
+    .action(async (id: string, o: { json?: boolean }) => {
+      const vm = await SmolVM.fromId(id);
+      const info = vm.info();
+      if (o.json) printJson(info);
+      else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(11)} ${v ?? "-"}\n`);
+      vm.close();
+    });
+
+  program
+    .command("logs <id>")
+    .description("print a VM's serial console log")
+    .option("-n, --lines <n>", "only the last n lines")
+    .action(async (id: string, o: { lines?: string }) => {
+      const rec = StateStore.open().get(id);
+      if (!rec) throw new VMNotFoundError(id);
+      const path = join(rec.vmDir, "console.log");
+      const text = existsSync(path) ? readFileSync(path, "utf8") : "";
+      const n = num("lines", o.lines);
+      process.stdout.write(n === undefined ? text : `${text.split("\n").slice(-n - 1).join("\n")}`);
+    });
+
+  program
+    .command("stop <id>")
+    .description("shut a VM down cleanly (its disk is kept)")
+    .option("--json", "print JSON")
+    .action(async (id: string, o: { json?: boolean }) => {
+      const vm = await SmolVM.fromId(id);
+      await vm.stop();
+      if (o.json) printJson(vm.info());
+      else process.stdout.write(`${vm.vmId} stopped\n`);
+    });
+
+  program
+    .command("rm [ids...]")
+    .description("delete VMs: process, sockets, disk layer and record")
+    .option("--all", "delete every VM")
+    .option("-f, --force", "also delete running VMs")
+    .option("--json", "print JSON")
+    .action(async (ids: string[], o: { all?: boolean; force?: boolean; json?: boolean }) => {
+      if (o.all) ids = (await SmolVM.list()).map((v) => v.vmId);
+      else if (!ids.length) throw new SmolVMError("name the VMs to delete, or pass --all");
+      const removed: string[] = [];
+      const refused: string[] = [];
+      for (const id of ids) {
+        const vm = await SmolVM.fromId(id);
+        if (!o.force && (vm.status === "running" || vm.status === "paused")) {
+          refused.push(vm.vmId);
+          continue;
+        }
+        await vm.delete();
+        removed.push(vm.vmId);
+      }
+      if (o.json) printJson({ removed, refused });
+      else for (const id of removed) process.stdout.write(`${id}\n`);
+      if (refused.length) {
+        process.stderr.write(`smolvm: still running, not deleted (use --force): ${refused.join(", ")}\n`);
+        process.exitCode = 1;
+      }
+    });
+}

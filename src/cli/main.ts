@@ -1,0 +1,30 @@
+/** The `smolvm` command line. */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Command, CommanderError } from "commander";
+import { packageRoot } from "../paths.js";
+import { registerExec } from "./exec.js";
+import { registerHost } from "./host.js";
+import { registerLifecycle } from "./lifecycle.js";
+import { reportError } from "./output.js";
+
+const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+
+const program = new Command()
+  .name("smolvm")
+  .description("Hardware-isolated Linux microVM sandboxes")
+  .version(version)
+  .enablePositionalOptions()
+  .passThroughOptions()
+  .exitOverride();
+
+registerExec(program);
+registerLifecycle(program);
+registerHost(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) process.exitCode = e.exitCode;
+  else process.exitCode = reportError(e, process.argv.includes("--json"));
+}
