@@ -1,5 +1,6 @@
 /** Multiplexed client of the guest agent: many commands at once over one byte stream. */
-import { connect, type Socket } from "node:net";
+import { connect } from "node:net";
+import type { Duplex } from "node:stream";
 import { AgentError, VMDiedError } from "../errors.js";
 import {
   decodeFields,
@@ -90,9 +91,9 @@ export class AgentClient {
   private welcome: Promise<void>;
   private onClose: Array<(e: Error) => void> = [];
 
-  /** Wrap a connected byte stream. `viaProxy`: the peer is the per-VM proxy, which greets with WELCOME. */
+  /** Wrap a connected byte stream (a socket, or a child's stdio). `viaProxy`: the peer is the per-VM proxy, which greets with WELCOME. */
   constructor(
-    private readonly sock: Socket,
+    private readonly sock: Duplex,
     viaProxy: boolean,
   ) {
     let resolveWelcome: () => void = () => {};
@@ -290,6 +291,7 @@ export class AgentClient {
         reject(e);
       });
     });
+    got.catch(() => {});
     await this.send(T.PING, this.base, b);
     await got;
     return performance.now() - t0;
@@ -342,7 +344,9 @@ export class AgentClient {
       d.rejectExit = reject;
     });
     const p: PendingExec = Object.assign(d, handlers, { started: false });
+    // callers may await only one of the two; neither may become an unhandled rejection
     started.catch(() => {});
+    exited.catch(() => {});
     this.pending.set(stream, p);
     this.send(T.EXEC, stream, payload).catch((e: Error) => {
       p.rejectStarted(e);

@@ -79,7 +79,12 @@ export class SmolVM implements AsyncDisposable {
   /** Construct and start a VM. */
   static async create(config: VMConfig = {}, opts: StartOptions = {}): Promise<SmolVM> {
     const vm = new SmolVM(config);
-    await vm.start(opts);
+    try {
+      await vm.start(opts);
+    } catch (e) {
+      await vm.delete(); // the caller never gets the object, so nothing may be left behind
+      throw e;
+    }
     return vm;
   }
 

@@ -1,4 +1,5 @@
 import type { BootSpec } from "../types.js";
+import { hostTscKhz } from "./tsc.js";
 
 export interface QemuPaths {
   qmpSocket: string;
@@ -6,9 +7,10 @@ export interface QemuPaths {
   pidFile: string;
 }
 
-/** Kernel command line: our fixed part, then the user's extra arguments. */
-export function kernelCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">): string {
+/** Kernel command line: our fixed part, then the user's extra arguments (which may override ours). */
+export function kernelCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">, accel: string, tscKhz = hostTscKhz()): string {
   const base = ["console=ttyS0", "quiet", "panic=-1", "smolvm.channel=vport", `smolvm.hostname=${spec.hostname}`];
+  if (accel === "tcg" && tscKhz && process.arch === "x64") base.push(`tsc_early_khz=${tscKhz}`);
   return [...base, spec.bootArgs].filter(Boolean).join(" ");
 }
 
@@ -44,7 +46,7 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "-initrd",
     spec.initrdPath,
     "-append",
-    kernelCmdline(spec),
+    kernelCmdline(spec, accel),
     "-no-reboot",
     "-drive",
     `id=root,file=${esc(spec.diskPath)},format=${spec.diskFormat},if=none,discard=unmap`,
