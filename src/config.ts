@@ -122,7 +122,10 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
   let name: string | null = null;
   if (c.name !== undefined && c.name !== null) {
     if (typeof c.name !== "string" || !ID_RE.test(c.name)) {
-      throw new ConfigError("name", "must be 1-63 lowercase letters, digits or dashes, starting with a letter or digit");
+      throw new ConfigError(
+        "name",
+        "must be 1-63 lowercase letters, digits or dashes, starting with a letter or digit",
+      );
     }
     name = c.name;
   }
@@ -147,8 +150,7 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     name,
     backend: c.backend === undefined ? "auto" : oneOf("backend", c.backend, BACKENDS),
     vcpuCount: c.vcpuCount === undefined ? DEFAULTS.vcpuCount : intIn("vcpuCount", c.vcpuCount, LIMITS.vcpuCount),
-    memSizeMib:
-      c.memSizeMib === undefined ? DEFAULTS.memSizeMib : intIn("memSizeMib", c.memSizeMib, LIMITS.memSizeMib),
+    memSizeMib: c.memSizeMib === undefined ? DEFAULTS.memSizeMib : intIn("memSizeMib", c.memSizeMib, LIMITS.memSizeMib),
     diskMode: c.diskMode === undefined ? DEFAULTS.diskMode : oneOf("diskMode", c.diskMode, DISK_MODES),
     kernelPath: filePath("kernelPath", c.kernelPath),
     initrdPath: filePath("initrdPath", c.initrdPath),

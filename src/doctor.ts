@@ -1,13 +1,13 @@
 /** Host diagnostics. Every check is bounded in time (the KVM probe boot is the longest, at most a few seconds). */
 import { accessSync, constants, mkdirSync } from "node:fs";
-import { kvmVerdict, type KvmVerdict } from "./backends/qemu/accel.js";
-import { qemuAccels, qemuBinary, qemuVersion } from "./backends/qemu/binary.js";
 import { FIRECRACKER_IMPLEMENTED, firecrackerBinary } from "./backends/firecracker/backend.js";
+import { type KvmVerdict, kvmVerdict } from "./backends/qemu/accel.js";
+import { qemuAccels, qemuBinary, qemuVersion } from "./backends/qemu/binary.js";
 import { resolveBackendName } from "./backends/resolve.js";
 import type { BackendName } from "./config.js";
 import { hostTools } from "./host-tools.js";
-import { findDefaultImage } from "./images/store.js";
 import { findKernel } from "./images/kernel.js";
+import { findDefaultImage } from "./images/store.js";
 import { dataDir, stateDir } from "./paths.js";
 import { StateStore } from "./state/store.js";
 
@@ -35,7 +35,8 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   const checks: DoctorCheck[] = [];
   const add = (name: string, status: CheckStatus, detail: string) => checks.push({ name, status, detail });
 
-  const platformOk = (process.platform === "linux" || process.platform === "darwin") && ["x64", "arm64"].includes(process.arch);
+  const platformOk =
+    (process.platform === "linux" || process.platform === "darwin") && ["x64", "arm64"].includes(process.arch);
   add("platform", platformOk ? "ok" : "fail", `${process.platform}/${process.arch}, node ${process.version}`);
 
   let backend = "qemu";
@@ -68,7 +69,11 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   else if (kernel === null) add("kernel", "fail", "no guest kernel: run 'smolvm setup'");
 
   const image = kernel ? findDefaultImage() : null;
-  add("image", image ? "ok" : "fail", image ? `initrd ${image.initrdPath}, rootfs ${image.rootfsPath}` : "default image not built: run 'smolvm setup'");
+  add(
+    "image",
+    image ? "ok" : "fail",
+    image ? `initrd ${image.initrdPath}, rootfs ${image.rootfsPath}` : "default image not built: run 'smolvm setup'",
+  );
 
   let kvm: KvmVerdict = { present: false, usable: false, reason: "not checked" };
   if (qemu) kvm = await kvmVerdict(qemu, image, { useCache: opts.probe !== true });
@@ -78,11 +83,19 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   const envAccel = process.env.SMOLVM_ACCEL;
   const accel =
     envAccel && envAccel !== "auto" ? envAccel : process.platform === "darwin" ? "hvf" : kvm.usable ? "kvm" : "tcg";
-  add("accelerator", accel === "tcg" ? "warn" : "ok", accel === "tcg" ? "tcg (software emulation: works, but slower)" : accel);
+  add(
+    "accelerator",
+    accel === "tcg" ? "warn" : "ok",
+    accel === "tcg" ? "tcg (software emulation: works, but slower)" : accel,
+  );
 
   const fc = firecrackerBinary();
   if (backend === "firecracker") {
-    add("firecracker", "fail", FIRECRACKER_IMPLEMENTED ? (fc ?? "binary not found") : "not supported by this release yet");
+    add(
+      "firecracker",
+      "fail",
+      FIRECRACKER_IMPLEMENTED ? (fc ?? "binary not found") : "not supported by this release yet",
+    );
   } else {
     add("firecracker", "skip", fc ? `${fc} (not used: this release drives QEMU)` : "binary not found (optional)");
   }

@@ -1,8 +1,8 @@
 /** The host programs SmolVM needs, and the Debian packages that provide them. */
 import { existsSync } from "node:fs";
+import { qemuBinary } from "./backends/qemu/binary.js";
 import { busyboxPath } from "./images/rootfs.js";
 import { which } from "./util/run.js";
-import { qemuBinary } from "./backends/qemu/binary.js";
 
 export interface HostTool {
   what: string;

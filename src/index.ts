@@ -1,17 +1,18 @@
 /** Public SDK surface of SmolVM. */
-export { SmolVM, type StartOptions, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
-export type { CommandResult, RunOptions } from "./sandbox/commands.js";
-export type { VMConfig, ResolvedVMConfig, BackendName, DiskMode, AccelName } from "./config.js";
-export { BACKENDS, DISK_MODES, LIMITS, DEFAULTS } from "./config.js";
+
+export type { AccelName, BackendName, DiskMode, ResolvedVMConfig, VMConfig } from "./config.js";
+export { BACKENDS, DEFAULTS, DISK_MODES, LIMITS } from "./config.js";
+export { type DoctorCheck, type DoctorReport, doctor } from "./doctor.js";
 export {
-  SmolVMError,
+  AgentError,
+  BackendUnavailableError,
+  CommandTimeoutError,
   ConfigError,
+  ImageError,
+  SmolVMError,
+  VMDiedError,
   VMNotFoundError,
   VMStateError,
-  VMDiedError,
-  CommandTimeoutError,
-  BackendUnavailableError,
-  AgentError,
-  ImageError,
 } from "./errors.js";
-export { doctor, type DoctorReport, type DoctorCheck } from "./doctor.js";
+export type { CommandResult, RunOptions } from "./sandbox/commands.js";
+export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";

@@ -4,8 +4,8 @@ import { kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuBinary } from "./backends/qemu/binary.js";
 import { SmolVMError } from "./errors.js";
 import { missingTools } from "./host-tools.js";
-import { ensureDefaultImage, type ImagePaths } from "./images/store.js";
 import { findKernel } from "./images/kernel.js";
+import { ensureDefaultImage, type ImagePaths } from "./images/store.js";
 import { mustRun, type Progress, runHost, which } from "./util/run.js";
 
 export interface SetupResult {
@@ -51,14 +51,21 @@ export async function setup(progress: Progress): Promise<SetupResult> {
   if (!findKernel() && isRoot() && aptListsEmpty()) await aptUpdate(progress);
   if (!findKernel() && isRoot()) {
     // apt-get download needs a package list that knows the cloud kernel
-    const policy = await runHost("apt-cache", ["policy", `linux-image-cloud-${process.arch === "arm64" ? "arm64" : "amd64"}`]);
+    const policy = await runHost("apt-cache", [
+      "policy",
+      `linux-image-cloud-${process.arch === "arm64" ? "arm64" : "amd64"}`,
+    ]);
     if (!/Candidate: (?!\(none\))/.test(policy.stdout)) await aptUpdate(progress);
   }
   const image = await ensureDefaultImage(progress);
   const qemu = qemuBinary() as string;
   progress("checking whether KVM can run a guest");
   const v = await kvmVerdict(qemu, image);
-  progress(v.usable ? `KVM: usable (${v.reason})` : `KVM: ${v.present ? "present but unusable" : "absent"} (${v.reason}); VMs will use TCG`);
+  progress(
+    v.usable
+      ? `KVM: usable (${v.reason})`
+      : `KVM: ${v.present ? "present but unusable" : "absent"} (${v.reason}); VMs will use TCG`,
+  );
   if (!existsSync(image.rootfsPath)) throw new SmolVMError("image build did not produce a rootfs");
   return { installed, image, kvm: { usable: v.usable, reason: v.reason } };
 }

@@ -79,12 +79,17 @@ describe("agent on the host over stdio", () => {
     const c = serveStdio();
     let grandchild = 0;
     await assert.rejects(
-      runCommand(c, "sleep 300 & echo $!; wait", {}, {
-        timeoutMs: 500,
-        onStdout: (b: Buffer) => {
-          grandchild = Number.parseInt(b.toString(), 10);
+      runCommand(
+        c,
+        "sleep 300 & echo $!; wait",
+        {},
+        {
+          timeoutMs: 500,
+          onStdout: (b: Buffer) => {
+            grandchild = Number.parseInt(b.toString(), 10);
+          },
         },
-      }),
+      ),
       (e: unknown) => e instanceof CommandTimeoutError && /^\d+\n$/.test(e.stdout),
     );
     assert.ok(grandchild > 0);
@@ -95,12 +100,17 @@ describe("agent on the host over stdio", () => {
   it("caps output kept in memory and flags truncation", async () => {
     const c = serveStdio();
     let streamed = 0;
-    const r = await runCommand(c, "head -c 3000000 /dev/zero", {}, {
-      maxOutputBytes: 100_000,
-      onStdout: (b: Buffer) => {
-        streamed += b.length;
+    const r = await runCommand(
+      c,
+      "head -c 3000000 /dev/zero",
+      {},
+      {
+        maxOutputBytes: 100_000,
+        onStdout: (b: Buffer) => {
+          streamed += b.length;
+        },
       },
-    });
+    );
     assert.equal(r.stdout.length, 100_000);
     assert.equal(streamed, 3_000_000);
     assert.equal(r.truncated, true);

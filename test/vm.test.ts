@@ -7,8 +7,8 @@ import { after, before, describe, it } from "node:test";
 import { findKernel } from "../src/images/kernel.js";
 import { defaultRootfsPath } from "../src/images/store.js";
 import { CommandTimeoutError, SmolVM, VMDiedError, VMNotFoundError, VMStateError } from "../src/index.js";
-import { StateStore } from "../src/state/store.js";
 import { reconcile } from "../src/state/reconcile.js";
+import { StateStore } from "../src/state/store.js";
 import { processAlive, waitFor } from "../src/util/proc.js";
 import { cli, isolatedState } from "./helpers.js";
 

@@ -21,7 +21,7 @@
 #define T_STDIN 0x12
 #define T_SIGNAL 0x13
 #define T_RELEASE 0x20
-#define T_SHUTDOWN 0x30
+#define T_SHUTDOWN 0x30 /* the agent answers with the same type once disks are synced */
 /* agent -> host */
 #define T_PONG 0x02
 #define T_HELLO 0x03

@@ -9,10 +9,10 @@ import {
   F,
   FE,
   type Field,
+  type Frame,
+  FrameDecoder,
   fieldString,
   fieldU32,
-  FrameDecoder,
-  type Frame,
   MAX_PAYLOAD,
   T,
 } from "./codec.js";
@@ -90,6 +90,7 @@ export class AgentClient {
   private closedError: Error | null = null;
   private welcome: Promise<void>;
   private onClose: Array<(e: Error) => void> = [];
+  private shutdownAck: (() => void) | null = null;
 
   /** Wrap a connected byte stream (a socket, or a child's stdio). `viaProxy`: the peer is the per-VM proxy, which greets with WELCOME. */
   constructor(
@@ -205,6 +206,10 @@ export class AgentClient {
       return;
     }
     if (f.type === T.HELLO) return;
+    if (f.type === T.SHUTDOWN) {
+      this.shutdownAck?.();
+      return;
+    }
     const p = this.pending.get(f.stream);
     if (!p) return; // late output of a released stream
     switch (f.type) {
@@ -355,9 +360,24 @@ export class AgentClient {
     return new ExecHandle(this, stream, started, exited);
   }
 
-  /** Ask the guest to sync its disks and power off. */
-  async shutdown(): Promise<void> {
+  /**
+   * Ask the guest to kill its processes, sync and remount its root read-only, then power off. Resolves once the
+   * agent confirms the disk is consistent (or the channel closed); the VMM may then be killed without data loss.
+   */
+  async shutdown(timeoutMs = 5000): Promise<boolean> {
+    const acked = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.shutdownAck = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.onClosed(() => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
     await this.send(T.SHUTDOWN, this.base);
+    return acked;
   }
 
   close(): void {

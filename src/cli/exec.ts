@@ -1,7 +1,7 @@
 /** run (ephemeral VM) and exec (in an existing VM): stream output, exit with the command's code. */
 import type { Command } from "commander";
-import { SmolVM } from "../sandbox/smolvm.js";
 import type { CommandResult } from "../sandbox/commands.js";
+import { SmolVM } from "../sandbox/smolvm.js";
 import { addVmOptions, type VmOptions, vmConfigFrom } from "./lifecycle.js";
 import { num, parseEnv, printJson, progress, toCommand } from "./output.js";
 
@@ -13,7 +13,12 @@ interface ExecOptions {
 }
 
 /** Run and stream output live (or collect it for --json). `env` is per-command environment. */
-function runStreaming(vm: SmolVM, args: string[], o: ExecOptions, env?: Record<string, string>): Promise<CommandResult> {
+function runStreaming(
+  vm: SmolVM,
+  args: string[],
+  o: ExecOptions,
+  env?: Record<string, string>,
+): Promise<CommandResult> {
   return vm.run(toCommand(args), {
     timeoutMs: num("timeoutMs", o.timeout),
     cwd: o.cwd,

@@ -85,7 +85,14 @@ export function registerLifecycle(program: Command): void {
       const path = join(rec.vmDir, "console.log");
       const text = existsSync(path) ? readFileSync(path, "utf8") : "";
       const n = num("lines", o.lines);
-      process.stdout.write(n === undefined ? text : `${text.split("\n").slice(-n - 1).join("\n")}`);
+      process.stdout.write(
+        n === undefined
+          ? text
+          : `${text
+              .split("\n")
+              .slice(-n - 1)
+              .join("\n")}`,
+      );
     });
 
   program

@@ -9,7 +9,11 @@ export const progress = (msg: string) => process.stderr.write(`smolvm: ${msg}\n`
 export function table(rows: Record<string, unknown>[], columns: string[]): string {
   const cells = rows.map((r) => columns.map((c) => (r[c] === null || r[c] === undefined ? "-" : String(r[c]))));
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => (row[i] as string).length)));
-  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i] as number)).join("  ").trimEnd();
+  const line = (vals: string[]) =>
+    vals
+      .map((v, i) => v.padEnd(widths[i] as number))
+      .join("  ")
+      .trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join("\n");
 }
 
@@ -17,7 +21,8 @@ export function table(rows: Record<string, unknown>[], columns: string[]): strin
 export function num(field: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n)) throw new ConfigError(field, `must be a number, got ${JSON.stringify(v)}`);
+  if (v.trim() === "" || !Number.isFinite(n))
+    throw new ConfigError(field, `must be a number, got ${JSON.stringify(v)}`);
   return n;
 }
 

@@ -3,7 +3,16 @@
  * be built in), else Debian's `linux-image-cloud-<arch>` fetched with `apt-get download` and unpacked without
  * installing it. Only the bzImage and the virtio modules are kept, under `<data>/kernels/<version>/`.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { ImageError } from "../errors.js";

@@ -1,5 +1,14 @@
 /** The default root filesystem: static busybox in an ext4 image made with `mkfs.ext4 -d` (no root, no loop devices). */
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { ImageError } from "../errors.js";
@@ -33,7 +42,20 @@ export async function buildBusyboxRootfs(out: string, progress: Progress = silen
   progress("building the busybox root filesystem");
   const dir = mkdtempSync(join(tmpdir(), "smolvm-rootfs-"));
   try {
-    for (const d of ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "run", "root", "home", "var/tmp"]) {
+    for (const d of [
+      "bin",
+      "sbin",
+      "usr/bin",
+      "usr/sbin",
+      "etc",
+      "dev",
+      "proc",
+      "sys",
+      "run",
+      "root",
+      "home",
+      "var/tmp",
+    ]) {
       mkdirSync(join(dir, d), { recursive: true });
     }
     mkdirSync(join(dir, "tmp"));
@@ -51,7 +73,20 @@ export async function buildBusyboxRootfs(out: string, progress: Progress = silen
     chmodSync(join(dir, "etc/shadow"), 0o600);
     const tmp = `${out}.tmp-${process.pid}`;
     rmSync(tmp, { force: true });
-    await mustRun(mkfs, ["-q", "-F", "-t", "ext4", "-L", "smolvm-root", "-E", "root_owner=0:0", "-d", dir, tmp, ROOTFS_SIZE]);
+    await mustRun(mkfs, [
+      "-q",
+      "-F",
+      "-t",
+      "ext4",
+      "-L",
+      "smolvm-root",
+      "-E",
+      "root_owner=0:0",
+      "-d",
+      dir,
+      tmp,
+      ROOTFS_SIZE,
+    ]);
     renameSync(tmp, out);
   } finally {
     rmSync(dir, { recursive: true, force: true });

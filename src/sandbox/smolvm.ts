@@ -1,6 +1,7 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
-import { rmSync } from "node:fs";
+
 import { createHash } from "node:crypto";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
@@ -13,7 +14,6 @@ import { runtimeDir, stateDir } from "../paths.js";
 import { reconcile, reconcileVm } from "../state/reconcile.js";
 import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
-import { waitFor } from "../util/proc.js";
 import { type CommandResult, type RunOptions, runCommand } from "./commands.js";
 import { tailFile } from "./console-log.js";
 
@@ -24,6 +24,19 @@ export interface StartOptions {
   onProgress?: Progress;
   /** Give up if the guest agent has not answered after this long (default 60 s, or SMOLVM_BOOT_TIMEOUT_MS). */
   bootTimeoutMs?: number;
+}
+
+/** Where the time of the last `start()` went, in ms. */
+export interface StartTimings {
+  /** Kernel, initramfs and image lookup (or build, the first time). */
+  imageMs: number;
+  /** The VM's private disk layer. */
+  diskMs: number;
+  /** VMM process started and its agent socket listening. */
+  bootMs: number;
+  /** From VMM start until the guest agent answered. */
+  agentReadyMs: number;
+  totalMs: number;
 }
 
 /** A summary of a VM, as `list` and `status` show it. */
@@ -65,6 +78,8 @@ export class SmolVM implements AsyncDisposable {
   /** The backend that drives this VM. */
   readonly backend: BackendKind;
   private rec: VMRecord | null = null;
+  /** Timing breakdown of the last successful `start()` in this process, or null. */
+  startTimings: StartTimings | null = null;
   private client: AgentClient | null = null;
   /** Created by this object: `await using` / dispose deletes it. */
   private owned = true;
@@ -148,6 +163,7 @@ export class SmolVM implements AsyncDisposable {
   /** Boot the VM and wait until its agent answers. A stopped VM boots again from its own disk. */
   async start(opts: StartOptions = {}): Promise<void> {
     const progress = opts.onProgress ?? silent;
+    const t0 = performance.now();
     if (this.rec && this.refresh() === null) throw new VMNotFoundError(this.vmId);
     if (this.status === "running" || this.status === "paused") return;
     const backend = this.driver(); // throws BackendUnavailableError for a backend this host cannot run
@@ -155,6 +171,7 @@ export class SmolVM implements AsyncDisposable {
     const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
     const image = needDefault ? await ensureDefaultImage(progress) : null;
     const agentBinary = image?.agentPath ?? (await ensureAgent(progress));
+    const tImage = performance.now();
     if (!this.rec) {
       this.rec = this.store.insert({
         id: c.vmId,
@@ -179,6 +196,7 @@ export class SmolVM implements AsyncDisposable {
         vmDir: rec.vmDir,
       });
       this.store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
+      const tDisk = performance.now();
       handle = await backend.boot({
         vmId: c.vmId,
         vcpuCount: c.vcpuCount,
@@ -195,10 +213,19 @@ export class SmolVM implements AsyncDisposable {
         accel: c.accel,
       });
       this.store.update(rec.id, { status: "running", handle, error: null });
+      const tBoot = performance.now();
       const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
       const client = await AgentClient.connect(handle.agentSocket);
       this.client = client;
       await client.waitReady(timeout);
+      const tReady = performance.now();
+      this.startTimings = {
+        imageMs: tImage - t0,
+        diskMs: tDisk - tImage,
+        bootMs: tBoot - tDisk,
+        agentReadyMs: tReady - tBoot,
+        totalMs: tReady - t0,
+      };
       this.refresh();
     } catch (e) {
       this.client?.close();
@@ -208,9 +235,12 @@ export class SmolVM implements AsyncDisposable {
       this.store.update(rec.id, { status: "error", handle: null, error: msg });
       this.refresh();
       const tail = tailFile(logPath, 1500).trim();
-      throw new SmolVMError(`VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`, {
-        cause: e,
-      });
+      throw new SmolVMError(
+        `VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`,
+        {
+          cause: e,
+        },
+      );
     }
   }
 
@@ -264,8 +294,8 @@ export class SmolVM implements AsyncDisposable {
         try {
           if (rec.status === "paused") await backend.resume(h);
           const client = await this.agent();
-          await client.shutdown();
-          await waitFor(() => !backend.isAlive(h), opts.timeoutMs ?? 5000);
+          // once the agent confirms its disk is synced and read-only, killing the VMM loses nothing
+          await client.shutdown(opts.timeoutMs ?? 5000);
         } catch {
           // fall through to kill
         }

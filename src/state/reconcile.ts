@@ -1,8 +1,9 @@
 /** Bring the state store in line with reality: VMs whose process died are marked stopped and their resources freed. */
-import { getBackend } from "../backends/resolve.js";
+
 import { QemuBackend } from "../backends/qemu/backend.js";
+import { getBackend } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
-import { type StateStore, type VMRecord } from "./store.js";
+import type { StateStore, VMRecord } from "./store.js";
 
 function backendFor(kind: BackendKind): Backend {
   try {

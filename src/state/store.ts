@@ -139,10 +139,7 @@ export class StateStore {
     return { ...rec, createdAt: now, updatedAt: now };
   }
 
-  update(
-    id: string,
-    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error">>,
-  ): void {
+  update(id: string, fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error">>): void {
     const sets: string[] = [];
     const vals: unknown[] = [];
     const col: Record<string, string> = { diskPath: "disk_path", diskFormat: "disk_format" };

@@ -123,7 +123,8 @@ export async function kvmVerdict(
   if (opts.useCache !== false) {
     try {
       const c = JSON.parse(readFileSync(cacheFile(), "utf8")) as KvmVerdict & { key: string };
-      if (c.key === key) return { present: true, usable: c.usable, reason: c.reason, cached: true, checkedAt: c.checkedAt };
+      if (c.key === key)
+        return { present: true, usable: c.usable, reason: c.reason, cached: true, checkedAt: c.checkedAt };
     } catch {
       // no cache yet
     }

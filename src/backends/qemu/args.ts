@@ -8,7 +8,11 @@ export interface QemuPaths {
 }
 
 /** Kernel command line: our fixed part, then the user's extra arguments (which may override ours). */
-export function kernelCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">, accel: string, tscKhz = hostTscKhz()): string {
+export function kernelCmdline(
+  spec: Pick<BootSpec, "hostname" | "bootArgs">,
+  accel: string,
+  tscKhz = hostTscKhz(),
+): string {
   const base = ["console=ttyS0", "quiet", "panic=-1", "smolvm.channel=vport", `smolvm.hostname=${spec.hostname}`];
   if (accel === "tcg" && tscKhz && process.arch === "x64") base.push(`tsc_early_khz=${tscKhz}`);
   return [...base, spec.bootArgs].filter(Boolean).join(" ");

@@ -45,7 +45,8 @@ export class QemuBackend implements Backend {
     const agentSocket = join(spec.runDir, "agent.sock");
     const proxyPidFile = join(spec.runDir, "proxy.pid");
     for (const f of [...Object.values(paths), agentSocket, proxyPidFile]) rmSync(f, { force: true });
-    if (agentSocket.length > 107) throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
+    if (agentSocket.length > 107)
+      throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
     const r = await runHost(qemu, buildQemuArgs(spec, accel, paths), { timeoutMs: 30_000 });
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
