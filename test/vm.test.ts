@@ -191,6 +191,18 @@ describe("CLI", () => {
     assert.match(status.stderr, /VM not found/);
   });
 
+  it("two processes creating VMs at the same time both succeed", async () => {
+    const rs = await Promise.all([cli(["create", "--mem", "256"]), cli(["create", "--mem", "256"])]);
+    const ids = rs.map((r) => {
+      assert.equal(r.code, 0, r.stderr);
+      return r.stdout.trim();
+    });
+    assert.notEqual(ids[0], ids[1]);
+    const rm = await cli(["rm", "--force", ...ids]);
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.deepEqual(await SmolVM.list(), []);
+  });
+
   it("bad flags name the config field", async () => {
     const r = await cli(["run", "--mem", "64", "--", "true"]);
     assert.equal(r.code, 2);
