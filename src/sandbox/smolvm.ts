@@ -116,6 +116,7 @@ export class SmolVM implements AsyncDisposable {
       client: null,
       owned: false,
       store,
+      startTimings: null,
     });
     return vm;
   }
