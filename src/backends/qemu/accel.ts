@@ -12,7 +12,7 @@ import type { AccelName } from "../../config.js";
 import { ConfigError } from "../../errors.js";
 import { dataDir } from "../../paths.js";
 import { accelArgs } from "./args.js";
-import { qemuAccels, qemuVersion } from "./binary.js";
+import { qemuAccels } from "./binary.js";
 
 export interface KvmVerdict {
   present: boolean;
@@ -31,8 +31,10 @@ function cacheFile(): string {
   return join(dataDir(), "kvm-probe.json");
 }
 
+/** Identity of what the verdict depends on, from file metadata only (no process spawned on the boot path). */
 function cacheKey(qemu: string, kernelPath: string): string {
-  return [release(), qemuVersion(qemu), kernelPath, statSync(kernelPath).mtimeMs].join("|");
+  const q = statSync(qemu);
+  return [release(), qemu, q.size, q.mtimeMs, kernelPath, statSync(kernelPath).mtimeMs].join("|");
 }
 
 /** Boot the probe guest under KVM; resolves with whether it reached userspace in time. */
@@ -113,9 +115,6 @@ export async function kvmVerdict(
       reason: "no read/write access to /dev/kvm (add this user to the kvm group)",
     };
   }
-  if (!qemuAccels(qemu).includes("kvm")) {
-    return { present: true, usable: false, reason: "this QEMU build has no KVM support" };
-  }
   if (!image) {
     return { present: true, usable: false, reason: "not proven: no guest kernel yet to probe with (run smolvm setup)" };
   }
@@ -128,6 +127,9 @@ export async function kvmVerdict(
     } catch {
       // no cache yet
     }
+  }
+  if (!qemuAccels(qemu).includes("kvm")) {
+    return { present: true, usable: false, reason: "this QEMU build has no KVM support" };
   }
   const r = await probeKvmBoot(qemu, image.kernelPath, image.initrdPath);
   const verdict: KvmVerdict = {
