@@ -41,6 +41,17 @@ export class CommandTimeoutError extends SmolVMError {
   }
 }
 
+/** A command was cancelled through its AbortSignal; it was killed. Partial output is kept. */
+export class CommandAbortedError extends SmolVMError {
+  constructor(
+    readonly command: string,
+    readonly stdout: string,
+    readonly stderr: string,
+  ) {
+    super(`command aborted and killed: ${command}`);
+  }
+}
+
 /** A backend cannot run on this host. The message says how to fix it. */
 export class BackendUnavailableError extends SmolVMError {
   constructor(
@@ -51,8 +62,33 @@ export class BackendUnavailableError extends SmolVMError {
   }
 }
 
-/** The guest agent broke the protocol or reported an error. */
-export class AgentError extends SmolVMError {}
+/** The guest agent broke the protocol or reported an error; `code` is the guest's errno when it gave one. */
+export class AgentError extends SmolVMError {
+  constructor(
+    message: string,
+    readonly code?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** A guest path does not exist. */
+export class FileNotFoundError extends SmolVMError {
+  constructor(readonly path: string) {
+    super(`no such file or directory in the guest: ${path}`);
+  }
+}
+
+/** A file operation failed in the guest (read-only file system, permission denied, is a directory, ...). */
+export class FileSystemError extends SmolVMError {
+  constructor(
+    readonly path: string,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 /** Building or finding an image (kernel, initramfs, rootfs) failed. */
 export class ImageError extends SmolVMError {}

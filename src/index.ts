@@ -6,13 +6,19 @@ export { type DoctorCheck, type DoctorReport, doctor } from "./doctor.js";
 export {
   AgentError,
   BackendUnavailableError,
+  CommandAbortedError,
   CommandTimeoutError,
   ConfigError,
+  FileNotFoundError,
+  FileSystemError,
   ImageError,
   SmolVMError,
   VMDiedError,
   VMNotFoundError,
   VMStateError,
 } from "./errors.js";
-export type { CommandResult, RunOptions } from "./sandbox/commands.js";
+export type { CommandOptions, CommandResult, Process, RunOptions } from "./sandbox/commands.js";
+export type { Env } from "./sandbox/env.js";
+export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";
+export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
 export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";

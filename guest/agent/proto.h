@@ -22,6 +22,17 @@
 #define T_SIGNAL 0x13
 #define T_RELEASE 0x20
 #define T_SHUTDOWN 0x30 /* the agent answers with the same type once disks are synced */
+#define T_RESIZE 0x17   /* u16 cols, u16 rows: terminal size of a PTY command */
+#define T_ENV_SET 0x40
+#define T_ENV_UNSET 0x41
+#define T_ENV_LIST 0x42
+#define T_FREAD 0x50
+#define T_FWRITE 0x51
+#define T_FSTAT 0x52
+#define T_FLIST 0x53
+#define T_FMKDIR 0x54
+#define T_FREMOVE 0x55
+#define T_FRENAME 0x56
 /* agent -> host */
 #define T_PONG 0x02
 #define T_HELLO 0x03
@@ -30,6 +41,7 @@
 #define T_STDOUT 0x14
 #define T_STDERR 0x15
 #define T_EXIT 0x16
+#define T_DONE 0x18 /* a non-exec operation finished; payload: fields */
 #define T_ERROR 0x1f
 
 /* EXEC fields: u8 tag, u32 length (big-endian), value */
@@ -38,6 +50,23 @@
 #define F_ENV 3
 #define F_CWD 4
 #define F_STDIN 5
+#define F_USER 6 /* user name or numeric uid */
+#define F_PTY 7  /* u16 cols, u16 rows: run on a new terminal */
+/* file operation fields */
+#define F_PATH 1
+#define F_PATH2 2 /* rename target */
+#define F_MODE 3  /* u32 */
+#define F_FLAGS 4 /* u32: FL_PARENTS, FL_RECURSIVE */
+#define F_DEPTH 5 /* u32 */
+#define FL_PARENTS 1
+#define FL_RECURSIVE 2
+/* stat / list entry fields */
+#define E_PATH 1
+#define E_TYPE 2 /* one byte: f d l c b p s ? */
+#define E_SIZE 3 /* u64 */
+#define E_MODE 4 /* u32 permission bits */
+#define E_MTIME 5 /* u64 ms */
+#define E_LINK 6
 /* ERROR fields */
 #define F_CODE 1
 #define F_MSG 2

@@ -20,14 +20,23 @@
 #include "proto.h"
 
 #define SLOTS 256
-#define CLIENT_OUT_LIMIT (16u << 20) /* a client that falls this far behind is dropped */
+#define CLIENT_HIGH (4u << 20)       /* above this, stop reading the guest until the client catches up */
+#define CLIENT_OUT_LIMIT (16u << 20) /* hard cap (never reached while backpressure works) */
+#define STALL_MS 30000               /* a client above CLIENT_HIGH that drains nothing this long is dropped */
 #define UP_OUT_LIMIT (4u << 20)      /* stop reading clients while this much waits for the guest */
 #define IN_LIMIT (2 * (SMOL_HDR + SMOL_MAX_PAYLOAD))
 
 struct client {
 	int fd; /* -1 when free */
 	struct bq in, out;
+	long long stalled_since; /* ms; 0 when below CLIENT_HIGH */
 };
+
+static long long now_ms(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static struct client cl[SLOTS];
 static int up = -1;
@@ -56,6 +65,7 @@ static void queue_frame(struct bq *q, uint8_t type, uint32_t stream, const void 
 static void drop_client(int s) {
 	close(cl[s].fd);
 	cl[s].fd = -1;
+	cl[s].stalled_since = 0;
 	bq_free(&cl[s].in);
 	bq_free(&cl[s].out);
 	uint8_t r[8];
@@ -200,14 +210,32 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		int slot[2 + SLOTS];
 		int n = 0;
 		int reading_clients = up_out.len < UP_OUT_LIMIT;
-		pf[n] = (struct pollfd){up, POLLIN | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
+		/* backpressure: while a client is far behind, leave the guest's output in the channel */
+		int reading_up = 1, timeout = -1;
+		long long now = now_ms();
+		for (int s = 1; s < SLOTS; s++) {
+			if (cl[s].fd < 0) continue;
+			if (cl[s].out.len <= CLIENT_HIGH) {
+				cl[s].stalled_since = 0;
+				continue;
+			}
+			if (!cl[s].stalled_since) cl[s].stalled_since = now;
+			if (now - cl[s].stalled_since > STALL_MS) {
+				logmsg("proxy: client %d drained nothing for %d s; dropped", s, STALL_MS / 1000);
+				drop_client(s);
+				continue;
+			}
+			reading_up = 0;
+			timeout = 1000;
+		}
+		pf[n] = (struct pollfd){up, (reading_up ? POLLIN : 0) | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
 		pf[n] = (struct pollfd){lfd, POLLIN, 0}, slot[n++] = -2;
 		for (int s = 1; s < SLOTS; s++) {
 			if (cl[s].fd < 0) continue;
 			short ev = (reading_clients ? POLLIN : 0) | (cl[s].out.len ? POLLOUT : 0);
 			pf[n] = (struct pollfd){cl[s].fd, ev, 0}, slot[n++] = s;
 		}
-		if (poll(pf, (nfds_t)n, -1) < 0) {
+		if (poll(pf, (nfds_t)n, timeout) < 0) {
 			if (errno == EINTR) continue;
 			return 1;
 		}
@@ -222,7 +250,11 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 				accept_client(lfd);
 			} else if (cl[s].fd == pf[k].fd) {
 				if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s);
-				if (cl[s].fd >= 0 && (re & POLLOUT) && flush(cl[s].fd, &cl[s].out) < 0) drop_client(s);
+				if (cl[s].fd >= 0 && (re & POLLOUT)) {
+					size_t before = cl[s].out.len;
+					if (flush(cl[s].fd, &cl[s].out) < 0) drop_client(s);
+					else if (cl[s].out.len < before && cl[s].stalled_since) cl[s].stalled_since = now_ms();
+				}
 			}
 		}
 		if (up_out.len && flush(up, &up_out) < 0) goto done;

@@ -23,10 +23,10 @@
 #include <linux/vm_sockets.h>
 
 #include "proto.h"
+#include "server_int.h"
 
 #define MAX_CHANS 64
-#define MAX_PROCS 1024
-#define STDIN_QUEUE_LIMIT (4u << 20)   /* per process */
+#define STDIN_QUEUE_LIMIT (64u << 20)  /* per stream; a safety net: reading pauses at STDIN_TOTAL_LIMIT */
 #define STDIN_TOTAL_LIMIT (16u << 20)  /* stop reading channels above this */
 #define DRAIN_LIMIT (4u << 20)         /* bytes read from pipes after the process exits */
 
@@ -38,19 +38,10 @@ struct chan {
 	struct bq in;
 };
 
-struct proc {
-	int used;
-	int chan; /* -1 once released: output is dropped */
-	uint32_t stream;
-	pid_t pid;
-	int out, err, in;
-	int stdin_eof; /* close stdin once the queue drains */
-	struct bq inq;
-};
 
 static struct chan chans[MAX_CHANS];
-static struct proc procs[MAX_PROCS];
-static const struct server_opts *opts;
+struct proc procs[MAX_PROCS];
+const struct server_opts *opts;
 static size_t stdin_total;
 
 static long long now_ms(void) {
@@ -59,7 +50,7 @@ static long long now_ms(void) {
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void chan_send(int c, uint8_t type, uint32_t stream, const void *payload, size_t n) {
+void chan_send(int c, uint8_t type, uint32_t stream, const void *payload, size_t n) {
 	if (c < 0 || !chans[c].used || chans[c].retry_at_ms) return;
 	uint8_t hdr[SMOL_HDR];
 	frame_header(hdr, type, stream, n);
@@ -75,7 +66,7 @@ static void chan_send(int c, uint8_t type, uint32_t stream, const void *payload,
 	}
 }
 
-static void send_error(int c, uint32_t stream, uint32_t code, const char *msg) {
+void send_error(int c, uint32_t stream, uint32_t code, const char *msg) {
 	size_t ml = strlen(msg);
 	uint8_t buf[5 + 4 + 5 + 256];
 	if (ml > 256) ml = 256;
@@ -93,10 +84,74 @@ static void send_error(int c, uint32_t stream, uint32_t code, const char *msg) {
 	chan_send(c, T_ERROR, stream, buf, o);
 }
 
-static struct proc *find_proc(int c, uint32_t stream) {
+struct proc *find_proc(int c, uint32_t stream) {
 	for (int i = 0; i < MAX_PROCS; i++)
 		if (procs[i].used && procs[i].chan == c && procs[i].stream == stream) return &procs[i];
 	return NULL;
+}
+
+void send_errno(int c, uint32_t stream, int e, const char *what) {
+	char msg[300];
+	snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
+	send_error(c, stream, (uint32_t)e, msg);
+}
+
+struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind) {
+	if (find_proc(c, stream)) {
+		send_error(c, stream, EEXIST, "stream id already in use");
+		return NULL;
+	}
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (!procs[i].used) {
+			struct proc *p = &procs[i];
+			memset(p, 0, sizeof *p);
+			p->used = 1;
+			p->kind = kind;
+			p->chan = c;
+			p->stream = stream;
+			p->out = p->err = p->in = -1;
+			return p;
+		}
+	send_error(c, stream, EAGAIN, "too many streams");
+	return NULL;
+}
+
+void free_proc(struct proc *p) {
+	free(p->tmp_path);
+	free(p->final_path);
+	p->tmp_path = p->final_path = NULL;
+	p->used = 0;
+}
+
+char *dupstr(const uint8_t *v, size_t n) {
+	char *s = malloc(n + 1);
+	if (!s) return NULL;
+	memcpy(s, v, n);
+	s[n] = 0;
+	return s;
+}
+
+void fb_bytes(struct fbuf *f, uint8_t tag, const void *v, size_t n) {
+	if (f->overflow || f->n + 5 + n > sizeof f->b) {
+		f->overflow = 1;
+		return;
+	}
+	f->b[f->n] = tag;
+	put_be32(f->b + f->n + 1, (uint32_t)n);
+	memcpy(f->b + f->n + 5, v, n);
+	f->n += 5 + n;
+}
+void fb_str(struct fbuf *f, uint8_t tag, const char *s) { fb_bytes(f, tag, s, strlen(s)); }
+void fb_u32(struct fbuf *f, uint8_t tag, uint32_t v) {
+	uint8_t b[4];
+	put_be32(b, v);
+	fb_bytes(f, tag, b, 4);
+}
+void fb_u64(struct fbuf *f, uint8_t tag, uint64_t v) {
+	uint8_t b[8];
+	put_be32(b, (uint32_t)(v >> 32));
+	put_be32(b + 4, (uint32_t)v);
+	fb_bytes(f, tag, b, 8);
 }
 
 static void close_fd(int *fd) {
@@ -124,7 +179,13 @@ static int pump(struct proc *p, int *fd, uint8_t type, size_t *budget) {
 		}
 		if (r < 0 && errno == EINTR) continue;
 		if (r < 0 && errno == EAGAIN) return 1;
+		if (r < 0 && errno == EIO && p->pty) r = 0; /* terminal closed by the last holder of its slave */
+		if (r < 0 && p->kind == K_READ) send_errno(p->chan, p->stream, errno, "read");
 		close_fd(fd);
+		if (p->kind == K_READ) {
+			if (r == 0) chan_send(p->chan, T_DONE, p->stream, NULL, 0);
+			free_proc(p);
+		}
 		return 0;
 	}
 }
@@ -142,7 +203,7 @@ static void proc_finish(struct proc *p, int status) {
 	put_be32(ex, (uint32_t)code);
 	put_be32(ex + 4, (uint32_t)sig);
 	chan_send(p->chan, T_EXIT, p->stream, ex, 8);
-	p->used = 0;
+	free_proc(p);
 }
 
 static void reap(void) {
@@ -151,7 +212,7 @@ static void reap(void) {
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid <= 0) return;
 		for (int i = 0; i < MAX_PROCS; i++)
-			if (procs[i].used && procs[i].pid == pid) {
+			if (procs[i].used && procs[i].kind == K_EXEC && procs[i].pid == pid) {
 				proc_finish(&procs[i], status);
 				break;
 			}
@@ -163,176 +224,17 @@ static void release(int c, uint32_t lo, uint32_t hi) {
 	for (int i = 0; i < MAX_PROCS; i++) {
 		struct proc *p = &procs[i];
 		if (!p->used || p->chan != c || p->stream < lo || p->stream > hi) continue;
-		kill(-p->pid, SIGKILL);
-		p->chan = -1;
-		proc_close_stdin(p);
-	}
-}
-
-static char *dupstr(const uint8_t *v, size_t n) {
-	char *s = malloc(n + 1);
-	if (!s) return NULL;
-	memcpy(s, v, n);
-	s[n] = 0;
-	return s;
-}
-
-/* Build the child's environment: base, then overrides (same key replaces). */
-static char **build_env(char **extra, int nextra) {
-	int nbase = 0;
-	while (opts->base_env && opts->base_env[nbase]) nbase++;
-	char **env = calloc((size_t)(nbase + nextra + 1), sizeof(char *));
-	if (!env) return NULL;
-	int n = 0;
-	for (int i = 0; i < nbase; i++) env[n++] = opts->base_env[i];
-	for (int i = 0; i < nextra; i++) {
-		char *eq = strchr(extra[i], '=');
-		size_t kl = eq ? (size_t)(eq - extra[i]) : strlen(extra[i]);
-		int replaced = 0;
-		for (int j = 0; j < n; j++)
-			if (!strncmp(env[j], extra[i], kl) && env[j][kl] == '=') {
-				env[j] = extra[i];
-				replaced = 1;
-				break;
-			}
-		if (!replaced) env[n++] = extra[i];
-	}
-	env[n] = NULL;
-	return env;
-}
-
-/* The vfork child: only system calls until it execs or _exits, and its own stack frame, so the parent's locals stay
- * intact. */
-static __attribute__((noinline, noreturn)) void exec_child(int in, int out, int err, const char *cwd, char **argv,
-							  char **env) {
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL); /* the agent blocks SIGCHLD */
-	signal(SIGPIPE, SIG_DFL);	       /* and ignores SIGPIPE; nothing else is changed */
-	setsid();
-	dup2(in >= 0 ? in : open("/dev/null", O_RDONLY), 0);
-	dup2(out, 1);
-	dup2(err, 2);
-	/* every fd of the agent is close-on-exec; this is a safety net (one call where available) */
-	if (syscall(SYS_close_range, 3, ~0u, 0) < 0)
-		for (int fd = 3; fd < 1024; fd++) close(fd);
-	if (cwd && chdir(cwd) < 0) {
-		dprintf(2, "smolvm: cwd %s: %s\n", cwd, strerror(errno));
-		_exit(126);
-	}
-	execvpe(argv[0], argv, env);
-	int e = errno;
-	dprintf(2, "smolvm: exec %s: %s\n", argv[0], strerror(e));
-	_exit(e == ENOENT ? 127 : 126);
-}
-
-/* vfork: no page-table copy and no copy-on-write faults, which software emulation makes expensive. Kept in its own
- * function so no caller's locals live across the vfork. */
-static __attribute__((noinline)) pid_t spawn_child(int in, int out, int err, const char *cwd, char **argv, char **env) {
-	pid_t pid = vfork();
-	if (pid == 0) exec_child(in, out, err, cwd, argv, env);
-	return pid;
-}
-
-static void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
-	if (find_proc(c, stream)) {
-		send_error(c, stream, EEXIST, "stream id already in use");
-		return;
-	}
-	struct proc *p = NULL;
-	for (int i = 0; i < MAX_PROCS; i++)
-		if (!procs[i].used) {
-			p = &procs[i];
-			break;
+		if (p->kind == K_EXEC) {
+			kill(-p->pid, SIGKILL);
+			p->chan = -1;
+			proc_close_stdin(p);
+		} else if (p->kind == K_WRITE) {
+			write_abort(p); /* a half-written file never replaces the old one */
+		} else {
+			close_fd(&p->out);
+			free_proc(p);
 		}
-	if (!p) {
-		send_error(c, stream, EAGAIN, "too many processes");
-		return;
 	}
-	int nargs = 0, nenv = 0, want_stdin = 0;
-	size_t off = 0;
-	uint8_t tag;
-	const uint8_t *v;
-	size_t vl;
-	int r;
-	while ((r = field_next(pl, n, &off, &tag, &v, &vl)) == 1) {
-		if (tag == F_ARG) nargs++;
-		if (tag == F_ENV) nenv++;
-	}
-	if (r < 0) {
-		send_error(c, stream, EINVAL, "malformed exec request");
-		return;
-	}
-	char **argv = calloc((size_t)nargs + 4, sizeof(char *));
-	char **extra = calloc((size_t)nenv + 1, sizeof(char *));
-	char *shell = NULL, *cwd = NULL;
-	int ai = 0, ei = 0;
-	off = 0;
-	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
-		if (memchr(v, 0, vl) && tag != F_STDIN) {
-			send_error(c, stream, EINVAL, "NUL byte in exec request");
-			goto out;
-		}
-		if (tag == F_ARG) argv[ai++] = dupstr(v, vl);
-		else if (tag == F_ENV) extra[ei++] = dupstr(v, vl);
-		else if (tag == F_SHELL) { free(shell); shell = dupstr(v, vl); }
-		else if (tag == F_CWD) { free(cwd); cwd = dupstr(v, vl); }
-		else if (tag == F_STDIN) want_stdin = vl > 0 && v[0];
-	}
-	if (shell) {
-		for (int i = 0; i < ai; i++) free(argv[i]);
-		ai = 0;
-		argv[ai++] = strdup("/bin/sh");
-		argv[ai++] = strdup("-c");
-		argv[ai++] = shell;
-		shell = NULL;
-	}
-	if (ai == 0) {
-		send_error(c, stream, EINVAL, "exec request has no command");
-		goto out;
-	}
-	int pin[2] = {-1, -1}, pout[2], perr[2];
-	if ((want_stdin && pipe2(pin, O_CLOEXEC)) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) {
-		send_error(c, stream, (uint32_t)errno, strerror(errno));
-		goto out;
-	}
-	char **env = build_env(extra, ei);
-	pid_t pid = spawn_child(want_stdin ? pin[0] : -1, pout[1], perr[1], cwd, argv, env);
-	free(env);
-	close(pout[1]);
-	close(perr[1]);
-	if (pin[0] >= 0) close(pin[0]);
-	if (pid < 0) {
-		int e = errno;
-		close(pout[0]);
-		close(perr[0]);
-		if (pin[1] >= 0) close(pin[1]);
-		send_error(c, stream, (uint32_t)e, strerror(e));
-		goto out;
-	}
-	memset(p, 0, sizeof *p);
-	p->used = 1;
-	p->chan = c;
-	p->stream = stream;
-	p->pid = pid;
-	p->out = pout[0];
-	p->err = perr[0];
-	p->in = pin[1];
-	set_nonblock(p->out, 1);
-	set_nonblock(p->err, 1);
-	if (p->in >= 0) set_nonblock(p->in, 1);
-	uint8_t pb[9];
-	pb[0] = 1; /* F_PID */
-	put_be32(pb + 1, 4);
-	put_be32(pb + 5, (uint32_t)pid);
-	chan_send(c, T_STARTED, stream, pb, 9);
-out:
-	for (int i = 0; i < ai; i++) free(argv[i]);
-	free(argv);
-	for (int i = 0; i < ei; i++) free(extra[i]);
-	free(extra);
-	free(shell);
-	free(cwd);
 }
 
 static void flush_stdin(struct proc *p) {
@@ -340,14 +242,23 @@ static void flush_stdin(struct proc *p) {
 		ssize_t w = write(p->in, p->inq.buf + p->inq.off, p->inq.len);
 		if (w < 0 && errno == EINTR) continue;
 		if (w < 0 && errno == EAGAIN) return;
-		if (w <= 0) { /* reader gone: drop what is queued */
-			proc_close_stdin(p);
+		if (w <= 0) {
+			if (p->kind == K_WRITE) { /* e.g. ENOSPC: report, keep the old file */
+				send_errno(p->chan, p->stream, errno, p->final_path);
+				write_abort(p);
+				return;
+			}
+			proc_close_stdin(p); /* reader gone: drop what is queued */
 			return;
 		}
 		stdin_total -= (size_t)w;
+		p->written += (unsigned long long)w;
 		bq_consume(&p->inq, (size_t)w);
 	}
-	if (p->in >= 0 && p->stdin_eof && !p->inq.len) proc_close_stdin(p);
+	if (p->in >= 0 && p->stdin_eof && !p->inq.len) {
+		if (p->kind == K_WRITE) write_finish(p);
+		else proc_close_stdin(p);
+	}
 }
 
 /* Kill every process, make the disk consistent, tell the host (which may now kill the VMM at no risk), power off. */
@@ -386,9 +297,31 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 		}
 		flush_stdin(p);
 		break;
+	case T_RESIZE:
+		p = find_proc(c, stream);
+		if (p && p->pty) do_resize(p, pl, n);
+		break;
+	case T_ENV_SET:
+		env_set(c, stream, pl, n);
+		break;
+	case T_ENV_UNSET:
+		env_unset(c, stream, pl, n);
+		break;
+	case T_ENV_LIST:
+		env_list(c, stream);
+		break;
+	case T_FREAD:
+	case T_FWRITE:
+	case T_FSTAT:
+	case T_FLIST:
+	case T_FMKDIR:
+	case T_FREMOVE:
+	case T_FRENAME:
+		file_op(c, type, stream, pl, n);
+		break;
 	case T_SIGNAL:
 		p = find_proc(c, stream);
-		if (p && n >= 4) {
+		if (p && p->kind == K_EXEC && n >= 4) {
 			uint32_t sig = get_be32(pl);
 			if (sig >= 1 && sig < NSIG) kill(-p->pid, (int)sig);
 		}

@@ -15,9 +15,19 @@ import {
   fieldU32,
   MAX_PAYLOAD,
   T,
+  u32,
 } from "./codec.js";
 
+export interface PtySize {
+  cols: number;
+  rows: number;
+}
+
 export interface ExecRequest {
+  /** Run as this guest user (name or uid); default root. */
+  user?: string;
+  /** Run on a new terminal of this size (stdout and stderr merge into it). */
+  pty?: PtySize;
   /** argv to execute directly (PATH lookup in the guest). */
   argv?: string[];
   /** Shell command, run as `/bin/sh -c`. */
@@ -39,22 +49,20 @@ export interface ExecHandlers {
   onStderr?: (chunk: Buffer) => void;
 }
 
-interface PendingExec extends ExecHandlers {
-  resolveStarted: (pid: number) => void;
+/** One stream in flight: a command (ends with EXIT) or an operation (ends with DONE). Any ERROR ends it. */
+interface Pending extends ExecHandlers {
+  resolveStarted: (fields: Field[]) => void;
   rejectStarted: (e: Error) => void;
-  resolveExit: (e: ExecExit) => void;
-  rejectExit: (e: Error) => void;
+  resolveEnd: (end: ExecExit | Field[]) => void;
+  rejectEnd: (e: Error) => void;
   started: boolean;
 }
 
-export class ExecHandle {
+/** A stream the host can write to (stdin of a command, content of a file being written). */
+class StreamWriter {
   constructor(
-    private readonly client: AgentClient,
+    protected readonly client: AgentClient,
     readonly streamId: number,
-    /** Resolves with the guest pid once the process started. */
-    readonly started: Promise<number>,
-    /** Resolves when the process exited and all its output was delivered. */
-    readonly exited: Promise<ExecExit>,
   ) {}
 
   async writeStdin(data: Buffer | string): Promise<void> {
@@ -67,12 +75,43 @@ export class ExecHandle {
   closeStdin(): Promise<void> {
     return this.client.send(T.STDIN, this.streamId, Buffer.alloc(0));
   }
+}
+
+/** A non-exec operation: `started` (file read/write only) and `done` carry the agent's reply fields. */
+export class OpHandle extends StreamWriter {
+  constructor(
+    client: AgentClient,
+    streamId: number,
+    readonly started: Promise<Field[]>,
+    readonly done: Promise<Field[]>,
+  ) {
+    super(client, streamId);
+  }
+}
+
+export class ExecHandle extends StreamWriter {
+  constructor(
+    client: AgentClient,
+    streamId: number,
+    /** Resolves with the guest pid once the process started. */
+    readonly started: Promise<number>,
+    /** Resolves when the process exited and all its output was delivered. */
+    readonly exited: Promise<ExecExit>,
+  ) {
+    super(client, streamId);
+  }
 
   /** Send a signal to the command's whole process group. */
   kill(signal = 9): Promise<void> {
+    return this.client.send(T.SIGNAL, this.streamId, u32(signal));
+  }
+
+  /** Change the terminal size of a PTY command. */
+  resize(size: PtySize): Promise<void> {
     const b = Buffer.alloc(4);
-    b.writeUInt32BE(signal);
-    return this.client.send(T.SIGNAL, this.streamId, b);
+    b.writeUInt16BE(size.cols, 0);
+    b.writeUInt16BE(size.rows, 2);
+    return this.client.send(T.RESIZE, this.streamId, b);
   }
 }
 
@@ -83,7 +122,7 @@ export interface ConnectOptions {
 
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
-  private readonly pending = new Map<number, PendingExec>();
+  private readonly pending = new Map<number, Pending>();
   private readonly pings = new Map<number, () => void>();
   private base = 0x01000000;
   private next = 1;
@@ -191,7 +230,7 @@ export class AgentClient {
     this.closedError = e;
     for (const p of this.pending.values()) {
       p.rejectStarted(e);
-      p.rejectExit(e);
+      p.rejectEnd(e);
     }
     this.pending.clear();
     for (const fn of this.onClose.splice(0)) fn(e);
@@ -213,12 +252,10 @@ export class AgentClient {
     const p = this.pending.get(f.stream);
     if (!p) return; // late output of a released stream
     switch (f.type) {
-      case T.STARTED: {
-        const pid = fieldU32(this.safeFields(f.payload), 1);
+      case T.STARTED:
         p.started = true;
-        p.resolveStarted(pid ?? 0);
+        p.resolveStarted(this.safeFields(f.payload));
         return;
-      }
       case T.STDOUT:
         p.onStdout?.(f.payload);
         return;
@@ -228,23 +265,26 @@ export class AgentClient {
       case T.EXIT: {
         this.pending.delete(f.stream);
         if (f.payload.length !== 8) {
-          p.rejectExit(new AgentError("malformed EXIT frame"));
+          p.rejectEnd(new AgentError("malformed EXIT frame"));
           return;
         }
         const code = f.payload.readInt32BE(0);
         const sig = f.payload.readInt32BE(4);
-        p.resolveExit({ exitCode: code < 0 ? null : code, signal: sig > 0 ? sig : null });
+        p.resolveEnd({ exitCode: code < 0 ? null : code, signal: sig > 0 ? sig : null });
         return;
       }
+      case T.DONE:
+        this.pending.delete(f.stream);
+        p.resolveStarted([]);
+        p.resolveEnd(this.safeFields(f.payload));
+        return;
       case T.ERROR: {
+        this.pending.delete(f.stream);
         const fields = this.safeFields(f.payload);
         const msg = (fieldString(fields, FE.MSG) ?? "unknown error").slice(0, 512);
-        const err = new AgentError(`agent error (code ${fieldU32(fields, FE.CODE) ?? "?"}): ${msg}`);
-        if (!p.started) {
-          this.pending.delete(f.stream);
-          p.rejectStarted(err);
-          p.rejectExit(err);
-        }
+        const err = new AgentError(msg, fieldU32(fields, FE.CODE));
+        p.rejectStarted(err);
+        p.rejectEnd(err);
         return;
       }
     }
@@ -336,28 +376,52 @@ export class AgentClient {
     for (const [k, v] of Object.entries(req.env ?? {})) fields.push([F.ENV, `${k}=${v}`]);
     if (req.cwd !== undefined) fields.push([F.CWD, req.cwd]);
     if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
+    if (req.user !== undefined) fields.push([F.USER, req.user]);
+    if (req.pty) {
+      const b = Buffer.alloc(4);
+      b.writeUInt16BE(req.pty.cols, 0);
+      b.writeUInt16BE(req.pty.rows, 2);
+      fields.push([F.PTY, b]);
+    }
     const payload = encodeFields(fields);
     if (payload.length > MAX_PAYLOAD) throw new AgentError("command, env and cwd together exceed 64 KiB");
+    const { stream, started, ended } = this.register(handlers);
+    this.send(T.EXEC, stream, payload).catch(() => {});
+    const pid = started.then((fields) => fieldU32(fields, 1) ?? 0);
+    pid.catch(() => {});
+    return new ExecHandle(this, stream, pid, ended as Promise<ExecExit>);
+  }
+
+  /** Start a non-exec operation (files, env). Data frames go to `onData`. */
+  op(type: number, fields: Field[], onData?: (chunk: Buffer) => void): OpHandle {
+    if (this.closedError) throw this.closedError;
+    const payload = encodeFields(fields);
+    if (payload.length > MAX_PAYLOAD) throw new AgentError("request exceeds 64 KiB");
+    const { stream, started, ended } = this.register({ onStdout: onData });
+    this.send(type, stream, payload).catch(() => {});
+    return new OpHandle(this, stream, started, ended as Promise<Field[]>);
+  }
+
+  private register(handlers: ExecHandlers): {
+    stream: number;
+    started: Promise<Field[]>;
+    ended: Promise<ExecExit | Field[]>;
+  } {
     const stream = this.allocStream();
-    const d = {} as PendingExec;
-    const started = new Promise<number>((resolve, reject) => {
+    const d = {} as Pending;
+    const started = new Promise<Field[]>((resolve, reject) => {
       d.resolveStarted = resolve;
       d.rejectStarted = reject;
     });
-    const exited = new Promise<ExecExit>((resolve, reject) => {
-      d.resolveExit = resolve;
-      d.rejectExit = reject;
+    const ended = new Promise<ExecExit | Field[]>((resolve, reject) => {
+      d.resolveEnd = resolve;
+      d.rejectEnd = reject;
     });
-    const p: PendingExec = Object.assign(d, handlers, { started: false });
     // callers may await only one of the two; neither may become an unhandled rejection
     started.catch(() => {});
-    exited.catch(() => {});
-    this.pending.set(stream, p);
-    this.send(T.EXEC, stream, payload).catch((e: Error) => {
-      p.rejectStarted(e);
-      p.rejectExit(e);
-    });
-    return new ExecHandle(this, stream, started, exited);
+    ended.catch(() => {});
+    this.pending.set(stream, Object.assign(d, handlers, { started: false }));
+    return { stream, started, ended };
   }
 
   /**

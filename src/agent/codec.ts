@@ -20,13 +20,30 @@ export const T = {
   STDOUT: 0x14,
   STDERR: 0x15,
   EXIT: 0x16,
+  RESIZE: 0x17,
+  DONE: 0x18,
   ERROR: 0x1f,
   RELEASE: 0x20,
   SHUTDOWN: 0x30,
+  ENV_SET: 0x40,
+  ENV_UNSET: 0x41,
+  ENV_LIST: 0x42,
+  FREAD: 0x50,
+  FWRITE: 0x51,
+  FSTAT: 0x52,
+  FLIST: 0x53,
+  FMKDIR: 0x54,
+  FREMOVE: 0x55,
+  FRENAME: 0x56,
 } as const;
 
 /** Field tags of EXEC payloads. */
-export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5 } as const;
+export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7 } as const;
+/** Field tags of file operation requests, and their flags. */
+export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5 } as const;
+export const FL = { PARENTS: 1, RECURSIVE: 2 } as const;
+/** Field tags of stat / list entries. */
+export const E = { PATH: 1, TYPE: 2, SIZE: 3, MODE: 4, MTIME: 5, LINK: 6 } as const;
 /** Field tags of ERROR payloads. */
 export const FE = { CODE: 1, MSG: 2 } as const;
 
@@ -79,6 +96,18 @@ export function fieldU32(fields: Field[], tag: number): number | undefined {
   const f = fields.find(([t]) => t === tag);
   if (!f || !Buffer.isBuffer(f[1]) || f[1].length !== 4) return undefined;
   return f[1].readUInt32BE(0);
+}
+
+export function fieldU64(fields: Field[], tag: number): number | undefined {
+  const f = fields.find(([t]) => t === tag);
+  if (!f || !Buffer.isBuffer(f[1]) || f[1].length !== 8) return undefined;
+  return Number(f[1].readBigUInt64BE(0));
+}
+
+export function u32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0);
+  return b;
 }
 
 export function fieldString(fields: Field[], tag: number): string | undefined {

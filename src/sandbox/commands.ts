@@ -1,22 +1,31 @@
-/** Running one command through the agent and collecting its result with bounded memory. */
-import type { AgentClient, ExecRequest } from "../agent/client.js";
-import { CommandTimeoutError, ConfigError } from "../errors.js";
+/** Running commands through the agent: `run` (collect) and `spawn` (a live process handle), with bounded memory. */
+import { Readable, Writable } from "node:stream";
+import type { AgentClient, ExecHandle, ExecRequest } from "../agent/client.js";
+import { CommandAbortedError, CommandTimeoutError, ConfigError } from "../errors.js";
+import { checkEnv } from "./env.js";
 
-export interface RunOptions {
-  /** Kill the command (its whole process group) after this many ms and throw `CommandTimeoutError`. */
-  timeoutMs?: number;
-  /** Extra environment for this command (added to the VM's env). */
+export interface CommandOptions {
+  /** Extra environment for this command (on top of the VM's and `vm.env`). */
   env?: Record<string, string>;
   /** Working directory in the guest. */
   cwd?: string;
+  /** Guest user to run as (name or uid); default root. */
+  user?: string;
+  /** Output kept in memory per stream (default 16 MiB); beyond it output is dropped and `truncated` set. */
+  maxOutputBytes?: number;
+}
+
+export interface RunOptions extends CommandOptions {
+  /** Kill the command (its whole process group) after this many ms and throw `CommandTimeoutError`. */
+  timeoutMs?: number;
   /** Called with each chunk of stdout as it arrives. */
   onStdout?: (chunk: Buffer) => void;
   /** Called with each chunk of stderr as it arrives. */
   onStderr?: (chunk: Buffer) => void;
-  /** Data written to the command's stdin, which is then closed. */
-  stdin?: string | Buffer;
-  /** Output kept in memory per stream (default 16 MiB); beyond it output is dropped and `truncated` set. */
-  maxOutputBytes?: number;
+  /** Written to the command's stdin, which is then closed. A Readable is streamed. */
+  stdin?: string | Buffer | Readable;
+  /** Aborting kills the command and rejects with `CommandAbortedError`. */
+  signal?: AbortSignal;
 }
 
 export interface CommandResult {
@@ -59,19 +68,62 @@ class Collector {
   }
 }
 
-function toRequest(cmd: string | string[], env: Record<string, string>, cwd?: string, stdin?: boolean): ExecRequest {
+export function describe(cmd: string | string[]): string {
+  return typeof cmd === "string" ? cmd : JSON.stringify(cmd);
+}
+
+function toRequest(
+  cmd: string | string[],
+  env: Record<string, string>,
+  o: CommandOptions,
+  stdin: boolean,
+): ExecRequest {
+  checkEnv(env);
+  const req: ExecRequest = { env, cwd: o.cwd, user: o.user, stdin };
   if (typeof cmd === "string") {
     if (cmd.includes("\0")) throw new ConfigError("cmd", "must not contain NUL bytes");
-    return { shell: cmd, env, cwd, stdin };
+    return { ...req, shell: cmd };
   }
   if (!Array.isArray(cmd) || cmd.length === 0 || cmd.some((a) => typeof a !== "string" || a.includes("\0"))) {
     throw new ConfigError("cmd", "must be a shell string or a non-empty array of strings without NUL bytes");
   }
-  return { argv: cmd, env, cwd, stdin };
+  return { ...req, argv: cmd };
 }
 
-export function describe(cmd: string | string[]): string {
-  return typeof cmd === "string" ? cmd : JSON.stringify(cmd);
+function capOf(o: CommandOptions): number {
+  const cap = o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
+  if (!Number.isInteger(cap) || cap < 0) throw new ConfigError("maxOutputBytes", "must be a non-negative integer");
+  return cap;
+}
+
+/** Feed stdin and close it; errors after the command ended (it stopped reading) are ignored. */
+async function feedStdin(h: ExecHandle, stdin: string | Buffer | Readable): Promise<void> {
+  try {
+    await h.started;
+    if (stdin instanceof Readable) {
+      for await (const chunk of stdin) await h.writeStdin(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
+    } else {
+      await h.writeStdin(stdin);
+    }
+    await h.closeStdin();
+  } catch {
+    // the command exited or the channel closed; its result says what happened
+  }
+}
+
+function result(exit: { exitCode: number | null; signal: number | null }, out: Collector, err: Collector, t0: number) {
+  const stdout = out.text();
+  const exitCode = exit.exitCode ?? 128 + (exit.signal ?? 0);
+  return {
+    exitCode,
+    signal: exit.signal,
+    stdout,
+    stderr: err.text(),
+    output: stdout.trim(),
+    ok: exitCode === 0,
+    durationMs: performance.now() - t0,
+    truncated: out.truncated || err.truncated,
+  };
 }
 
 export async function runCommand(
@@ -80,17 +132,17 @@ export async function runCommand(
   baseEnv: Record<string, string>,
   opts: RunOptions = {},
 ): Promise<CommandResult> {
-  const { timeoutMs, cwd } = opts;
+  const { timeoutMs, signal } = opts;
   if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs <= 0)) {
     throw new ConfigError("timeoutMs", `must be a positive number of milliseconds, got ${timeoutMs}`);
   }
-  const cap = opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
-  if (!Number.isInteger(cap) || cap < 0) throw new ConfigError("maxOutputBytes", "must be a non-negative integer");
-  const env = { ...baseEnv, ...(opts.env ?? {}) };
+  const cap = capOf(opts);
+  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, opts.stdin !== undefined);
+  if (signal?.aborted) throw new CommandAbortedError(describe(cmd), "", "");
   const out = new Collector(cap);
   const err = new Collector(cap);
   const t0 = performance.now();
-  const h = client.exec(toRequest(cmd, env, cwd, opts.stdin !== undefined), {
+  const h = client.exec(req, {
     onStdout: (b) => {
       out.push(b);
       opts.onStdout?.(b);
@@ -100,35 +152,122 @@ export async function runCommand(
       opts.onStderr?.(b);
     },
   });
-  if (opts.stdin !== undefined) {
-    await h.started;
-    await h.writeStdin(opts.stdin);
-    await h.closeStdin();
-  }
+  if (opts.stdin !== undefined) void feedStdin(h, opts.stdin);
   let timer: NodeJS.Timeout | undefined;
-  let timedOut = false;
-  if (timeoutMs !== undefined) {
-    timer = setTimeout(() => {
-      timedOut = true;
-      h.kill(9).catch(() => {});
-    }, timeoutMs);
-  }
+  let stopped: "timeout" | "abort" | null = null;
+  const stop = (why: "timeout" | "abort") => {
+    stopped ??= why;
+    h.kill(9).catch(() => {});
+  };
+  if (timeoutMs !== undefined) timer = setTimeout(() => stop("timeout"), timeoutMs);
+  const onAbort = () => stop("abort");
+  signal?.addEventListener("abort", onAbort, { once: true });
   try {
     const exit = await h.exited;
-    if (timedOut) throw new CommandTimeoutError(describe(cmd), timeoutMs as number, out.text(), err.text());
-    const stdout = out.text();
-    const exitCode = exit.exitCode ?? 128 + (exit.signal ?? 0);
-    return {
-      exitCode,
-      signal: exit.signal,
-      stdout,
-      stderr: err.text(),
-      output: stdout.trim(),
-      ok: exitCode === 0,
-      durationMs: performance.now() - t0,
-      truncated: out.truncated || err.truncated,
-    };
+    if (stopped === "timeout") {
+      throw new CommandTimeoutError(describe(cmd), timeoutMs as number, out.text(), err.text());
+    }
+    if (stopped === "abort") throw new CommandAbortedError(describe(cmd), out.text(), err.text());
+    return result(exit, out, err, t0);
   } finally {
     clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/** A Readable fed by the agent; beyond `cap` unread bytes it drops output (and says so) instead of growing. */
+class OutputStream extends Readable {
+  dropped = false;
+  constructor(private readonly cap: number) {
+    super();
+  }
+  override _read(): void {}
+  offer(b: Buffer): void {
+    if (this.readableLength + b.length > this.cap) this.dropped = true;
+    else this.push(b);
+  }
+}
+
+/** A command running in the guest: stream its output, write its stdin, wait for it or kill it. */
+export class Process {
+  /** stdout as it arrives (also async-iterable). Unread output beyond `maxOutputBytes` is dropped. */
+  readonly stdout: OutputStream;
+  readonly stderr: OutputStream;
+  /** The command's stdin; `end()` closes it. */
+  readonly stdin: Writable;
+  private readonly done: Promise<CommandResult>;
+
+  constructor(
+    private readonly handle: ExecHandle,
+    /** Guest pid. */
+    readonly pid: number,
+    out: Collector,
+    err: Collector,
+    stdout: OutputStream,
+    stderr: OutputStream,
+    t0: number,
+  ) {
+    this.stdout = stdout;
+    this.stderr = stderr;
+    this.stdin = new Writable({
+      write: (chunk: Buffer, _enc, cb) => {
+        handle.writeStdin(chunk).then(() => cb(), cb);
+      },
+      final: (cb) => {
+        handle.closeStdin().then(() => cb(), cb);
+      },
+    });
+    this.stdin.on("error", () => {}); // writes after the command exited are not the caller's problem
+    this.done = handle.exited.then(
+      (exit) => {
+        stdout.push(null);
+        stderr.push(null);
+        const r = result(exit, out, err, t0);
+        return { ...r, truncated: r.truncated || stdout.dropped || stderr.dropped };
+      },
+      (e) => {
+        stdout.destroy(e);
+        stderr.destroy(e);
+        throw e;
+      },
+    );
+    this.done.catch(() => {});
+  }
+
+  /** Resolves when the command exits (a non-zero code is a result, not an error). */
+  wait(): Promise<CommandResult> {
+    return this.done;
+  }
+
+  /** Signal the command's whole process group (default SIGKILL). */
+  kill(signal = 9): Promise<void> {
+    return this.handle.kill(signal);
+  }
+}
+
+export async function spawnCommand(
+  client: AgentClient,
+  cmd: string | string[],
+  baseEnv: Record<string, string>,
+  opts: CommandOptions = {},
+): Promise<Process> {
+  const cap = capOf(opts);
+  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, true);
+  const out = new Collector(cap);
+  const err = new Collector(cap);
+  const stdout = new OutputStream(cap);
+  const stderr = new OutputStream(cap);
+  const t0 = performance.now();
+  const h = client.exec(req, {
+    onStdout: (b) => {
+      out.push(b);
+      stdout.offer(b);
+    },
+    onStderr: (b) => {
+      err.push(b);
+      stderr.offer(b);
+    },
+  });
+  const pid = await h.started;
+  return new Process(h, pid, out, err, stdout, stderr, t0);
 }

@@ -14,8 +14,18 @@ import { runtimeDir, stateDir } from "../paths.js";
 import { reconcile, reconcileVm } from "../state/reconcile.js";
 import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
-import { type CommandResult, type RunOptions, runCommand } from "./commands.js";
+import {
+  type CommandOptions,
+  type CommandResult,
+  type Process,
+  type RunOptions,
+  runCommand,
+  spawnCommand,
+} from "./commands.js";
 import { tailFile } from "./console-log.js";
+import { Env } from "./env.js";
+import { Files, type WriteResult } from "./files.js";
+import { Pty } from "./pty.js";
 
 export type { VMStatus };
 
@@ -262,9 +272,49 @@ export class SmolVM implements AsyncDisposable {
     return this.client;
   }
 
-  /** Run a command: a string runs through `/bin/sh -c`, an array is an argv. */
+  /** Run a command and collect its result: a string runs through `/bin/sh -c`, an array is an argv. */
   async run(cmd: string | string[], opts: RunOptions = {}): Promise<CommandResult> {
     return runCommand(await this.agent(), cmd, this.config.env, opts);
+  }
+
+  /** Start a command and return at once with a live handle (streams, stdin, wait, kill). */
+  async spawn(cmd: string | string[], opts: CommandOptions = {}): Promise<Process> {
+    return spawnCommand(await this.agent(), cmd, this.config.env, opts);
+  }
+
+  private _files?: Files;
+  private _env?: Env;
+  private _pty?: Pty;
+
+  /** Files in the guest: read, write, list, stat, exists, mkdir, remove, rename, upload, download. */
+  get files(): Files {
+    this._files ??= new Files(() => this.agent());
+    return this._files;
+  }
+
+  /** Environment applied to every later command, held by the guest agent in memory. */
+  get env(): Env {
+    this._env ??= new Env(() => this.agent());
+    return this._env;
+  }
+
+  /** Interactive terminals. */
+  get pty(): Pty {
+    this._pty ??= new Pty(
+      () => this.agent(),
+      () => this.config.env,
+    );
+    return this._pty;
+  }
+
+  /** Copy a host file into the guest (streamed). */
+  uploadFile(localPath: string, guestPath: string): Promise<WriteResult> {
+    return this.files.upload(localPath, guestPath);
+  }
+
+  /** Copy a guest file to the host (streamed; the host file appears only when complete). */
+  downloadFile(guestPath: string, localPath: string): Promise<{ path: string; bytes: number }> {
+    return this.files.download(guestPath, localPath);
   }
 
   /** Freeze the VM's vCPUs. */

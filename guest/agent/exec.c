@@ -1,0 +1,265 @@
+/* Starting commands: argv or shell, environment, working directory, user, optional terminal. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pty.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "server_int.h"
+
+struct user {
+	uid_t uid;
+	gid_t gid;
+	char home[256];
+	char name[64];
+};
+
+/* Look a user up in /etc/passwd by name or number (no NSS in a static binary). Returns 0 when found. */
+static int lookup_user(const char *who, struct user *u) {
+	FILE *f = fopen("/etc/passwd", "re");
+	char line[1024];
+	int numeric = who[0] && strspn(who, "0123456789") == strlen(who);
+	while (f && fgets(line, sizeof line, f)) {
+		char *fields[7] = {0}, *rest = line, *tok;
+		int i = 0;
+		line[strcspn(line, "\n")] = 0;
+		while (i < 7 && (tok = strsep(&rest, ":"))) fields[i++] = tok; /* keeps empty fields, unlike strtok */
+		if (i < 6) continue;
+		int match = numeric ? (strtoul(fields[2], NULL, 10) == strtoul(who, NULL, 10)) : !strcmp(fields[0], who);
+		if (!match) continue;
+		u->uid = (uid_t)strtoul(fields[2], NULL, 10);
+		u->gid = (gid_t)strtoul(fields[3], NULL, 10);
+		snprintf(u->home, sizeof u->home, "%s", fields[5]);
+		snprintf(u->name, sizeof u->name, "%s", fields[0]);
+		fclose(f);
+		return 0;
+	}
+	if (f) fclose(f);
+	if (numeric) { /* a uid with no passwd entry is still a valid identity */
+		u->uid = u->gid = (uid_t)strtoul(who, NULL, 10);
+		snprintf(u->home, sizeof u->home, "/");
+		snprintf(u->name, sizeof u->name, "%s", who);
+		return 0;
+	}
+	return -1;
+}
+
+static int env_replace(char **env, int n, char *entry) {
+	size_t kl = strcspn(entry, "=");
+	for (int j = 0; j < n; j++)
+		if (!strncmp(env[j], entry, kl) && env[j][kl] == '=') {
+			env[j] = entry;
+			return n;
+		}
+	env[n] = entry;
+	return n + 1;
+}
+
+/* The child's environment: base, then run-time env (vm.env), then the user's identity, then the request's. */
+static char **build_env(char **extra, int nextra, char **ident, int nident) {
+	char **dyn = env_dynamic();
+	int nbase = 0, ndyn = 0;
+	while (opts->base_env && opts->base_env[nbase]) nbase++;
+	while (dyn && dyn[ndyn]) ndyn++;
+	char **env = calloc((size_t)(nbase + ndyn + nident + nextra + 1), sizeof(char *));
+	if (!env) return NULL;
+	int n = 0;
+	for (int i = 0; i < nbase; i++) n = env_replace(env, n, opts->base_env[i]);
+	for (int i = 0; i < ndyn; i++) n = env_replace(env, n, dyn[i]);
+	for (int i = 0; i < nident; i++) n = env_replace(env, n, ident[i]);
+	for (int i = 0; i < nextra; i++) n = env_replace(env, n, extra[i]);
+	env[n] = NULL;
+	return env;
+}
+
+struct child_spec {
+	int in, out, err; /* for a terminal: all the slave */
+	int pty;
+	const char *cwd;
+	char **argv, **env;
+	const struct user *user; /* NULL: stay root */
+};
+
+/* The vfork child: only system calls until it execs or _exits, and its own stack frame, so the parent's locals stay
+ * intact. */
+static __attribute__((noinline, noreturn)) void exec_child(const struct child_spec *c) {
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL); /* the agent blocks SIGCHLD */
+	signal(SIGPIPE, SIG_DFL);	       /* and ignores SIGPIPE; nothing else is changed */
+	setsid();
+	if (c->pty) ioctl(c->in, TIOCSCTTY, 0);
+	dup2(c->in >= 0 ? c->in : open("/dev/null", O_RDONLY), 0);
+	dup2(c->out, 1);
+	dup2(c->err, 2);
+	/* every fd of the agent is close-on-exec; this is a safety net (one call where available) */
+	if (syscall(SYS_close_range, 3, ~0u, 0) < 0)
+		for (int fd = 3; fd < 1024; fd++) close(fd);
+	if (c->user && (setgroups(0, NULL) < 0 || setgid(c->user->gid) < 0 || setuid(c->user->uid) < 0)) {
+		dprintf(2, "smolvm: cannot become user %s: %s\n", c->user->name, strerror(errno));
+		_exit(126);
+	}
+	if (c->cwd && chdir(c->cwd) < 0) {
+		dprintf(2, "smolvm: cwd %s: %s\n", c->cwd, strerror(errno));
+		_exit(126);
+	}
+	execvpe(c->argv[0], c->argv, c->env);
+	int e = errno;
+	dprintf(2, "smolvm: exec %s: %s\n", c->argv[0], strerror(e));
+	_exit(e == ENOENT ? 127 : 126);
+}
+
+/* vfork: no page-table copy and no copy-on-write faults, which software emulation makes expensive. Kept in its own
+ * function so no caller's locals live across the vfork. */
+static __attribute__((noinline)) pid_t spawn_child(const struct child_spec *c) {
+	pid_t pid = vfork();
+	if (pid == 0) exec_child(c);
+	return pid;
+}
+
+void do_resize(struct proc *p, const uint8_t *pl, size_t n) {
+	if (n < 4) return;
+	struct winsize ws = {.ws_col = (unsigned short)((pl[0] << 8) | pl[1]), .ws_row = (unsigned short)((pl[2] << 8) | pl[3])};
+	ioctl(p->out, TIOCSWINSZ, &ws);
+}
+
+void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
+	int nargs = 0, nenv = 0, want_stdin = 0, want_pty = 0;
+	struct winsize ws = {.ws_row = 24, .ws_col = 80};
+	size_t off = 0;
+	uint8_t tag;
+	const uint8_t *v;
+	size_t vl;
+	int r;
+	while ((r = field_next(pl, n, &off, &tag, &v, &vl)) == 1) {
+		if (tag == F_ARG) nargs++;
+		if (tag == F_ENV) nenv++;
+	}
+	if (r < 0) {
+		send_error(c, stream, EINVAL, "malformed exec request");
+		return;
+	}
+	char **argv = calloc((size_t)nargs + 4, sizeof(char *));
+	char **extra = calloc((size_t)nenv + 1, sizeof(char *));
+	char *shell = NULL, *cwd = NULL, *user = NULL;
+	char *ident[4] = {0};
+	int ai = 0, ei = 0, ni = 0;
+	struct user u;
+	off = 0;
+	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
+		if (tag != F_STDIN && tag != F_PTY && memchr(v, 0, vl)) {
+			send_error(c, stream, EINVAL, "NUL byte in exec request");
+			goto out;
+		}
+		if (tag == F_ARG) argv[ai++] = dupstr(v, vl);
+		else if (tag == F_ENV) extra[ei++] = dupstr(v, vl);
+		else if (tag == F_SHELL) { free(shell); shell = dupstr(v, vl); }
+		else if (tag == F_CWD) { free(cwd); cwd = dupstr(v, vl); }
+		else if (tag == F_USER) { free(user); user = dupstr(v, vl); }
+		else if (tag == F_STDIN) want_stdin = vl > 0 && v[0];
+		else if (tag == F_PTY && vl >= 4) {
+			want_pty = 1;
+			ws.ws_col = (unsigned short)((v[0] << 8) | v[1]);
+			ws.ws_row = (unsigned short)((v[2] << 8) | v[3]);
+		}
+	}
+	if (shell) {
+		for (int i = 0; i < ai; i++) free(argv[i]);
+		ai = 0;
+		argv[ai++] = strdup("/bin/sh");
+		argv[ai++] = strdup("-c");
+		argv[ai++] = shell;
+		shell = NULL;
+	}
+	if (ai == 0) {
+		send_error(c, stream, EINVAL, "exec request has no command");
+		goto out;
+	}
+	if (user) {
+		if (lookup_user(user, &u) < 0) {
+			char msg[128];
+			snprintf(msg, sizeof msg, "no such user: %.64s", user);
+			send_error(c, stream, ENOENT, msg);
+			goto out;
+		}
+		if (asprintf(&ident[ni], "HOME=%s", u.home) > 0) ni++;
+		if (asprintf(&ident[ni], "USER=%s", u.name) > 0) ni++;
+		if (asprintf(&ident[ni], "LOGNAME=%s", u.name) > 0) ni++;
+	}
+	if (want_pty && !getenv("TERM")) ident[ni++] = strdup("TERM=xterm-256color");
+	struct proc *p = new_proc(c, stream, K_EXEC);
+	if (!p) goto out;
+	struct child_spec cs = {.in = -1, .cwd = cwd, .argv = argv, .user = user ? &u : NULL};
+	int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1}, master = -1, slave = -1;
+	if (want_pty) {
+		if (openpty(&master, &slave, NULL, NULL, &ws) < 0) {
+			send_errno(c, stream, errno, "openpty");
+			free_proc(p);
+			goto out;
+		}
+		fcntl(master, F_SETFD, FD_CLOEXEC);
+		fcntl(slave, F_SETFD, FD_CLOEXEC);
+		cs.in = cs.out = cs.err = slave;
+		cs.pty = 1;
+	} else {
+		if ((want_stdin && pipe2(pin, O_CLOEXEC)) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) {
+			send_errno(c, stream, errno, "pipe");
+			free_proc(p);
+			goto out;
+		}
+		cs.in = pin[0];
+		cs.out = pout[1];
+		cs.err = perr[1];
+	}
+	char **env = build_env(extra, ei, ident, ni);
+	cs.env = env;
+	pid_t pid = spawn_child(&cs);
+	int e = errno;
+	free(env);
+	if (want_pty) {
+		close(slave);
+		p->out = master;
+		p->in = dup(master);
+		fcntl(p->in, F_SETFD, FD_CLOEXEC);
+		p->pty = 1;
+	} else {
+		close(pout[1]);
+		close(perr[1]);
+		if (pin[0] >= 0) close(pin[0]);
+		p->out = pout[0];
+		p->err = perr[0];
+		p->in = pin[1];
+	}
+	if (pid < 0) {
+		if (p->out >= 0) close(p->out);
+		if (p->err >= 0) close(p->err);
+		if (p->in >= 0) close(p->in);
+		free_proc(p);
+		send_errno(c, stream, e, "fork");
+		goto out;
+	}
+	p->pid = pid;
+	set_nonblock(p->out, 1);
+	if (p->err >= 0) set_nonblock(p->err, 1);
+	if (p->in >= 0) set_nonblock(p->in, 1);
+	struct fbuf fb = {0};
+	fb_u32(&fb, 1, (uint32_t)pid);
+	chan_send(c, T_STARTED, stream, fb.b, fb.n);
+out:
+	for (int i = 0; i < ai; i++) free(argv[i]);
+	free(argv);
+	for (int i = 0; i < ei; i++) free(extra[i]);
+	free(extra);
+	for (int i = 0; i < ni; i++) free(ident[i]);
+	free(shell);
+	free(cwd);
+	free(user);
+}

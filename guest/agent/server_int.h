@@ -1,0 +1,70 @@
+/* Internals shared by the server's parts: the stream table and how to answer on a channel. */
+#ifndef SMOL_SERVER_INT_H
+#define SMOL_SERVER_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto.h"
+#include "server.h"
+
+#define MAX_PROCS 1024
+
+enum stream_kind { K_EXEC, K_READ, K_WRITE };
+
+/* One stream: a command, or a file being read or written. */
+struct proc {
+	int used;
+	enum stream_kind kind;
+	int chan; /* -1 once released: output is dropped */
+	uint32_t stream;
+	pid_t pid; /* K_EXEC only */
+	int out, err, in;
+	int pty; /* K_EXEC with a terminal: out is the master, in a dup of it */
+	int stdin_eof; /* close stdin once the queue drains */
+	struct bq inq;
+	char *tmp_path, *final_path; /* K_WRITE: written to tmp, renamed over final at the end */
+	unsigned long long written;
+};
+
+extern struct proc procs[MAX_PROCS];
+extern const struct server_opts *opts;
+
+void chan_send(int c, uint8_t type, uint32_t stream, const void *payload, size_t n);
+void send_error(int c, uint32_t stream, uint32_t code, const char *msg);
+/* ERROR with "what: strerror(errno)" for errno e */
+void send_errno(int c, uint32_t stream, int e, const char *what);
+struct proc *find_proc(int c, uint32_t stream);
+/* A free slot for a new stream, or NULL (an ERROR was sent). Also refuses a stream id in use. */
+struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind);
+void free_proc(struct proc *p);
+
+/* Field list building for replies */
+struct fbuf {
+	uint8_t b[SMOL_MAX_PAYLOAD];
+	size_t n;
+	int overflow;
+};
+void fb_bytes(struct fbuf *f, uint8_t tag, const void *v, size_t n);
+void fb_str(struct fbuf *f, uint8_t tag, const char *s);
+void fb_u32(struct fbuf *f, uint8_t tag, uint32_t v);
+void fb_u64(struct fbuf *f, uint8_t tag, uint64_t v);
+char *dupstr(const uint8_t *v, size_t n);
+
+/* exec.c */
+void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void do_resize(struct proc *p, const uint8_t *pl, size_t n);
+
+/* envstore.c: variables set at run time, applied to every later command */
+void env_set(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void env_unset(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void env_list(int c, uint32_t stream);
+char **env_dynamic(void);
+
+/* files.c */
+void file_op(int c, uint8_t type, uint32_t stream, const uint8_t *pl, size_t n);
+void write_finish(struct proc *p);
+void write_abort(struct proc *p);
+
+#endif

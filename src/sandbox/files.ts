@@ -1,0 +1,250 @@
+/** `vm.files`: file operations done by the guest agent itself (any guest image, no shell needed). */
+import { closeSync, createReadStream, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { Readable } from "node:stream";
+import type { AgentClient, OpHandle } from "../agent/client.js";
+import { decodeFields, E, FF, type Field, FL, fieldString, fieldU32, fieldU64, T, u32 } from "../agent/codec.js";
+import { AgentError, ConfigError, FileNotFoundError, FileSystemError } from "../errors.js";
+
+export type EntryType = "file" | "dir" | "symlink" | "char" | "block" | "fifo" | "socket" | "unknown";
+
+export interface EntryInfo {
+  /** Path relative to the listed directory (for `stat`, the path asked for). */
+  name: string;
+  /** Full guest path. */
+  path: string;
+  type: EntryType;
+  size: number;
+  /** Permission bits, e.g. 0o644. */
+  mode: number;
+  mtime: Date;
+  symlinkTarget?: string;
+}
+
+const TYPES: Record<string, EntryType> = {
+  f: "file",
+  d: "dir",
+  l: "symlink",
+  c: "char",
+  b: "block",
+  p: "fifo",
+  s: "socket",
+};
+const ERRNO: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  5: "EIO",
+  13: "EACCES",
+  17: "EEXIST",
+  20: "ENOTDIR",
+  21: "EISDIR",
+  22: "EINVAL",
+  28: "ENOSPC",
+  30: "EROFS",
+  36: "ENAMETOOLONG",
+  39: "ENOTEMPTY",
+};
+const MAX_ENTRIES = 200_000;
+const MAX_NAME = 4096;
+
+function checkPath(field: string, path: unknown): string {
+  if (typeof path !== "string" || path === "" || path.includes("\0") || Buffer.byteLength(path) >= MAX_NAME) {
+    throw new ConfigError(field, "must be a non-empty guest path without NUL bytes");
+  }
+  return path;
+}
+
+/** Turn an agent error into FileNotFoundError / FileSystemError naming the path. */
+function fsError(e: unknown, path: string): Error {
+  if (!(e instanceof AgentError) || e.code === undefined) return e as Error;
+  if (e.code === 2) return new FileNotFoundError(path);
+  return new FileSystemError(path, ERRNO[e.code] ?? `errno ${e.code}`, `guest file operation failed: ${e.message}`);
+}
+
+const join = (dir: string, name: string) => (dir.endsWith("/") ? dir + name : `${dir}/${name}`);
+
+/** Split a field list into entries (each starts with E.PATH), validating what the guest sent. */
+function parseEntries(fields: Field[], base: string | null): EntryInfo[] {
+  const groups: Field[][] = [];
+  for (const f of fields) {
+    if (f[0] === E.PATH) groups.push([f]);
+    else groups.at(-1)?.push(f);
+  }
+  return groups.map((g) => {
+    const name = fieldString(g, E.PATH) ?? "";
+    if (!name || name.length > MAX_NAME || name.includes("\0"))
+      throw new AgentError("invalid entry name from the guest");
+    const link = fieldString(g, E.LINK);
+    return {
+      name,
+      path: base === null ? name : join(base, name),
+      type: TYPES[fieldString(g, E.TYPE) ?? "?"] ?? "unknown",
+      size: fieldU64(g, E.SIZE) ?? 0,
+      mode: fieldU32(g, E.MODE) ?? 0,
+      mtime: new Date(fieldU64(g, E.MTIME) ?? 0),
+      ...(link !== undefined ? { symlinkTarget: link.slice(0, MAX_NAME) } : {}),
+    };
+  });
+}
+
+export interface WriteResult {
+  path: string;
+  bytesWritten: number;
+}
+
+export class Files {
+  constructor(private readonly agent: () => Promise<AgentClient>) {}
+
+  private async op(type: number, path: string, fields: Field[], onData?: (b: Buffer) => void): Promise<Field[]> {
+    const h = (await this.agent()).op(type, [[FF.PATH, path], ...fields], onData);
+    try {
+      return await h.done;
+    } catch (e) {
+      throw fsError(e, path);
+    }
+  }
+
+  /** Read a whole file: a string (`encoding`, default utf8) or, with `encoding: null`, a Buffer. */
+  async read(path: string, opts?: { encoding?: BufferEncoding; maxBytes?: number }): Promise<string>;
+  async read(path: string, opts: { encoding: null; maxBytes?: number }): Promise<Buffer>;
+  async read(
+    path: string,
+    opts: { encoding?: BufferEncoding | null; maxBytes?: number } = {},
+  ): Promise<string | Buffer> {
+    checkPath("path", path);
+    const max = opts.maxBytes ?? 256 << 20;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooBig = false;
+    await this.op(T.FREAD, path, [], (b) => {
+      size += b.length;
+      if (size > max) tooBig = true;
+      else chunks.push(b);
+    });
+    if (tooBig) {
+      throw new FileSystemError(
+        path,
+        "EFBIG",
+        `${path} is larger than maxBytes (${max}); use downloadFile to stream it`,
+      );
+    }
+    const buf = Buffer.concat(chunks);
+    return opts.encoding === null ? buf : buf.toString(opts.encoding ?? "utf8");
+  }
+
+  /**
+   * Write a file, creating parent directories. The content goes to a temporary file renamed over the target at the
+   * end, so a failed or interrupted write never leaves half a file. A Readable is streamed (bounded memory).
+   */
+  async write(path: string, data: string | Buffer | Readable, opts: { mode?: number } = {}): Promise<WriteResult> {
+    checkPath("path", path);
+    if (opts.mode !== undefined && (!Number.isInteger(opts.mode) || opts.mode < 0 || opts.mode > 0o7777)) {
+      throw new ConfigError("mode", "must be permission bits from 0 to 0o7777");
+    }
+    const fields: Field[] = [[FF.FLAGS, u32(FL.PARENTS)]];
+    if (opts.mode !== undefined) fields.push([FF.MODE, u32(opts.mode)]);
+    const h: OpHandle = (await this.agent()).op(T.FWRITE, [[FF.PATH, path], ...fields]);
+    try {
+      await h.started;
+      if (data instanceof Readable) {
+        for await (const chunk of data) await h.writeStdin(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
+      } else {
+        await h.writeStdin(data);
+      }
+      await h.closeStdin();
+      const done = await h.done;
+      return { path, bytesWritten: fieldU64(done, E.SIZE) ?? 0 };
+    } catch (e) {
+      throw fsError(e, path);
+    }
+  }
+
+  /** Entries below a directory, `depth` levels deep (default 1). Symlinks are listed, not followed. */
+  async list(path: string, opts: { depth?: number } = {}): Promise<EntryInfo[]> {
+    checkPath("path", path);
+    const depth = opts.depth ?? 1;
+    if (!Number.isInteger(depth) || depth < 1 || depth > 64) throw new ConfigError("depth", "must be 1 to 64");
+    const fields: Field[] = [];
+    let overflow = false;
+    await this.op(T.FLIST, path, [[FF.DEPTH, u32(depth)]], (b) => {
+      if (fields.length > MAX_ENTRIES * 7) overflow = true;
+      else fields.push(...decodeFields(b));
+    });
+    if (overflow) throw new FileSystemError(path, "E2BIG", `${path} holds more than ${MAX_ENTRIES} entries`);
+    return parseEntries(fields, path);
+  }
+
+  /** Information about a path (a symlink itself, not its target). */
+  async stat(path: string): Promise<EntryInfo> {
+    checkPath("path", path);
+    const [entry] = parseEntries(await this.op(T.FSTAT, path, []), null);
+    if (!entry) throw new AgentError("empty stat reply");
+    return { ...entry, name: path, path };
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await this.stat(path);
+      return true;
+    } catch (e) {
+      if (e instanceof FileNotFoundError) return false;
+      throw e;
+    }
+  }
+
+  /** Create a directory (with its parents unless `parents: false`). */
+  async mkdir(path: string, opts: { parents?: boolean; mode?: number } = {}): Promise<void> {
+    checkPath("path", path);
+    const fields: Field[] = [[FF.FLAGS, u32(opts.parents === false ? 0 : FL.PARENTS)]];
+    if (opts.mode !== undefined) fields.push([FF.MODE, u32(opts.mode)]);
+    await this.op(T.FMKDIR, path, fields);
+  }
+
+  /** Remove a file, a symlink, an empty directory, or with `recursive` a whole tree (not crossing mounts). */
+  async remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    checkPath("path", path);
+    await this.op(T.FREMOVE, path, [[FF.FLAGS, u32(opts.recursive ? FL.RECURSIVE : 0)]]);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    checkPath("from", from);
+    checkPath("to", to);
+    await this.op(T.FRENAME, from, [
+      [FF.PATH2, to],
+      [FF.FLAGS, u32(FL.PARENTS)],
+    ]);
+  }
+
+  /** Copy a host file into the guest, streaming (a 1 GiB file is never held in memory). Keeps its permission bits. */
+  async upload(localPath: string, guestPath: string): Promise<WriteResult> {
+    const st = statSync(localPath);
+    if (!st.isFile()) throw new ConfigError("localPath", `not a regular file: ${localPath}`);
+    return this.write(guestPath, createReadStream(localPath, { highWaterMark: 1 << 16 }), { mode: st.mode & 0o7777 });
+  }
+
+  /**
+   * Copy a guest file to the host, streaming. Data is written as it arrives (the socket is not read faster than the
+   * disk takes it), into a temporary file renamed to `localPath` only when complete.
+   */
+  async download(guestPath: string, localPath: string): Promise<{ path: string; bytes: number }> {
+    checkPath("guestPath", guestPath);
+    const tmp = `${localPath}.smolvm-${process.pid}-${Date.now()}.tmp`;
+    const fd = openSync(tmp, "wx", 0o600);
+    let bytes = 0;
+    try {
+      await this.op(T.FREAD, guestPath, [], (b) => {
+        writeSync(fd, b);
+        bytes += b.length;
+      });
+      fsyncSync(fd);
+      closeSync(fd);
+      renameSync(tmp, localPath);
+      return { path: localPath, bytes };
+    } catch (e) {
+      try {
+        closeSync(fd);
+      } catch {}
+      unlinkSync(tmp);
+      throw e;
+    }
+  }
+}
