@@ -29,3 +29,12 @@ export function hostTools(): HostTool[] {
 }
 
 export const missingTools = () => hostTools().filter((t) => !t.found);
+
+/** Extra programs the test suite and benchmarks drive (tmux for terminal tests, dropbear/ssh for the SSH baseline). */
+export function testTools(): HostTool[] {
+  return [
+    { what: "tmux", pkg: "tmux", found: which("tmux") },
+    { what: "dropbear", pkg: "dropbear-bin", found: which("dropbear") },
+    { what: "ssh client", pkg: "openssh-client", found: which("ssh") },
+  ];
+}

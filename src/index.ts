@@ -22,3 +22,4 @@ export type { Env } from "./sandbox/env.js";
 export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";
 export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
 export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
+export { UnsafeArchiveError } from "./sandbox/tar.js";

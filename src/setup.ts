@@ -3,7 +3,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuBinary } from "./backends/qemu/binary.js";
 import { SmolVMError } from "./errors.js";
-import { missingTools } from "./host-tools.js";
+import { missingTools, testTools } from "./host-tools.js";
 import { findKernel } from "./images/kernel.js";
 import { ensureDefaultImage, type ImagePaths } from "./images/store.js";
 import { mustRun, type Progress, runHost, which } from "./util/run.js";
@@ -30,9 +30,9 @@ async function aptUpdate(progress: Progress): Promise<void> {
   await mustRun("apt-get", ["update", "-q"], { env: aptEnv, timeoutMs: 600_000 });
 }
 
-export async function setup(progress: Progress): Promise<SetupResult> {
+export async function setup(progress: Progress, opts: { testTools?: boolean } = {}): Promise<SetupResult> {
   const installed: string[] = [];
-  const missing = missingTools();
+  const missing = [...missingTools(), ...(opts.testTools ? testTools().filter((t) => !t.found) : [])];
   if (missing.length) {
     const pkgs = [...new Set(missing.map((m) => m.pkg))];
     const cmd = `apt-get install -y --no-install-recommends ${pkgs.join(" ")}`;
@@ -45,7 +45,7 @@ export async function setup(progress: Progress): Promise<SetupResult> {
     progress(`installing ${pkgs.join(" ")}`);
     await mustRun("apt-get", cmd.split(" ").slice(1), { env: aptEnv, timeoutMs: 900_000 });
     installed.push(...pkgs);
-    const still = missingTools();
+    const still = [...missingTools(), ...(opts.testTools ? testTools().filter((t) => !t.found) : [])];
     if (still.length) throw new SmolVMError(`still missing after apt-get: ${still.map((m) => m.what).join(", ")}`);
   }
   if (!findKernel() && isRoot() && aptListsEmpty()) await aptUpdate(progress);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
@@ -80,10 +81,31 @@ static char **build_env(char **extra, int nextra, char **ident, int nident) {
 	return env;
 }
 
+/* The program to execute, searched in the command's own PATH (execvpe would search the agent's). Returns a
+ * malloc'd path, or NULL to let exec report the error on the original name. */
+static char *resolve_program(const char *name, char **env) {
+	if (strchr(name, '/')) return NULL;
+	const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	for (char **e = env; e && *e; e++)
+		if (!strncmp(*e, "PATH=", 5)) path = *e + 5;
+	while (*path) {
+		size_t len = strcspn(path, ":");
+		char *full = NULL;
+		if (asprintf(&full, "%.*s/%s", (int)len, len ? path : ".", name) > 0) {
+			struct stat st;
+			if (access(full, X_OK) == 0 && stat(full, &st) == 0 && S_ISREG(st.st_mode)) return full;
+			free(full);
+		}
+		path += len + (path[len] == ':');
+	}
+	return NULL;
+}
+
 struct child_spec {
 	int in, out, err; /* for a terminal: all the slave */
 	int pty;
 	const char *cwd;
+	const char *program; /* resolved in the command's PATH, or argv[0] */
 	char **argv, **env;
 	const struct user *user; /* NULL: stay root */
 };
@@ -111,7 +133,7 @@ static __attribute__((noinline, noreturn)) void exec_child(const struct child_sp
 		dprintf(2, "smolvm: cwd %s: %s\n", c->cwd, strerror(errno));
 		_exit(126);
 	}
-	execvpe(c->argv[0], c->argv, c->env);
+	execve(c->program, c->argv, c->env);
 	int e = errno;
 	dprintf(2, "smolvm: exec %s: %s\n", c->argv[0], strerror(e));
 	_exit(e == ENOENT ? 127 : 126);
@@ -221,9 +243,12 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	}
 	char **env = build_env(extra, ei, ident, ni);
 	cs.env = env;
+	char *program = resolve_program(argv[0], env);
+	cs.program = program ? program : argv[0];
 	pid_t pid = spawn_child(&cs);
 	int e = errno;
 	free(env);
+	free(program);
 	if (want_pty) {
 		close(slave);
 		p->out = master;

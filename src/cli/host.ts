@@ -30,8 +30,9 @@ export function registerHost(program: Command): void {
     .command("setup")
     .description("install host packages (as root), fetch the guest kernel, build the agent and default image")
     .option("--json", "print the result as JSON")
-    .action(async (o: { json?: boolean }) => {
-      const r = await setup(progress);
+    .option("--with-test-tools", "also install what the test suite and benchmarks use (tmux, dropbear, ssh)")
+    .action(async (o: { json?: boolean; withTestTools?: boolean }) => {
+      const r = await setup(progress, { testTools: o.withTestTools });
       if (o.json) printJson(r);
       else process.stdout.write(`ready: kernel ${r.image.kernelVersion}, image ${r.image.rootfsPath}\n`);
     });

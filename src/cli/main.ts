@@ -4,9 +4,11 @@ import { join } from "node:path";
 import { Command, CommanderError } from "commander";
 import { packageRoot } from "../paths.js";
 import { registerExec } from "./exec.js";
+import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { reportError } from "./output.js";
+import { registerShell } from "./shell.js";
 
 const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
 
@@ -21,6 +23,8 @@ const program = new Command()
 registerExec(program);
 registerLifecycle(program);
 registerHost(program);
+registerFiles(program);
+registerShell(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,9 +1,22 @@
 /** `vm.files`: file operations done by the guest agent itself (any guest image, no shell needed). */
-import { closeSync, createReadStream, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  createReadStream,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
 import { Readable } from "node:stream";
 import type { AgentClient, OpHandle } from "../agent/client.js";
 import { decodeFields, E, FF, type Field, FL, fieldString, fieldU32, fieldU64, T, u32 } from "../agent/codec.js";
-import { AgentError, ConfigError, FileNotFoundError, FileSystemError } from "../errors.js";
+import { AgentError, ConfigError, FileNotFoundError, FileSystemError, SmolVMError } from "../errors.js";
+import { type ExtractStats, extractTar, packDir } from "./tar.js";
 
 export type EntryType = "file" | "dir" | "symlink" | "char" | "block" | "fifo" | "socket" | "unknown";
 
@@ -245,6 +258,101 @@ export class Files {
       } catch {}
       unlinkSync(tmp);
       throw e;
+    }
+  }
+
+  /** Copy a host folder into the guest (created if missing), streamed as tar into the guest's `tar`. */
+  async uploadDir(localDir: string, guestDir: string): Promise<{ path: string }> {
+    if (!statSync(localDir).isDirectory()) throw new ConfigError("localDir", `not a directory: ${localDir}`);
+    checkPath("guestDir", guestDir);
+    await this.mkdir(guestDir);
+    const client = await this.agent();
+    let stderr = "";
+    const h = client.exec(
+      { argv: ["tar", "-x", "-f", "-", "-C", guestDir], stdin: true },
+      { onStderr: (b) => (stderr = (stderr + b.toString()).slice(-2000)) },
+    );
+    await h.started;
+    for await (const chunk of packDir(localDir)) await h.writeStdin(chunk);
+    await h.closeStdin();
+    const exit = await h.exited;
+    if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
+    return { path: guestDir };
+  }
+
+  /**
+   * Copy a guest folder to the host. The guest's tar output is treated as hostile: entries with absolute paths,
+   * `..`, links pointing outside, hard links or device files are refused (`UnsafeArchiveError`) and nothing is
+   * written outside `localDir`. Extraction goes to a temporary folder renamed to `localDir` only on success.
+   */
+  async downloadDir(guestDir: string, localDir: string): Promise<{ path: string } & ExtractStats> {
+    checkPath("guestDir", guestDir);
+    if (existsSync(localDir)) throw new ConfigError("localDir", `already exists: ${localDir}`);
+    const st = await this.stat(guestDir);
+    if (st.type !== "dir") throw new FileSystemError(guestDir, "ENOTDIR", `not a directory in the guest: ${guestDir}`);
+    const tmp = `${localDir}.smolvm-${process.pid}-${Date.now()}.tmp`;
+    mkdirSync(tmp, { mode: 0o700 });
+    const client = await this.agent();
+    const queue = new ChunkQueue(64 << 20);
+    let stderr = "";
+    const h = client.exec(
+      { argv: ["tar", "-c", "-f", "-", "-C", guestDir, "."] },
+      { onStdout: (b) => queue.push(b), onStderr: (b) => (stderr = (stderr + b.toString()).slice(-2000)) },
+    );
+    h.exited.then(
+      () => queue.end(),
+      (e) => queue.fail(e),
+    );
+    try {
+      const stats = await extractTar(queue, tmp);
+      const exit = await h.exited;
+      if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
+      renameSync(tmp, localDir);
+      return { path: localDir, ...stats };
+    } catch (e) {
+      h.kill(9).catch(() => {});
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  }
+}
+
+/** An async-iterable queue of chunks that fails (instead of growing or dropping data) past `cap` bytes. */
+class ChunkQueue implements AsyncIterable<Buffer> {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  private done = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+  constructor(private readonly cap: number) {}
+  push(b: Buffer): void {
+    if (this.size + b.length > this.cap) this.fail(new SmolVMError("download buffer overflow"));
+    this.chunks.push(b);
+    this.size += b.length;
+    this.wake?.();
+  }
+  end(): void {
+    this.done = true;
+    this.wake?.();
+  }
+  fail(e: Error): void {
+    this.error ??= e;
+    this.wake?.();
+  }
+  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    for (;;) {
+      if (this.error) throw this.error;
+      const b = this.chunks.shift();
+      if (b) {
+        this.size -= b.length;
+        yield b;
+        continue;
+      }
+      if (this.done) return;
+      await new Promise<void>((r) => {
+        this.wake = r;
+      });
+      this.wake = null;
     }
   }
 }

@@ -312,6 +312,16 @@ export class SmolVM implements AsyncDisposable {
     return this.files.upload(localPath, guestPath);
   }
 
+  /** Copy a host folder into the guest. */
+  uploadDir(localDir: string, guestDir: string): Promise<{ path: string }> {
+    return this.files.uploadDir(localDir, guestDir);
+  }
+
+  /** Copy a guest folder to the host, refusing unsafe archive entries (see `Files.downloadDir`). */
+  downloadDir(guestDir: string, localDir: string) {
+    return this.files.downloadDir(guestDir, localDir);
+  }
+
   /** Copy a guest file to the host (streamed; the host file appears only when complete). */
   downloadFile(guestPath: string, localPath: string): Promise<{ path: string; bytes: number }> {
     return this.files.download(guestPath, localPath);

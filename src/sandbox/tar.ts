@@ -1,0 +1,315 @@
+/**
+ * Minimal tar (ustar + pax path records) for directory transfers. The writer packs a host folder for the guest; the
+ * reader extracts what a (possibly hostile) guest sent, refusing anything that could write outside the destination:
+ * absolute names, `..` components, links pointing outside, writes through symlinks, hard links and device files.
+ */
+import {
+  closeSync,
+  createReadStream,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  symlinkSync,
+  writeSync,
+} from "node:fs";
+import { isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
+import { SmolVMError } from "../errors.js";
+
+/** A tar entry from the guest was refused; nothing was written outside the destination. */
+export class UnsafeArchiveError extends SmolVMError {
+  constructor(
+    readonly entry: string,
+    reason: string,
+  ) {
+    super(`refused archive entry ${JSON.stringify(entry.slice(0, 200))}: ${reason}`);
+  }
+}
+
+const BLOCK = 512;
+const MAX_PAX = 1 << 20;
+const MAX_NAME = 4096;
+
+// ---------- writer ----------
+
+function octal(n: number, len: number): string {
+  return `${n.toString(8).padStart(len - 1, "0")}\0`;
+}
+
+function header(name: string, type: string, size: number, mode: number, mtime: number, link = ""): Buffer {
+  const h = Buffer.alloc(BLOCK);
+  h.write(name.slice(0, 100), 0, "utf8");
+  h.write(octal(mode & 0o7777, 8), 100);
+  h.write(octal(0, 8), 108);
+  h.write(octal(0, 8), 116);
+  h.write(octal(size, 12), 124);
+  h.write(octal(Math.floor(mtime), 12), 136);
+  h.write("        ", 148);
+  h.write(type, 156);
+  h.write(link.slice(0, 100), 157, "utf8");
+  h.write("ustar\0", 257);
+  h.write("00", 263);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  return h;
+}
+
+function paxRecord(key: string, value: string): string {
+  const body = ` ${key}=${value}\n`;
+  let len = Buffer.byteLength(body);
+  len += String(len).length;
+  if (String(len).length !== String(len - String(len).length).length) len += 1;
+  return `${len}${body}`;
+}
+
+function entryHeaders(name: string, type: string, size: number, mode: number, mtime: number, link = ""): Buffer[] {
+  const long = Buffer.byteLength(name) > 100 || Buffer.byteLength(link) > 100;
+  if (!long) return [header(name, type, size, mode, mtime, link)];
+  let pax = paxRecord("path", name);
+  if (link) pax += paxRecord("linkpath", link);
+  const body = Buffer.from(pax);
+  return [
+    header("PaxHeader", "x", body.length, 0o644, mtime),
+    body,
+    Buffer.alloc((BLOCK - (body.length % BLOCK)) % BLOCK),
+    header(name.slice(0, 100), type, size, mode, mtime, link.slice(0, 100)),
+  ];
+}
+
+/** Stream a host folder as a tar archive (regular files, folders, symlinks; other types are skipped). */
+export async function* packDir(root: string): AsyncGenerator<Buffer> {
+  const walk = async function* (rel: string): AsyncGenerator<Buffer> {
+    for (const name of readdirSync(join(root, rel)).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const full = join(root, r);
+      const st = lstatSync(full);
+      const mtime = st.mtimeMs / 1000;
+      if (st.isDirectory()) {
+        yield* entryHeaders(`${r}/`, "5", 0, st.mode, mtime);
+        yield* walk(r);
+      } else if (st.isSymbolicLink()) {
+        yield* entryHeaders(r, "2", 0, 0o777, mtime, readlinkSync(full));
+      } else if (st.isFile()) {
+        yield* entryHeaders(r, "0", st.size, st.mode, mtime);
+        let sent = 0;
+        for await (const chunk of createReadStream(full, { highWaterMark: 1 << 16 })) {
+          const b = chunk as Buffer;
+          const take = b.subarray(0, Math.max(0, st.size - sent)); // the file may grow while read
+          sent += take.length;
+          yield take;
+        }
+        if (sent < st.size) yield Buffer.alloc(st.size - sent); // or shrink
+        yield Buffer.alloc((BLOCK - (st.size % BLOCK)) % BLOCK);
+      }
+    }
+  };
+  yield* walk("");
+  yield Buffer.alloc(BLOCK * 2);
+}
+
+// ---------- reader ----------
+
+function str(b: Buffer, off: number, len: number): string {
+  const s = b.subarray(off, off + len);
+  const z = s.indexOf(0);
+  return s.subarray(0, z < 0 ? len : z).toString("utf8");
+}
+
+function num(b: Buffer, off: number, len: number): number {
+  if ((b[off] as number) & 0x80) {
+    let n = 0; // base-256 (GNU) for large values
+    for (let i = off + 1; i < off + len; i++) n = n * 256 + (b[i] as number);
+    return n;
+  }
+  const s = str(b, off, len).trim();
+  return s ? Number.parseInt(s, 8) : 0;
+}
+
+function checksumOk(h: Buffer): boolean {
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : (h[i] as number);
+  return sum === num(h, 148, 8);
+}
+
+function parsePax(body: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let off = 0;
+  while (off < body.length) {
+    const sp = body.indexOf(0x20, off);
+    if (sp < 0) break;
+    const len = Number.parseInt(body.toString("utf8", off, sp), 10);
+    if (!Number.isFinite(len) || len <= 0 || off + len > body.length) break;
+    const rec = body.toString("utf8", sp + 1, off + len - 1);
+    const eq = rec.indexOf("=");
+    if (eq > 0) out[rec.slice(0, eq)] = rec.slice(eq + 1);
+    off += len;
+  }
+  return out;
+}
+
+/** The safe absolute path of `name` inside `dest`, or a thrown UnsafeArchiveError. */
+function safePath(dest: string, name: string): string {
+  if (!name || name.length > MAX_NAME || name.includes("\0")) throw new UnsafeArchiveError(name, "invalid name");
+  if (isAbsolute(name)) throw new UnsafeArchiveError(name, "absolute path");
+  const parts = name.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.includes("..")) throw new UnsafeArchiveError(name, "'..' in path");
+  const full = join(dest, ...parts);
+  // never write through a symlink: every existing parent must be a real directory
+  let cur = dest;
+  for (const p of parts.slice(0, -1)) {
+    cur = join(cur, p);
+    let st: ReturnType<typeof lstatSync> | undefined;
+    try {
+      st = lstatSync(cur);
+    } catch {
+      break; // does not exist yet: created as a directory below
+    }
+    if (!st.isDirectory()) throw new UnsafeArchiveError(name, `parent ${relative(dest, cur)} is not a directory`);
+  }
+  return full;
+}
+
+export interface ExtractStats {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+}
+
+/**
+ * Extract a tar stream into `dest` (which must exist and be empty), writing file data as it arrives. Throws
+ * `UnsafeArchiveError` at the first refused entry.
+ */
+export async function extractTar(
+  source: AsyncIterable<Buffer> | Iterable<Buffer>,
+  dest: string,
+): Promise<ExtractStats> {
+  const root = resolve(dest);
+  const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
+  let buf: Buffer = Buffer.alloc(0);
+  // parser state lives in one object: startEntry (a closure) changes it
+  const cur: { state: "header" | "data" | "pad" | "pax" | "end"; paxNext: "x" | "L" } = {
+    state: "header",
+    paxNext: "x",
+  };
+  let remaining = 0;
+  let pad = 0;
+  let fd: number | null = null;
+  let pax: Record<string, string> = {};
+  let paxBody: Buffer[] = [];
+  let zeroBlocks = 0;
+
+  const startEntry = (h: Buffer) => {
+    const type = String.fromCharCode(h[156] as number) || "0";
+    const size = num(h, 124, 12);
+    const prefix = str(h, 345, 155);
+    let name = pax.path ?? (prefix ? `${prefix}/${str(h, 0, 100)}` : str(h, 0, 100));
+    const link = pax.linkpath ?? str(h, 157, 100);
+    pax = {};
+    const mode = num(h, 100, 8) & 0o777;
+    if (type === "x" || type === "L" || type === "g") {
+      if (size > MAX_PAX) throw new UnsafeArchiveError(name, "oversized extended header");
+      cur.paxNext = type === "L" ? "L" : "x";
+      paxBody = [];
+      remaining = size;
+      pad = (BLOCK - (size % BLOCK)) % BLOCK;
+      cur.state = type === "g" ? "data" : "pax"; // global headers are read and ignored
+      return;
+    }
+    name = name.replace(/\/+$/, "");
+    if (name === "" || name === ".") {
+      if (type !== "5") throw new UnsafeArchiveError(name, "unnamed entry");
+      cur.state = "header";
+      return;
+    }
+    const full = safePath(root, name);
+    if (type === "5") {
+      mkdirSync(full, { recursive: true, mode: mode | 0o700 });
+      stats.dirs++;
+    } else if (type === "0" || type === "\0" || type === "7") {
+      mkdirSync(join(full, ".."), { recursive: true });
+      fd = openSync(full, "wx", mode | 0o600);
+      stats.files++;
+      remaining = size;
+      pad = (BLOCK - (size % BLOCK)) % BLOCK;
+      cur.state = "data";
+      return;
+    } else if (type === "2") {
+      if (!link || isAbsolute(link)) throw new UnsafeArchiveError(name, `symlink to absolute path ${link}`);
+      const target = normalize(join(full, "..", link));
+      if (target !== root && !target.startsWith(root + sep)) {
+        throw new UnsafeArchiveError(name, `symlink points outside the destination (${link})`);
+      }
+      mkdirSync(join(full, ".."), { recursive: true });
+      symlinkSync(link, full);
+      stats.symlinks++;
+    } else if (type === "1") {
+      throw new UnsafeArchiveError(name, "hard links are not accepted");
+    } else {
+      throw new UnsafeArchiveError(name, `entry type '${type}' (device, fifo or unknown) is not accepted`);
+    }
+    if (size > 0) {
+      remaining = size; // a body on a non-file entry: skip it
+      pad = (BLOCK - (size % BLOCK)) % BLOCK;
+      cur.state = "data";
+    } else cur.state = "header";
+  };
+
+  try {
+    for await (const chunk of source) {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      let off = 0;
+      for (;;) {
+        if (cur.state === "end") break;
+        if (cur.state === "header") {
+          if (buf.length - off < BLOCK) break;
+          const h = buf.subarray(off, off + BLOCK);
+          off += BLOCK;
+          if (h.every((b) => b === 0)) {
+            if (++zeroBlocks === 2) cur.state = "end";
+            continue;
+          }
+          zeroBlocks = 0;
+          if (!checksumOk(h)) throw new UnsafeArchiveError(str(h, 0, 100), "bad header checksum (corrupt archive)");
+          startEntry(h);
+        } else if (cur.state === "data" || cur.state === "pax") {
+          const take = Math.min(remaining, buf.length - off);
+          if (take === 0 && remaining > 0) break;
+          const part = buf.subarray(off, off + take);
+          if (cur.state === "pax") paxBody.push(Buffer.from(part));
+          else if (fd !== null) {
+            writeSync(fd, part);
+            stats.bytes += part.length;
+          }
+          off += take;
+          remaining -= take;
+          if (remaining === 0) {
+            if (fd !== null) {
+              closeSync(fd);
+              fd = null;
+            }
+            if (cur.state === "pax") {
+              const body = Buffer.concat(paxBody);
+              pax = cur.paxNext === "L" ? { path: str(body, 0, body.length) } : parsePax(body);
+            }
+            cur.state = "pad";
+          }
+        } else if (cur.state === "pad") {
+          const take = Math.min(pad, buf.length - off);
+          off += take;
+          pad -= take;
+          if (pad > 0) break;
+          cur.state = "header";
+        }
+      }
+      buf = off >= buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(off));
+      if (buf.length > BLOCK * 2 && cur.state === "header") throw new SmolVMError("tar parser stalled");
+    }
+  } finally {
+    if (fd !== null) closeSync(fd);
+  }
+  if (cur.state !== "end" && cur.state !== "header") throw new SmolVMError("archive ended in the middle of an entry");
+  return stats;
+}
