@@ -17,9 +17,10 @@ export {
   VMNotFoundError,
   VMStateError,
 } from "./errors.js";
-export type { CommandOptions, CommandResult, Process, RunOptions } from "./sandbox/commands.js";
+export type { CommandOptions, CommandResult, Process, RunOptions, SpawnOptions } from "./sandbox/commands.js";
 export type { Env } from "./sandbox/env.js";
 export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";
+export type { Processes, ProcessInfo } from "./sandbox/processes.js";
 export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
 export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
 export { UnsafeArchiveError } from "./sandbox/tar.js";

@@ -235,3 +235,58 @@ describe("interrupted writes", () => {
     assert.equal((await vm.run("ls -A /root | grep -c smolvm- || true")).output, "0");
   });
 });
+
+describe("background processes", () => {
+  const until = async (pred: () => Promise<boolean>) => {
+    for (let i = 0; i < 200; i++) {
+      if (await pred()) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.fail("condition never held");
+  };
+
+  it("survive their client; reattaching replays kept output and reports the exit", async () => {
+    const other = await SmolVM.fromId(vm.vmId);
+    const p = await other.spawn("echo first; echo err >&2; sleep 1; echo second; exit 5");
+    other.close();
+    const entry = (await vm.processes.list()).find((e) => e.pid === p.pid);
+    assert.ok(entry, "not listed");
+    assert.equal(entry.background, true);
+    await until(async () => (await vm.processes.list()).find((e) => e.pid === p.pid)?.running === false);
+    const listed = (await vm.processes.list()).find((e) => e.pid === p.pid);
+    assert.equal(listed?.exitCode, 5);
+    const again = await vm.processes.connect(p.pid);
+    const r = await again.wait();
+    assert.deepEqual([r.stdout, r.stderr, r.exitCode], ["first\nsecond\n", "err\n", 5]);
+    assert.equal(
+      (await vm.processes.list()).some((e) => e.pid === p.pid),
+      false,
+      "collected entry still listed",
+    );
+  });
+
+  it("reattach to a running process: live output, then kill", async () => {
+    const other = await SmolVM.fromId(vm.vmId);
+    const p = await other.spawn("while true; do echo tick; sleep 0.2; done");
+    other.close();
+    const again = await vm.processes.connect(p.pid);
+    const line = await new Promise<string>((resolve) =>
+      again.stdout.once("data", (b: Buffer) => resolve(b.toString())),
+    );
+    assert.match(line, /^tick/);
+    await again.kill();
+    assert.equal((await again.wait()).signal, 9);
+  });
+
+  it("background: false dies with its client", async () => {
+    const other = await SmolVM.fromId(vm.vmId);
+    const p = await other.spawn("sleep 300", { background: false });
+    other.close();
+    await until(async () => !(await vm.processes.list()).some((e) => e.pid === p.pid));
+    assert.equal((await vm.run(`kill -0 ${p.pid} 2>/dev/null || echo gone`)).output, "gone");
+  });
+
+  it("connect to an unknown pid is a clear error", async () => {
+    await assert.rejects(vm.processes.connect(999999), /no such process/);
+  });
+});

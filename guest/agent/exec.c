@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -154,7 +155,7 @@ void do_resize(struct proc *p, const uint8_t *pl, size_t n) {
 }
 
 void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
-	int nargs = 0, nenv = 0, want_stdin = 0, want_pty = 0;
+	int nargs = 0, nenv = 0, want_stdin = 0, want_pty = 0, keep = 0;
 	struct winsize ws = {.ws_row = 24, .ws_col = 80};
 	size_t off = 0;
 	uint8_t tag;
@@ -177,7 +178,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	struct user u;
 	off = 0;
 	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
-		if (tag != F_STDIN && tag != F_PTY && memchr(v, 0, vl)) {
+		if (tag != F_STDIN && tag != F_PTY && tag != F_KEEP && memchr(v, 0, vl)) {
 			send_error(c, stream, EINVAL, "NUL byte in exec request");
 			goto out;
 		}
@@ -187,6 +188,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		else if (tag == F_CWD) { free(cwd); cwd = dupstr(v, vl); }
 		else if (tag == F_USER) { free(user); user = dupstr(v, vl); }
 		else if (tag == F_STDIN) want_stdin = vl > 0 && v[0];
+		else if (tag == F_KEEP) keep = vl > 0 && v[0];
 		else if (tag == F_PTY && vl >= 4) {
 			want_pty = 1;
 			ws.ws_col = (unsigned short)((v[0] << 8) | v[1]);
@@ -272,6 +274,13 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		goto out;
 	}
 	p->pid = pid;
+	p->keep = keep;
+	char cmdbuf[256];
+	size_t cl = 0;
+	cmdbuf[0] = 0;
+	for (int i = (argv[1] && !strcmp(argv[0], "/bin/sh") && !strcmp(argv[1], "-c") && argv[2]) ? 2 : 0; argv[i] && cl < sizeof cmdbuf - 1; i++)
+		cl += (size_t)snprintf(cmdbuf + cl, sizeof cmdbuf - cl, "%s%s", cl ? " " : "", argv[i]);
+	p->cmd = strdup(cmdbuf);
 	set_nonblock(p->out, 1);
 	if (p->err >= 0) set_nonblock(p->err, 1);
 	if (p->in >= 0) set_nonblock(p->in, 1);
@@ -287,4 +296,73 @@ out:
 	free(shell);
 	free(cwd);
 	free(user);
+}
+
+/* Every command the agent runs: pid, command line, running or finished (kept ones only), attached or not. */
+void do_ps(int c, uint32_t stream) {
+	struct fbuf *fb = calloc(1, sizeof *fb);
+	if (!fb) return;
+	for (int i = 0; i < MAX_PROCS; i++) {
+		struct proc *p = &procs[i];
+		if (!p->used || p->kind != K_EXEC) continue;
+		struct fbuf one = {0};
+		uint8_t running = !p->exited, attached = p->chan >= 0, keep = (uint8_t)p->keep;
+		fb_u32(&one, P_PID, (uint32_t)p->pid);
+		fb_str(&one, P_CMD, p->cmd ? p->cmd : "");
+		fb_bytes(&one, P_RUNNING, &running, 1);
+		fb_bytes(&one, P_ATTACHED, &attached, 1);
+		fb_bytes(&one, P_KEEP, &keep, 1);
+		if (p->exited) {
+			uint8_t ex[8];
+			put_be32(ex, (uint32_t)(WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1));
+			put_be32(ex + 4, (uint32_t)(WIFSIGNALED(p->status) ? WTERMSIG(p->status) : 0));
+			fb_bytes(&one, P_EXIT, ex, 8);
+		}
+		if (fb->n + one.n > sizeof fb->b) {
+			chan_send(c, T_STDOUT, stream, fb->b, fb->n);
+			fb->n = 0;
+		}
+		memcpy(fb->b + fb->n, one.b, one.n);
+		fb->n += one.n;
+	}
+	if (fb->n) chan_send(c, T_STDOUT, stream, fb->b, fb->n);
+	chan_send(c, T_DONE, stream, NULL, 0);
+	free(fb);
+}
+
+/* Attach the caller's stream to a command: replay its kept output, then continue live (or report its exit). */
+void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
+	size_t off = 0;
+	uint8_t tag;
+	const uint8_t *v;
+	size_t vl;
+	uint32_t pid = 0;
+	while (field_next(pl, n, &off, &tag, &v, &vl) == 1)
+		if (tag == P_PID && vl == 4) pid = get_be32(v);
+	struct proc *p = NULL;
+	for (int i = 0; i < MAX_PROCS && pid; i++)
+		if (procs[i].used && procs[i].kind == K_EXEC && procs[i].pid == (pid_t)pid) p = &procs[i];
+	if (!p) {
+		send_error(c, stream, ESRCH, "no such process started by the agent");
+		return;
+	}
+	if (find_proc(c, stream)) {
+		send_error(c, stream, EEXIST, "stream id already in use");
+		return;
+	}
+	if (p->chan >= 0) /* someone else was attached: they lose it */
+		send_error(p->chan, p->stream, EBUSY, "another client attached to this process");
+	p->chan = c;
+	p->stream = stream;
+	struct fbuf fb = {0};
+	fb_u32(&fb, 1, (uint32_t)p->pid);
+	chan_send(c, T_STARTED, stream, fb.b, fb.n);
+	if (p->ring_out.len) chan_send(c, T_STDOUT, stream, p->ring_out.buf + p->ring_out.off, p->ring_out.len);
+	if (p->ring_err.len) chan_send(c, T_STDERR, stream, p->ring_err.buf + p->ring_err.off, p->ring_err.len);
+	bq_free(&p->ring_out);
+	bq_free(&p->ring_err);
+	if (p->exited) {
+		send_exit(c, stream, p->status);
+		free_proc(p);
+	}
 }

@@ -33,6 +33,8 @@
 #define T_FMKDIR 0x54
 #define T_FREMOVE 0x55
 #define T_FRENAME 0x56
+#define T_PS 0x60      /* list commands; answered by data frames of P_ field groups, then DONE */
+#define T_CONNECT 0x61 /* fields: P_PID. Attach this stream to a running (or finished, unreported) command */
 /* agent -> host */
 #define T_PONG 0x02
 #define T_HELLO 0x03
@@ -52,6 +54,14 @@
 #define F_STDIN 5
 #define F_USER 6 /* user name or numeric uid */
 #define F_PTY 7  /* u16 cols, u16 rows: run on a new terminal */
+#define F_KEEP 8 /* 1 byte: keep running when the client goes away (output kept in a ring until reattached) */
+/* process list fields */
+#define P_PID 1
+#define P_CMD 2
+#define P_RUNNING 3 /* 1 byte */
+#define P_EXIT 4    /* i32 exit code, i32 signal */
+#define P_ATTACHED 5 /* 1 byte */
+#define P_KEEP 6     /* 1 byte */
 /* file operation fields */
 #define F_PATH 1
 #define F_PATH2 2 /* rename target */

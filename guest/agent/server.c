@@ -119,7 +119,10 @@ struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind) {
 void free_proc(struct proc *p) {
 	free(p->tmp_path);
 	free(p->final_path);
-	p->tmp_path = p->final_path = NULL;
+	free(p->cmd);
+	bq_free(&p->ring_out);
+	bq_free(&p->ring_err);
+	p->tmp_path = p->final_path = p->cmd = NULL;
 	p->used = 0;
 }
 
@@ -165,13 +168,37 @@ static void proc_close_stdin(struct proc *p) {
 	close_fd(&p->in);
 }
 
+/* Keep the latest RING_BYTES of a detached command's output. */
+static void ring_push(struct bq *q, const uint8_t *b, size_t n) {
+	if (n >= RING_BYTES) {
+		bq_consume(q, q->len);
+		b += n - RING_BYTES;
+		n = RING_BYTES;
+	} else if (q->len + n > RING_BYTES) {
+		bq_consume(q, q->len + n - RING_BYTES);
+	}
+	bq_push(q, b, n, RING_BYTES);
+}
+
+void send_exit(int c, uint32_t stream, int status) {
+	uint8_t ex[8];
+	int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+	int32_t sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+	put_be32(ex, (uint32_t)code);
+	put_be32(ex + 4, (uint32_t)sig);
+	chan_send(c, T_EXIT, stream, ex, 8);
+}
+
+static unsigned long long seq_counter;
+
 /* Forward what a pipe has; returns 0 at EOF or error, 1 if more may come. */
 static int pump(struct proc *p, int *fd, uint8_t type, size_t *budget) {
 	uint8_t buf[SMOL_MAX_PAYLOAD];
 	for (;;) {
 		ssize_t r = read(*fd, buf, sizeof buf);
 		if (r > 0) {
-			chan_send(p->chan, type, p->stream, buf, (size_t)r);
+			if (p->chan < 0 && p->keep) ring_push(type == T_STDERR ? &p->ring_err : &p->ring_out, buf, (size_t)r);
+			else chan_send(p->chan, type, p->stream, buf, (size_t)r);
 			if (!budget) return 1;
 			if ((size_t)r >= *budget) return 1;
 			*budget -= (size_t)r;
@@ -197,12 +224,22 @@ static void proc_finish(struct proc *p, int status) {
 	close_fd(&p->out);
 	close_fd(&p->err);
 	proc_close_stdin(p);
-	uint8_t ex[8];
-	int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-	int32_t sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-	put_be32(ex, (uint32_t)code);
-	put_be32(ex + 4, (uint32_t)sig);
-	chan_send(p->chan, T_EXIT, p->stream, ex, 8);
+	if (p->chan < 0 && p->keep) { /* nobody attached: keep the status for a later CONNECT */
+		p->exited = 1;
+		p->status = status;
+		p->seq = ++seq_counter;
+		int kept = 0;
+		struct proc *oldest = NULL;
+		for (int i = 0; i < MAX_PROCS; i++) {
+			struct proc *q = &procs[i];
+			if (!q->used || !q->exited) continue;
+			kept++;
+			if (!oldest || q->seq < oldest->seq) oldest = q;
+		}
+		if (kept > MAX_FINISHED_KEPT && oldest) free_proc(oldest);
+		return;
+	}
+	send_exit(p->chan, p->stream, status);
 	free_proc(p);
 }
 
@@ -212,7 +249,7 @@ static void reap(void) {
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid <= 0) return;
 		for (int i = 0; i < MAX_PROCS; i++)
-			if (procs[i].used && procs[i].kind == K_EXEC && procs[i].pid == pid) {
+			if (procs[i].used && procs[i].kind == K_EXEC && !procs[i].exited && procs[i].pid == pid) {
 				proc_finish(&procs[i], status);
 				break;
 			}
@@ -224,7 +261,9 @@ static void release(int c, uint32_t lo, uint32_t hi) {
 	for (int i = 0; i < MAX_PROCS; i++) {
 		struct proc *p = &procs[i];
 		if (!p->used || p->chan != c || p->stream < lo || p->stream > hi) continue;
-		if (p->kind == K_EXEC) {
+		if (p->kind == K_EXEC && p->keep) {
+			p->chan = -1; /* keeps running; output goes to its ring until someone reattaches */
+		} else if (p->kind == K_EXEC) {
 			kill(-p->pid, SIGKILL);
 			p->chan = -1;
 			proc_close_stdin(p);
@@ -301,6 +340,12 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 		p = find_proc(c, stream);
 		if (p && p->pty) do_resize(p, pl, n);
 		break;
+	case T_PS:
+		do_ps(c, stream);
+		break;
+	case T_CONNECT:
+		do_connect(c, stream, pl, n);
+		break;
 	case T_ENV_SET:
 		env_set(c, stream, pl, n);
 		break;
@@ -321,7 +366,7 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 		break;
 	case T_SIGNAL:
 		p = find_proc(c, stream);
-		if (p && p->kind == K_EXEC && n >= 4) {
+		if (p && p->kind == K_EXEC && !p->exited && n >= 4) {
 			uint32_t sig = get_be32(pl);
 			if (sig >= 1 && sig < NSIG) kill(-p->pid, (int)sig);
 		}

@@ -26,7 +26,16 @@ struct proc {
 	struct bq inq;
 	char *tmp_path, *final_path; /* K_WRITE: written to tmp, renamed over final at the end */
 	unsigned long long written;
+	/* K_EXEC */
+	char *cmd;		/* for the process list */
+	int keep;		/* survive the client going away */
+	int exited, status;	/* reaped while nobody was attached: reported on reattach */
+	unsigned long long seq; /* age, to expire old finished entries */
+	struct bq ring_out, ring_err; /* latest output while detached */
 };
+
+#define RING_BYTES (64 * 1024)
+#define MAX_FINISHED_KEPT 64
 
 extern struct proc procs[MAX_PROCS];
 extern const struct server_opts *opts;
@@ -55,6 +64,9 @@ char *dupstr(const uint8_t *v, size_t n);
 /* exec.c */
 void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n);
 void do_resize(struct proc *p, const uint8_t *pl, size_t n);
+void do_ps(int c, uint32_t stream);
+void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void send_exit(int c, uint32_t stream, int status);
 
 /* envstore.c: variables set at run time, applied to every later command */
 void env_set(int c, uint32_t stream, const uint8_t *pl, size_t n);

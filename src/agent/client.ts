@@ -14,6 +14,7 @@ import {
   fieldString,
   fieldU32,
   MAX_PAYLOAD,
+  P,
   T,
   u32,
 } from "./codec.js";
@@ -28,6 +29,8 @@ export interface ExecRequest {
   user?: string;
   /** Run on a new terminal of this size (stdout and stderr merge into it). */
   pty?: PtySize;
+  /** Keep running when this client goes away; output is kept (latest 64 KiB) until someone reattaches. */
+  keep?: boolean;
   /** argv to execute directly (PATH lookup in the guest). */
   argv?: string[];
   /** Shell command, run as `/bin/sh -c`. */
@@ -377,6 +380,7 @@ export class AgentClient {
     if (req.cwd !== undefined) fields.push([F.CWD, req.cwd]);
     if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
     if (req.user !== undefined) fields.push([F.USER, req.user]);
+    if (req.keep) fields.push([F.KEEP, Buffer.from([1])]);
     if (req.pty) {
       const b = Buffer.alloc(4);
       b.writeUInt16BE(req.pty.cols, 0);
@@ -390,6 +394,16 @@ export class AgentClient {
     const pid = started.then((fields) => fieldU32(fields, 1) ?? 0);
     pid.catch(() => {});
     return new ExecHandle(this, stream, pid, ended as Promise<ExecExit>);
+  }
+
+  /** Attach to a command the agent is running (or finished while detached): its kept output, then live. */
+  attach(pid: number, handlers: ExecHandlers = {}): ExecHandle {
+    if (this.closedError) throw this.closedError;
+    const { stream, started, ended } = this.register(handlers);
+    this.send(T.CONNECT, stream, encodeFields([[P.PID, u32(pid)]])).catch(() => {});
+    const gotPid = started.then((fields) => fieldU32(fields, 1) ?? 0);
+    gotPid.catch(() => {});
+    return new ExecHandle(this, stream, gotPid, ended as Promise<ExecExit>);
   }
 
   /** Start a non-exec operation (files, env). Data frames go to `onData`. */

@@ -35,10 +35,14 @@ export const T = {
   FMKDIR: 0x54,
   FREMOVE: 0x55,
   FRENAME: 0x56,
+  PS: 0x60,
+  CONNECT: 0x61,
 } as const;
 
 /** Field tags of EXEC payloads. */
-export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7 } as const;
+export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7, KEEP: 8 } as const;
+/** Field tags of process list entries (PS) and CONNECT. */
+export const P = { PID: 1, CMD: 2, RUNNING: 3, EXIT: 4, ATTACHED: 5, KEEP: 6 } as const;
 /** Field tags of file operation requests, and their flags. */
 export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5 } as const;
 export const FL = { PARENTS: 1, RECURSIVE: 2 } as const;

@@ -226,8 +226,9 @@ export class Process {
         return { ...r, truncated: r.truncated || stdout.dropped || stderr.dropped };
       },
       (e) => {
-        stdout.destroy(e);
-        stderr.destroy(e);
+        // end the streams rather than destroy them with an error nobody may be listening for; wait() rejects
+        stdout.push(null);
+        stderr.push(null);
         throw e;
       },
     );
@@ -245,20 +246,25 @@ export class Process {
   }
 }
 
-export async function spawnCommand(
-  client: AgentClient,
-  cmd: string | string[],
-  baseEnv: Record<string, string>,
-  opts: CommandOptions = {},
+export interface SpawnOptions extends CommandOptions {
+  /**
+   * Keep the process running when this client disconnects (default true): reattach later with
+   * `vm.processes.connect(pid)`, which replays its latest output. With false it is killed with the connection.
+   */
+  background?: boolean;
+}
+
+/** Wire a handle (new or reattached) to streams and collectors, and wait until it has a pid. */
+async function toProcess(
+  start: (handlers: { onStdout: (b: Buffer) => void; onStderr: (b: Buffer) => void }) => ExecHandle,
+  cap: number,
 ): Promise<Process> {
-  const cap = capOf(opts);
-  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, true);
   const out = new Collector(cap);
   const err = new Collector(cap);
   const stdout = new OutputStream(cap);
   const stderr = new OutputStream(cap);
   const t0 = performance.now();
-  const h = client.exec(req, {
+  const h = start({
     onStdout: (b) => {
       out.push(b);
       stdout.offer(b);
@@ -270,4 +276,25 @@ export async function spawnCommand(
   });
   const pid = await h.started;
   return new Process(h, pid, out, err, stdout, stderr, t0);
+}
+
+export function spawnCommand(
+  client: AgentClient,
+  cmd: string | string[],
+  baseEnv: Record<string, string>,
+  opts: SpawnOptions = {},
+): Promise<Process> {
+  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, true);
+  req.keep = opts.background !== false;
+  return toProcess((handlers) => client.exec(req, handlers), capOf(opts));
+}
+
+/** Reattach to a process the agent runs (see `SpawnOptions.background`). */
+export function attachProcess(
+  client: AgentClient,
+  pid: number,
+  opts: { maxOutputBytes?: number } = {},
+): Promise<Process> {
+  if (!Number.isInteger(pid) || pid <= 0) throw new ConfigError("pid", "must be a positive integer");
+  return toProcess((handlers) => client.attach(pid, handlers), capOf(opts));
 }

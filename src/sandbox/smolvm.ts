@@ -15,16 +15,17 @@ import { reconcile, reconcileVm } from "../state/reconcile.js";
 import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
 import {
-  type CommandOptions,
   type CommandResult,
   type Process,
   type RunOptions,
   runCommand,
+  type SpawnOptions,
   spawnCommand,
 } from "./commands.js";
 import { tailFile } from "./console-log.js";
 import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
+import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
 
 export type { VMStatus };
@@ -277,14 +278,24 @@ export class SmolVM implements AsyncDisposable {
     return runCommand(await this.agent(), cmd, this.config.env, opts);
   }
 
-  /** Start a command and return at once with a live handle (streams, stdin, wait, kill). */
-  async spawn(cmd: string | string[], opts: CommandOptions = {}): Promise<Process> {
+  /**
+   * Start a command and return at once with a live handle (streams, stdin, wait, kill). It keeps running when this
+   * client goes away unless `background: false`; `vm.processes.connect(pid)` reattaches.
+   */
+  async spawn(cmd: string | string[], opts: SpawnOptions = {}): Promise<Process> {
     return spawnCommand(await this.agent(), cmd, this.config.env, opts);
   }
 
   private _files?: Files;
   private _env?: Env;
   private _pty?: Pty;
+  private _processes?: Processes;
+
+  /** Commands running in the guest; reattach to background ones. */
+  get processes(): Processes {
+    this._processes ??= new Processes(() => this.agent());
+    return this._processes;
+  }
 
   /** Files in the guest: read, write, list, stat, exists, mkdir, remove, rename, upload, download. */
   get files(): Files {
