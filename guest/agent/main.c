@@ -1,11 +1,13 @@
 /* smolvm-agent: one static binary, three roles.
  *   (PID 1)                    guest init + exec server over virtio-serial / vsock
  *   serve --stdio | --listen P  exec server on the host, for protocol tests
- *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM */
+ *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM
+ *   run --socket S -- ARGV...   one command through a VM's agent socket, bridging stdio (e.g. ssh ProxyCommand) */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bridge.h"
 #include "init.h"
 #include "proto.h"
 #include "proxy.h"
@@ -41,12 +43,20 @@ int main(int argc, char **argv) {
 		if (!u || !l) goto usage;
 		return proxy_main(u, l, arg(argc, argv, "--pidfile"), arg(argc, argv, "--log"), flag(argc, argv, "--daemon"));
 	}
+	if (!strcmp(mode, "run")) {
+		const char *sock = arg(argc, argv, "--socket");
+		int i = 2;
+		while (i < argc && strcmp(argv[i], "--")) i++;
+		if (!sock || i + 1 >= argc) goto usage;
+		return bridge_main(sock, argv + i + 1);
+	}
 	if (!strcmp(mode, "--version")) {
 		printf("smolvm-agent protocol %d\n", SMOL_PROTO_VERSION);
 		return 0;
 	}
 usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
-			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon]\n");
+			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon]\n"
+			"       smolvm-agent run --socket SOCK -- ARGV...\n");
 	return 2;
 }
