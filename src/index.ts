@@ -23,4 +23,5 @@ export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.j
 export type { Processes, ProcessInfo } from "./sandbox/processes.js";
 export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
 export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
+export { type SnapshotInfo, SnapshotInUseError, SnapshotNotFoundError } from "./sandbox/snapshots.js";
 export { UnsafeArchiveError } from "./sandbox/tar.js";

@@ -41,7 +41,8 @@ int main(int argc, char **argv) {
 	if (!strcmp(mode, "proxy")) {
 		const char *u = arg(argc, argv, "--upstream"), *l = arg(argc, argv, "--listen");
 		if (!u || !l) goto usage;
-		return proxy_main(u, l, arg(argc, argv, "--pidfile"), arg(argc, argv, "--log"), flag(argc, argv, "--daemon"));
+		return proxy_main(u, l, arg(argc, argv, "--pidfile"), arg(argc, argv, "--log"), flag(argc, argv, "--daemon"),
+				  flag(argc, argv, "--release-all"));
 	}
 	if (!strcmp(mode, "run")) {
 		const char *sock = arg(argc, argv, "--socket");
@@ -56,7 +57,7 @@ int main(int argc, char **argv) {
 	}
 usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
-			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon]\n"
+			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon] [--release-all]\n"
 			"       smolvm-agent run --socket SOCK -- ARGV...\n");
 	return 2;
 }

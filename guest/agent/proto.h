@@ -22,6 +22,10 @@
 #define T_SIGNAL 0x13
 #define T_RELEASE 0x20
 #define T_SHUTDOWN 0x30 /* the agent answers with the same type once disks are synced */
+#define T_SYNC 0x31 /* after a restore: fields S_TIME (u64 ns since the epoch), S_ENTROPY (bytes). DONE */
+#define S_TIME 1
+#define S_ENTROPY 2
+#define S_HOSTNAME 3
 #define T_RESIZE 0x17   /* u16 cols, u16 rows: terminal size of a PTY command */
 #define T_ENV_SET 0x40
 #define T_ENV_UNSET 0x41

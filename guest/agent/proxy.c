@@ -161,7 +161,8 @@ static int flush(int fd, struct bq *q) {
 	return 0;
 }
 
-int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile, int daemonize) {
+int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile, int daemonize,
+	       int release_all) {
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < SLOTS; i++) cl[i].fd = -1;
 	up = connect_unix(upstream);
@@ -170,6 +171,12 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		return 1;
 	}
 	set_nonblock(up, 1);
+	if (release_all) { /* a restored guest: commands of the snapshot's clients are theirs no more */
+		uint8_t r[8];
+		put_be32(r, 1u << 24);
+		put_be32(r + 4, 0xffffffffu);
+		queue_frame(&up_out, T_RELEASE, 0, r, 8, (size_t)-1 / 2);
+	}
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
 	if (strlen(listen_path) >= sizeof a.sun_path) {
 		logmsg("proxy: socket path too long: %s", listen_path);

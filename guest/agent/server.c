@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
+#include <linux/random.h>
 #include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -314,6 +316,42 @@ static void shutdown_now(int c, uint32_t stream) {
 	for (;;) pause();
 }
 
+/* A restored VM wakes up with the snapshot's clock and random state: take the host's time and fresh entropy, and
+ * reseed the kernel's generator so clones of one snapshot never produce the same random bytes. */
+static void do_sync(int c, uint32_t stream, const uint8_t *pl, size_t n) {
+	size_t off = 0;
+	uint8_t tag;
+	const uint8_t *v;
+	size_t vl;
+	int err = 0;
+	while (opts->is_init && field_next(pl, n, &off, &tag, &v, &vl) == 1) { /* never touch a host's clock */
+		if (tag == S_TIME && vl == 8) {
+			uint64_t ns = ((uint64_t)get_be32(v) << 32) | get_be32(v + 4);
+			struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+			if (clock_settime(CLOCK_REALTIME, &ts) < 0) err = errno;
+		} else if (tag == S_HOSTNAME && vl > 0 && vl < 64) {
+			if (sethostname((const char *)v, vl) < 0) err = errno;
+		} else if (tag == S_ENTROPY && vl > 0 && vl <= 512) {
+			struct {
+				int entropy_count;
+				int buf_size;
+				uint8_t buf[512];
+			} rp;
+			rp.entropy_count = (int)vl * 8;
+			rp.buf_size = (int)vl;
+			memcpy(rp.buf, v, vl);
+			int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+			if (fd < 0 || ioctl(fd, RNDADDENTROPY, &rp) < 0) err = errno;
+			if (fd >= 0) {
+				ioctl(fd, RNDRESEEDCRNG);
+				close(fd);
+			}
+		}
+	}
+	if (err) send_errno(c, stream, err, "sync");
+	else chan_send(c, T_DONE, stream, NULL, 0);
+}
+
 static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl, size_t n) {
 	struct proc *p;
 	switch (type) {
@@ -339,6 +377,9 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 	case T_RESIZE:
 		p = find_proc(c, stream);
 		if (p && p->pty) do_resize(p, pl, n);
+		break;
+	case T_SYNC:
+		do_sync(c, stream, pl, n);
 		break;
 	case T_PS:
 		do_ps(c, stream);

@@ -25,6 +25,7 @@ export const T = {
   ERROR: 0x1f,
   RELEASE: 0x20,
   SHUTDOWN: 0x30,
+  SYNC: 0x31,
   ENV_SET: 0x40,
   ENV_UNSET: 0x41,
   ENV_LIST: 0x42,

@@ -22,6 +22,8 @@ export interface BootSpec {
   /** The smolvm-agent binary, which also serves as the host-side proxy. */
   agentBinary: string;
   accel: AccelName;
+  /** Restore: start from this memory/device-state file instead of booting. */
+  incoming?: string;
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */
@@ -36,13 +38,26 @@ export interface VMHandle {
   /** Backend control socket (QMP for QEMU, the API socket for Firecracker). */
   controlSocket: string;
   runDir: string;
+  /** What the VM was booted with; a restore must use the same. */
+  boot: { kernelPath: string; initrdPath: string; hostname: string; bootArgs: string };
 }
 
 export interface DiskSpec {
   base: string;
+  /** raw (an image) or qcow2 (a snapshot's disk layer). */
+  baseFormat?: "raw" | "qcow2";
   mode: "isolated" | "shared";
   /** Folder where an isolated VM's private layer lives. */
   vmDir: string;
+}
+
+export interface SnapshotResult {
+  /** The disk layer that was the VM's top one, now inside the snapshot folder (read-only from here on). */
+  diskFile: string;
+  /** Memory and device state. */
+  memFile: string;
+  /** The VM's new top disk layer (its backing is `diskFile`). */
+  newDiskPath: string;
 }
 
 /** One interface for every VMM; the SmolVM facade never knows which one it drives. */
@@ -53,6 +68,16 @@ export interface Backend {
   /** Start the VMM with the guest booting; resolves once the agent socket accepts connections. */
   boot(spec: BootSpec): Promise<VMHandle>;
   pause(h: VMHandle): Promise<void>;
+  /**
+   * Snapshot memory, device state and disk consistently into `dir`. The VM is paused meanwhile and resumed after
+   * unless `leavePaused`. Disk: no copy, the current top layer moves into the snapshot.
+   */
+  snapshot(
+    h: VMHandle,
+    disk: { path: string; vmDir: string },
+    dir: string,
+    leavePaused: boolean,
+  ): Promise<SnapshotResult>;
   resume(h: VMHandle): Promise<void>;
   /** Stop the VMM at once and remove its sockets and pid files. Safe to call on a dead VM. */
   kill(h: VMHandle): Promise<void>;

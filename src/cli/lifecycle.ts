@@ -44,9 +44,12 @@ const COLUMNS = ["vmId", "name", "status", "backend", "accel", "pid", "memSizeMi
 export function registerLifecycle(program: Command): void {
   addVmOptions(program.command("create").description("create and start a VM; prints its id"))
     .option("--name <name>", "unique name")
+    .option("--snapshot <snapshot>", "start from a snapshot (restore) instead of booting")
     .option("--json", "print the VM as JSON")
-    .action(async (o: VmOptions) => {
-      const vm = await SmolVM.create(vmConfigFrom(o), { onProgress: progress });
+    .action(async (o: VmOptions & { snapshot?: string }) => {
+      const vm = o.snapshot
+        ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name })
+        : await SmolVM.create(vmConfigFrom(o), { onProgress: progress });
       if (o.json) printJson(vm.info());
       else process.stdout.write(`${vm.vmId}\n`);
       vm.close();

@@ -9,6 +9,7 @@ import { registerHost } from "./host.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { reportError } from "./output.js";
 import { registerShell } from "./shell.js";
+import { registerSnapshots } from "./snapshots.js";
 
 const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
 
@@ -25,6 +26,7 @@ registerLifecycle(program);
 registerHost(program);
 registerFiles(program);
 registerShell(program);
+registerSnapshots(program);
 
 try {
   await program.parseAsync(process.argv);

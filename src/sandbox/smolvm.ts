@@ -1,13 +1,13 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
 
 import { createHash } from "node:crypto";
-import { rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
 import { type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
-import { SmolVMError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
+import { ConfigError, SmolVMError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { ensureDefaultImage } from "../images/store.js";
 import { runtimeDir, stateDir } from "../paths.js";
@@ -27,6 +27,16 @@ import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
+import {
+  checkSnapshotFiles,
+  deleteSnapshot,
+  type LaunchPlan,
+  newSnapshotId,
+  resyncGuest,
+  type SnapshotInfo,
+  SnapshotNotFoundError,
+  snapshotInfo,
+} from "./snapshots.js";
 
 export type { VMStatus };
 
@@ -149,8 +159,9 @@ export class SmolVM implements AsyncDisposable {
 
   /** created | running | paused | stopped | error. A VM whose process died reads as stopped. */
   get status(): VMStatus {
-    const rec = this.rec;
-    if (!rec) return "created";
+    if (!this.rec) return "created";
+    const rec = this.store.get(this.vmId) ?? this.rec; // another process may have paused or stopped it
+    this.rec = rec;
     if ((rec.status === "running" || rec.status === "paused") && rec.handle && !this.driver().isAlive(rec.handle)) {
       return "stopped";
     }
@@ -178,11 +189,30 @@ export class SmolVM implements AsyncDisposable {
     const t0 = performance.now();
     if (this.rec && this.refresh() === null) throw new VMNotFoundError(this.vmId);
     if (this.status === "running" || this.status === "paused") return;
-    const backend = this.driver(); // throws BackendUnavailableError for a backend this host cannot run
+    this.driver(); // throws BackendUnavailableError for a backend this host cannot run
     const c = this.config;
     const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
     const image = needDefault ? await ensureDefaultImage(progress) : null;
-    const agentBinary = image?.agentPath ?? (await ensureAgent(progress));
+    await this.launch(
+      {
+        kernelPath: c.kernelPath ?? (image?.kernelPath as string),
+        initrdPath: c.initrdPath ?? (image?.initrdPath as string),
+        hostname: c.name ?? c.vmId,
+        bootArgs: c.bootArgs,
+        diskBase: c.rootfsPath ?? (image?.rootfsPath as string),
+        diskBaseFormat: "raw",
+        accel: c.accel,
+        agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
+      },
+      opts,
+      t0,
+    );
+  }
+
+  /** Start the VMM (booting, or restoring `plan.incoming`), wait for the agent, resync a restored guest. */
+  private async launch(plan: LaunchPlan, opts: StartOptions, t0: number): Promise<void> {
+    const backend = this.driver();
+    const c = this.config;
     const tImage = performance.now();
     if (!this.rec) {
       this.rec = this.store.insert({
@@ -196,33 +226,40 @@ export class SmolVM implements AsyncDisposable {
         diskFormat: null,
         vmDir: join(this.store.vmsDir(), c.vmId),
         error: null,
+        snapshotId: plan.snapshotId ?? null,
       });
     }
     const rec = this.rec;
     let handle: VMHandle | null = null;
     const logPath = join(rec.vmDir, "console.log");
     try {
-      const disk = await backend.prepareDisk({
-        base: c.rootfsPath ?? (image?.rootfsPath as string),
-        mode: c.diskMode,
-        vmDir: rec.vmDir,
-      });
+      // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
+      const disk =
+        rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
+          ? { path: rec.diskPath, format: rec.diskFormat }
+          : await backend.prepareDisk({
+              base: plan.diskBase,
+              baseFormat: plan.diskBaseFormat,
+              mode: plan.incoming ? "isolated" : c.diskMode,
+              vmDir: rec.vmDir,
+            });
       this.store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
       const tDisk = performance.now();
       handle = await backend.boot({
         vmId: c.vmId,
         vcpuCount: c.vcpuCount,
         memSizeMib: c.memSizeMib,
-        kernelPath: c.kernelPath ?? (image?.kernelPath as string),
-        initrdPath: c.initrdPath ?? (image?.initrdPath as string),
+        kernelPath: plan.kernelPath,
+        initrdPath: plan.initrdPath,
         diskPath: disk.path,
         diskFormat: disk.format,
-        bootArgs: c.bootArgs,
-        hostname: c.name ?? c.vmId,
+        bootArgs: plan.bootArgs,
+        hostname: plan.hostname,
         runDir: runDirFor(c.vmId),
         logPath,
-        agentBinary,
-        accel: c.accel,
+        agentBinary: plan.agentBinary,
+        accel: plan.accel,
+        incoming: plan.incoming,
       });
       this.store.update(rec.id, { status: "running", handle, error: null });
       const tBoot = performance.now();
@@ -230,6 +267,7 @@ export class SmolVM implements AsyncDisposable {
       const client = await AgentClient.connect(handle.agentSocket);
       this.client = client;
       await client.waitReady(timeout);
+      if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
       const tReady = performance.now();
       this.startTimings = {
         imageMs: tImage - t0,
@@ -249,11 +287,121 @@ export class SmolVM implements AsyncDisposable {
       const tail = tailFile(logPath, 1500).trim();
       throw new SmolVMError(
         `VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`,
-        {
-          cause: e,
-        },
+        { cause: e },
       );
     }
+  }
+
+  /**
+   * Snapshot memory, device state and disk together (the VM is paused for the duration, then left as it was).
+   * The disk is not copied: the VM's current top layer becomes the snapshot's and the VM continues on a new one.
+   */
+  async snapshot(opts: { name?: string } = {}): Promise<SnapshotInfo> {
+    const rec = this.refresh();
+    if (!rec?.handle || (this.status !== "running" && this.status !== "paused") || !rec.diskPath) {
+      throw new VMStateError(`VM ${this.vmId} is ${this.status}; only a running or paused VM can be snapshotted`);
+    }
+    if (rec.diskFormat !== "qcow2") {
+      throw new VMStateError(`VM ${this.vmId} uses diskMode "shared"; snapshots need an isolated disk layer`);
+    }
+    const id = newSnapshotId();
+    const dir = join(this.store.dir, "snapshots", id);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    try {
+      const r = await this.driver().snapshot(rec.handle, { path: rec.diskPath, vmDir: rec.vmDir }, dir, false);
+      const snap = this.store.insertSnapshot({
+        id,
+        name: opts.name ?? null,
+        vmId: rec.id,
+        backend: rec.backend,
+        config: rec.config,
+        boot: rec.handle.boot,
+        accel: rec.handle.accel,
+        dir,
+        memFile: r.memFile,
+        diskFile: r.diskFile,
+        memBytes: statSync(r.memFile).size,
+        sizeBytes: statSync(r.memFile).size + statSync(r.diskFile).size,
+        parentId: rec.snapshotId,
+      });
+      this.store.update(rec.id, { diskPath: r.newDiskPath, snapshotId: id });
+      this.refresh();
+      return snapshotInfo(snap);
+    } catch (e) {
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * A new sandbox whose guest state is exactly the snapshot's (files, running processes, env), with a new identity:
+   * new id, own disk layer, its own hostname, the host's clock and fresh entropy. The source may still be running.
+   */
+  static async fromSnapshot(idOrName: string, opts: { vmId?: string; name?: string } = {}): Promise<SmolVM> {
+    const t0 = performance.now();
+    const store = StateStore.open();
+    const snap = store.getSnapshot(idOrName);
+    if (!snap) throw new SnapshotNotFoundError(idOrName);
+    checkSnapshotFiles(snap);
+    const c = snap.config;
+    const vm = new SmolVM({
+      vmId: opts.vmId,
+      name: opts.name,
+      backend: snap.backend,
+      vcpuCount: c.vcpuCount,
+      memSizeMib: c.memSizeMib,
+      env: c.env,
+      bootArgs: c.bootArgs,
+    });
+    try {
+      await vm.launch(
+        {
+          kernelPath: snap.boot.kernelPath,
+          initrdPath: snap.boot.initrdPath,
+          hostname: snap.boot.hostname,
+          bootArgs: snap.boot.bootArgs,
+          diskBase: snap.diskFile,
+          diskBaseFormat: "qcow2",
+          accel: snap.accel as ResolvedVMConfig["accel"],
+          agentBinary: await ensureAgent(),
+          incoming: snap.memFile,
+          snapshotId: snap.id,
+        },
+        {},
+        t0,
+      );
+    } catch (e) {
+      await vm.delete();
+      throw e;
+    }
+    return vm;
+  }
+
+  /** `count` new sandboxes, each a copy of this one as it is now (it keeps running). */
+  async fork(count: number, opts: { name?: string } = {}): Promise<SmolVM[]> {
+    if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
+    const snap = await this.snapshot({ name: opts.name });
+    const clones: SmolVM[] = [];
+    try {
+      for (let i = 0; i < count; i++) clones.push(await SmolVM.fromSnapshot(snap.id));
+    } catch (e) {
+      for (const c of clones) await c.delete();
+      throw e;
+    }
+    return clones;
+  }
+
+  /** Snapshots in the state store. */
+  static listSnapshots(): SnapshotInfo[] {
+    return StateStore.open().listSnapshots().map(snapshotInfo);
+  }
+
+  /**
+   * Delete a snapshot. Refused (SnapshotInUseError) while VMs or other snapshots are layered on its disk, since
+   * deleting it would lose their data.
+   */
+  static deleteSnapshot(idOrName: string): void {
+    deleteSnapshot(StateStore.open(), idOrName);
   }
 
   /** The agent connection, opened on first use. */

@@ -15,4 +15,21 @@ export const MIGRATIONS: string[] = [
      updated_at  TEXT NOT NULL
    );
    CREATE INDEX vms_status ON vms(status);`,
+  `CREATE TABLE snapshots (
+     id         TEXT PRIMARY KEY,
+     name       TEXT UNIQUE,
+     vm_id      TEXT NOT NULL,
+     backend    TEXT NOT NULL,
+     config     TEXT NOT NULL,
+     boot       TEXT NOT NULL,
+     accel      TEXT NOT NULL,
+     dir        TEXT NOT NULL,
+     mem_file   TEXT NOT NULL,
+     disk_file  TEXT NOT NULL,
+     mem_bytes  INTEGER NOT NULL,
+     size_bytes INTEGER NOT NULL,
+     parent_id  TEXT,
+     created_at TEXT NOT NULL
+   );
+   ALTER TABLE vms ADD COLUMN snapshot_id TEXT;`,
 ];

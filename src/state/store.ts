@@ -24,8 +24,28 @@ export interface VMRecord {
   diskFormat: "raw" | "qcow2" | null;
   vmDir: string;
   error: string | null;
+  /** The snapshot whose disk layer backs this VM's disk (it cannot be deleted while the VM exists). */
+  snapshotId: string | null;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface SnapshotRecord {
+  id: string;
+  name: string | null;
+  vmId: string;
+  backend: BackendKind;
+  config: ResolvedVMConfig;
+  boot: VMHandle["boot"];
+  accel: string;
+  dir: string;
+  memFile: string;
+  diskFile: string;
+  memBytes: number;
+  sizeBytes: number;
+  /** The snapshot whose disk layer backs this one's. */
+  parentId: string | null;
+  createdAt: string;
 }
 
 interface Row {
@@ -39,6 +59,7 @@ interface Row {
   disk_format: string | null;
   vm_dir: string;
   error: string | null;
+  snapshot_id: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -55,8 +76,45 @@ function fromRow(r: Row): VMRecord {
     diskFormat: r.disk_format as VMRecord["diskFormat"],
     vmDir: r.vm_dir,
     error: r.error,
+    snapshotId: r.snapshot_id,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+  };
+}
+
+interface SnapshotRow {
+  id: string;
+  name: string | null;
+  vm_id: string;
+  backend: string;
+  config: string;
+  boot: string;
+  accel: string;
+  dir: string;
+  mem_file: string;
+  disk_file: string;
+  mem_bytes: number;
+  size_bytes: number;
+  parent_id: string | null;
+  created_at: string;
+}
+
+function snapFromRow(r: SnapshotRow): SnapshotRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    vmId: r.vm_id,
+    backend: r.backend as BackendKind,
+    config: JSON.parse(r.config),
+    boot: JSON.parse(r.boot),
+    accel: r.accel,
+    dir: r.dir,
+    memFile: r.mem_file,
+    diskFile: r.disk_file,
+    memBytes: r.mem_bytes,
+    sizeBytes: r.size_bytes,
+    parentId: r.parent_id,
+    createdAt: r.created_at,
   };
 }
 
@@ -103,14 +161,15 @@ export class StateStore {
     return join(this.dir, "vms");
   }
 
-  insert(rec: Omit<VMRecord, "createdAt" | "updatedAt">): VMRecord {
+  insert(rec: Omit<VMRecord, "createdAt" | "updatedAt" | "snapshotId"> & { snapshotId?: string | null }): VMRecord {
+    const full = { ...rec, snapshotId: rec.snapshotId ?? null };
     const now = new Date().toISOString();
     try {
       this.db
         .prepare(
           `INSERT INTO vms (id, name, backend, status, config, handle, disk_path, disk_format, vm_dir, error,
-                            created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+                            snapshot_id, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           rec.id,
@@ -123,6 +182,7 @@ export class StateStore {
           rec.diskFormat,
           rec.vmDir,
           rec.error,
+          full.snapshotId,
           now,
           now,
         );
@@ -136,13 +196,16 @@ export class StateStore {
       }
       throw e;
     }
-    return { ...rec, createdAt: now, updatedAt: now };
+    return { ...full, createdAt: now, updatedAt: now };
   }
 
-  update(id: string, fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error">>): void {
+  update(
+    id: string,
+    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId">>,
+  ): void {
     const sets: string[] = [];
     const vals: unknown[] = [];
-    const col: Record<string, string> = { diskPath: "disk_path", diskFormat: "disk_format" };
+    const col: Record<string, string> = { diskPath: "disk_path", diskFormat: "disk_format", snapshotId: "snapshot_id" };
     for (const [k, v] of Object.entries(fields)) {
       sets.push(`${col[k] ?? k} = ?`);
       vals.push(k === "handle" ? (v ? JSON.stringify(v) : null) : v);
@@ -166,5 +229,61 @@ export class StateStore {
 
   delete(id: string): void {
     this.db.prepare("DELETE FROM vms WHERE id = ?").run(id);
+  }
+
+  insertSnapshot(s: Omit<SnapshotRecord, "createdAt">): SnapshotRecord {
+    const createdAt = new Date().toISOString();
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO snapshots (id, name, vm_id, backend, config, boot, accel, dir, mem_file, disk_file, mem_bytes,
+                                  size_bytes, parent_id, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          s.id,
+          s.name,
+          s.vmId,
+          s.backend,
+          JSON.stringify(s.config),
+          JSON.stringify(s.boot),
+          s.accel,
+          s.dir,
+          s.memFile,
+          s.diskFile,
+          s.memBytes,
+          s.sizeBytes,
+          s.parentId,
+          createdAt,
+        );
+    } catch (e) {
+      if ((e as Error).message.includes("snapshots.name")) {
+        throw new ConfigError("name", `${JSON.stringify(s.name)} is already used by another snapshot`);
+      }
+      throw e;
+    }
+    return { ...s, createdAt };
+  }
+
+  getSnapshot(idOrName: string): SnapshotRecord | null {
+    const row = this.db.prepare("SELECT * FROM snapshots WHERE id = ? OR name = ? LIMIT 1").get(idOrName, idOrName) as
+      | SnapshotRow
+      | undefined;
+    return row ? snapFromRow(row) : null;
+  }
+
+  listSnapshots(): SnapshotRecord[] {
+    return (this.db.prepare("SELECT * FROM snapshots ORDER BY created_at").all() as SnapshotRow[]).map(snapFromRow);
+  }
+
+  /** VMs and snapshots whose disks are layered on this snapshot's. */
+  snapshotUsers(id: string): { vms: string[]; snapshots: string[] } {
+    const vms = this.db.prepare("SELECT id FROM vms WHERE snapshot_id = ?").all(id) as { id: string }[];
+    const snaps = this.db.prepare("SELECT id FROM snapshots WHERE parent_id = ?").all(id) as { id: string }[];
+    return { vms: vms.map((r) => r.id), snapshots: snaps.map((r) => r.id) };
+  }
+
+  deleteSnapshot(id: string): void {
+    this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(id);
   }
 }

@@ -1,14 +1,16 @@
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { SmolVMError } from "../../errors.js";
 import { ensurePrivateDir } from "../../paths.js";
-import { killAndWait, processAlive, waitFor } from "../../util/proc.js";
+import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, which } from "../../util/run.js";
-import type { Backend, BootSpec, DiskSpec, VMHandle } from "../types.js";
+import type { Backend, BootSpec, DiskSpec, SnapshotResult, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
 import { buildQemuArgs } from "./args.js";
 import { requireQemu } from "./binary.js";
-import { qmpOnce } from "./qmp.js";
+import { QmpClient, qmpOnce } from "./qmp.js";
+
+const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 
 function readPid(file: string): number | null {
   try {
@@ -23,13 +25,13 @@ export class QemuBackend implements Backend {
   readonly kind = "qemu" as const;
 
   async prepareDisk(spec: DiskSpec): Promise<{ path: string; format: "raw" | "qcow2" }> {
-    if (spec.mode === "shared") return { path: spec.base, format: "raw" };
+    if (spec.mode === "shared") return { path: spec.base, format: spec.baseFormat ?? "raw" };
     const overlay = join(spec.vmDir, "disk.qcow2");
     if (existsSync(overlay)) return { path: overlay, format: "qcow2" }; // a stopped VM keeps its layer
     const qemuImg = which("qemu-img");
     if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup' (package qemu-utils)");
     mkdirSync(spec.vmDir, { recursive: true });
-    await mustRun(qemuImg, ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", spec.base, overlay]);
+    await mustRun(qemuImg, ["create", "-q", "-f", "qcow2", "-F", spec.baseFormat ?? "raw", "-b", spec.base, overlay]);
     return { path: overlay, format: "qcow2" };
   }
 
@@ -47,10 +49,20 @@ export class QemuBackend implements Backend {
     for (const f of [...Object.values(paths), agentSocket, proxyPidFile]) rmSync(f, { force: true });
     if (agentSocket.length > 107)
       throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
-    const r = await runHost(qemu, buildQemuArgs(spec, accel, paths), { timeoutMs: 30_000 });
+    const args = buildQemuArgs(spec, accel, paths);
+    if (spec.incoming) args.push("-incoming", `exec:cat ${shellQuote(spec.incoming)}`);
+    const r = await runHost(qemu, args, { timeoutMs: 30_000 });
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
-      throw new SmolVMError(`QEMU failed to start VM ${spec.vmId}: ${r.stderr.trim() || `exit ${r.code}`}`);
+      if (pid) await killAndWait(pid, `smolvm-${spec.vmId}`);
+      rmSync(spec.runDir, { recursive: true, force: true });
+      const why = r.stderr.trim() || `exit ${r.code}`;
+      if (spec.incoming) {
+        throw new SmolVMError(
+          `cannot restore from ${spec.incoming}: the state file is corrupt or does not match (${why})`,
+        );
+      }
+      throw new SmolVMError(`QEMU failed to start VM ${spec.vmId}: ${why}`);
     }
     const handle: VMHandle = {
       vmId: spec.vmId,
@@ -60,7 +72,14 @@ export class QemuBackend implements Backend {
       agentSocket,
       controlSocket: paths.qmpSocket,
       runDir: spec.runDir,
+      boot: {
+        kernelPath: spec.kernelPath,
+        initrdPath: spec.initrdPath,
+        hostname: spec.hostname,
+        bootArgs: spec.bootArgs,
+      },
     };
+    if (spec.incoming) await this.waitIncoming(handle, spec.incoming);
     const p = await runHost(
       spec.agentBinary,
       [
@@ -74,6 +93,7 @@ export class QemuBackend implements Backend {
         "--log",
         join(spec.runDir, "proxy.log"),
         "--daemon",
+        ...(spec.incoming ? ["--release-all"] : []),
       ],
       { timeoutMs: 10_000 },
     );
@@ -84,6 +104,112 @@ export class QemuBackend implements Backend {
       throw new SmolVMError(`the agent proxy failed to start for VM ${spec.vmId}: ${p.stderr.trim()}`);
     }
     return handle;
+  }
+
+  /** Wait until an incoming migration has loaded and the guest runs; a bad state file fails here, naming it. */
+  private async waitIncoming(h: VMHandle, file: string): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    let q: QmpClient | null = null;
+    try {
+      q = await QmpClient.connect(h.controlSocket);
+      for (;;) {
+        const st = (await q.execute("query-status")) as { status: string };
+        if (st.status === "running") return;
+        if (st.status === "paused" || st.status === "postmigrate") {
+          await q.execute("cont");
+          return;
+        }
+        const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
+        if (mig.status === "failed")
+          throw new SmolVMError(`restoring ${file} failed: ${mig["error-desc"] ?? "failed"}`);
+        if (Date.now() > deadline) throw new SmolVMError(`restoring ${file} did not finish within 60 s`);
+        await sleep(5);
+      }
+    } catch (e) {
+      const log = existsSync(join(h.runDir, "qemu.log")) ? readFileSync(join(h.runDir, "qemu.log"), "utf8") : "";
+      await this.kill(h);
+      if (e instanceof SmolVMError && e.message.startsWith("restoring")) throw e;
+      throw new SmolVMError(
+        `cannot restore from ${file}: the snapshot's state file is corrupt or does not match this VMM (${(e as Error).message})${log ? `: ${log.trim().slice(-500)}` : ""}`,
+      );
+    } finally {
+      q?.close();
+    }
+  }
+
+  async snapshot(
+    h: VMHandle,
+    disk: { path: string; vmDir: string },
+    dir: string,
+    leavePaused: boolean,
+  ): Promise<SnapshotResult> {
+    const qemuImg = which("qemu-img");
+    if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup'");
+    const q = await QmpClient.connect(h.controlSocket);
+    const diskFile = join(dir, "disk.qcow2");
+    const memFile = join(dir, "mem.bin");
+    let moved = false;
+    let switched = false;
+    let next = "";
+    let wasRunning = false;
+    try {
+      wasRunning = ((await q.execute("query-status")) as { status: string }).status === "running";
+      if (wasRunning) await q.execute("stop");
+      const blocks = (await q.execute("query-block")) as {
+        device: string;
+        inserted?: { "node-name": string; image: { "virtual-size": number } };
+      }[];
+      const root = blocks.find((b) => b.device === "root")?.inserted;
+      if (!root) throw new SmolVMError("the VM has no root disk to snapshot");
+      // The current top layer becomes the snapshot's: a hard link, not a move (QEMU reopens it read-only by its
+      // path below). The new top layer names the snapshot's link as its backing file, so every layer's header
+      // points into snapshot folders and deleting the source VM breaks no chain.
+      linkSync(disk.path, diskFile);
+      moved = true;
+      next = join(disk.vmDir, `disk-${Date.now()}.qcow2`);
+      await mustRun(qemuImg, [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-F",
+        "qcow2",
+        "-b",
+        diskFile,
+        next,
+        String(root.image["virtual-size"]),
+      ]);
+      const node = `top${Date.now()}`;
+      await q.execute("blockdev-add", {
+        driver: "qcow2",
+        "node-name": node,
+        file: { driver: "file", filename: next },
+        backing: null,
+      });
+      await q.execute("blockdev-snapshot", { node: root["node-name"], overlay: node });
+      switched = true; // the VM now writes to `next`
+      await q.execute("migrate", { uri: `exec:cat > ${shellQuote(memFile)}` });
+      for (const deadline = Date.now() + 120_000; ; ) {
+        const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
+        if (mig.status === "completed") break;
+        if (mig.status === "failed" || mig.status === "cancelled") {
+          throw new SmolVMError(`saving the VM's memory failed: ${mig["error-desc"] ?? mig.status}`);
+        }
+        if (Date.now() > deadline) throw new SmolVMError("saving the VM's memory took over 120 s");
+        await sleep(5);
+      }
+      return { diskFile, memFile, newDiskPath: next };
+    } catch (e) {
+      if (moved && !switched) {
+        rmSync(diskFile, { force: true }); // nothing changed for the VM
+        if (next) rmSync(next, { force: true });
+      }
+      throw e;
+    } finally {
+      if (wasRunning && !leavePaused) await q.execute("cont").catch(() => {});
+      q.close();
+    }
   }
 
   async pause(h: VMHandle): Promise<void> {

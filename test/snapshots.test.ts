@@ -1,0 +1,163 @@
+/** Snapshots, restore, fork, pause/resume on real VMs. */
+import assert from "node:assert/strict";
+import { closeSync, existsSync, openSync, statSync, truncateSync, writeSync } from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { SmolVM, SnapshotInUseError } from "../src/index.js";
+import { StateStore } from "../src/state/store.js";
+import { processAlive } from "../src/util/proc.js";
+import { cli, isolatedState } from "./helpers.js";
+
+isolatedState();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let src: SmolVM;
+before(async () => {
+  src = await SmolVM.create({ memSizeMib: 256, name: "origin" });
+});
+after(async () => {
+  await src.delete();
+});
+
+describe("snapshot and restore", () => {
+  it("a restored sandbox has the snapshot's files, running background process and env; the source is untouched", async () => {
+    await src.run("echo snapshot-time > /root/state.txt");
+    await src.env.set({ SNAP_ENV: "kept" });
+    const bg = await src.spawn("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done");
+    const snap = await src.snapshot({ name: "base" });
+    assert.equal(src.status, "running");
+    await src.run("echo later > /root/state.txt");
+    await using clone = await SmolVM.fromSnapshot("base");
+    assert.notEqual(clone.vmId, src.vmId);
+    assert.equal((await clone.run("cat /root/state.txt")).output, "snapshot-time");
+    assert.equal((await src.run("cat /root/state.txt")).output, "later");
+    assert.equal((await clone.run("echo $SNAP_ENV")).output, "kept");
+    assert.equal((await clone.run("hostname")).output, clone.vmId);
+    const listed = (await clone.processes.list()).find((p) => p.pid === bg.pid);
+    assert.equal(listed?.running, true, "background process not running in the clone");
+    const a = Number((await clone.run("cat /tmp/counter")).output);
+    await sleep(500);
+    const b = Number((await clone.run("cat /tmp/counter")).output);
+    assert.ok(b > a, `counter did not advance in the clone (${a} -> ${b})`);
+    assert.equal(StateStore.open().get(clone.vmId)?.snapshotId, snap.id);
+    await bg.kill();
+  });
+
+  it("forks diverge, draw different random bytes, and have the host's clock", async () => {
+    const [a, b] = await src.fork(2);
+    assert.ok(a && b);
+    try {
+      await a.run("echo only-a > /root/fork.txt");
+      assert.equal((await b.run("test -e /root/fork.txt; echo $?")).output, "1");
+      const rand = await Promise.all([a, b].map((f) => f.run("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")));
+      assert.equal(rand[0]?.output.length, 64);
+      assert.notEqual(rand[0]?.output, rand[1]?.output);
+      for (const f of [a, b]) {
+        const guest = Number((await f.run("date +%s")).output);
+        assert.ok(Math.abs(guest - Date.now() / 1000) <= 1.5, `guest clock off by ${guest - Date.now() / 1000} s`);
+      }
+    } finally {
+      await a.delete();
+      await b.delete();
+    }
+  });
+
+  it("a snapshot taken while a command runs restores a consistent VM, and the source's command completes", async () => {
+    const running = src.run(
+      "rm -f /root/log; for i in $(seq 1 40); do echo $i >> /root/log; sleep 0.05; done; echo done",
+    );
+    await sleep(600);
+    const snap = await src.snapshot();
+    const r = await running;
+    assert.equal(r.output, "done");
+    assert.equal((await src.run("wc -l < /root/log")).output, "40");
+    await using clone = await SmolVM.fromSnapshot(snap.id);
+    const lines = (await clone.run("cat /root/log")).output.split("\n").map(Number);
+    assert.ok(lines.length >= 1 && lines.length < 40, `unexpected ${lines.length} lines`);
+    assert.deepEqual(
+      lines,
+      lines.map((_, i) => i + 1),
+      "log lines not consecutive",
+    );
+    assert.equal((await clone.run("echo fresh")).output, "fresh");
+  });
+});
+
+describe("snapshot lifetime", () => {
+  it("deleting the source VM breaks neither snapshots nor clones; a snapshot in use cannot be removed", async () => {
+    const vm = await SmolVM.create({ memSizeMib: 256 });
+    await vm.run("echo one > /root/f");
+    const s1 = await vm.snapshot();
+    const clone = await SmolVM.fromSnapshot(s1.id);
+    await vm.run("echo two > /root/f");
+    const s2 = await vm.snapshot();
+    assert.equal(s2.parentId, s1.id);
+    await vm.delete();
+    assert.equal((await clone.run("cat /root/f")).output, "one");
+    await using fromS2 = await SmolVM.fromSnapshot(s2.id);
+    assert.equal((await fromS2.run("cat /root/f")).output, "two");
+    assert.throws(() => SmolVM.deleteSnapshot(s1.id), SnapshotInUseError);
+    await clone.delete();
+    assert.throws(() => SmolVM.deleteSnapshot(s1.id), /snapshot .*s2|used by snapshot/);
+    await fromS2.delete();
+    SmolVM.deleteSnapshot(s2.id);
+    SmolVM.deleteSnapshot(s1.id);
+    assert.deepEqual(
+      SmolVM.listSnapshots().filter((s) => s.id === s1.id || s.id === s2.id),
+      [],
+    );
+  });
+
+  it("a truncated or corrupted snapshot is refused with the file named, leaving nothing behind", async () => {
+    const vm = await SmolVM.create({ memSizeMib: 256 });
+    const s = await vm.snapshot();
+    await vm.delete();
+    const rec = StateStore.open().get(s.id) ?? StateStore.open().getSnapshot(s.id);
+    assert.ok(rec && "memFile" in rec);
+    const before = (await SmolVM.list()).length;
+    // garbage of the right size: only QEMU can tell
+    const fd = openSync(rec.memFile, "r+");
+    writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, 0);
+    closeSync(fd);
+    await assert.rejects(SmolVM.fromSnapshot(s.id), (e: unknown) => {
+      assert.match((e as Error).message, new RegExp(rec.memFile.replace(/[.]/g, "\\.")));
+      return true;
+    });
+    assert.equal((await SmolVM.list()).length, before, "a half-started VM was left behind");
+    truncateSync(rec.memFile, statSync(rec.memFile).size - 1000);
+    await assert.rejects(SmolVM.fromSnapshot(s.id), /damaged: .*mem\.bin has \d+ bytes/);
+    assert.equal((await SmolVM.list()).length, before);
+    SmolVM.deleteSnapshot(s.id);
+    assert.equal(existsSync(rec.memFile), false);
+  });
+});
+
+describe("CLI", () => {
+  it("pause, resume, snapshot create/list/inspect/rm, fork, create --snapshot", async () => {
+    assert.equal((await cli(["pause", "origin"])).stdout.trim(), `${src.vmId} paused`);
+    assert.equal(src.status, "paused");
+    assert.equal((await cli(["resume", "origin"])).stdout.trim(), `${src.vmId} running`);
+    const created = await cli(["snapshot", "create", "origin", "--name", "cli-snap", "--json"]);
+    assert.equal(created.code, 0, created.stderr);
+    const snap = JSON.parse(created.stdout) as { id: string; sizeBytes: number };
+    assert.ok(snap.sizeBytes > 0);
+    const list = JSON.parse((await cli(["snapshot", "list", "--json"])).stdout) as { id: string }[];
+    assert.ok(list.some((s) => s.id === snap.id));
+    const inspect = JSON.parse((await cli(["snapshot", "inspect", "cli-snap", "--json"])).stdout);
+    assert.equal(inspect.memSizeMib, 256);
+    const restored = await cli(["create", "--snapshot", "cli-snap", "--name", "from-cli"]);
+    assert.equal(restored.code, 0, restored.stderr);
+    const refused = await cli(["snapshot", "rm", "cli-snap"]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /still used by VM/);
+    const forked = await cli(["fork", "origin", "--count", "2", "--json"]);
+    assert.equal(forked.code, 0, forked.stderr);
+    const clones = JSON.parse(forked.stdout) as { vmId: string; pid: number }[];
+    assert.equal(clones.length, 2);
+    for (const c of clones) assert.ok(processAlive(c.pid));
+    assert.equal((await cli(["rm", "-f", "from-cli", ...clones.map((c) => c.vmId)])).code, 0);
+    // the source VM (and the fork's snapshot) are layered on the snapshot's disk: still refused
+    const still = await cli(["snapshot", "rm", "cli-snap"]);
+    assert.equal(still.code, 1);
+    assert.match(still.stderr, /still used by/);
+  });
+});
