@@ -34,6 +34,11 @@ export interface VMConfig {
   env?: Record<string, string>;
   /** Accelerator: `auto` (default: `SMOLVM_ACCEL`, else KVM/HVF when proven to work, else TCG). */
   accel?: AccelName;
+  /**
+   * Boot the kernel instead of restoring the image's warm-start snapshot (default false; `SMOLVM_COLD_BOOT=1`
+   * makes it the default).
+   */
+  coldBoot?: boolean;
 }
 
 /** A validated configuration: every field has its value. */
@@ -50,6 +55,7 @@ export interface ResolvedVMConfig {
   bootArgs: string;
   env: Record<string, string>;
   accel: AccelName;
+  coldBoot: boolean;
 }
 
 export const DEFAULTS = { vcpuCount: 2, memSizeMib: 512, diskMode: "isolated" as DiskMode };
@@ -70,6 +76,7 @@ const KNOWN = new Set<string>([
   "bootArgs",
   "env",
   "accel",
+  "coldBoot",
 ]);
 
 function camel(s: string): string {
@@ -96,6 +103,12 @@ function filePath(field: string, value: unknown): string | null {
   if (!existsSync(value)) throw new ConfigError(field, `file not found: ${value}`);
   if (!statSync(value).isFile()) throw new ConfigError(field, `not a regular file: ${value}`);
   return value;
+}
+
+function coldBootOf(v: unknown): boolean {
+  if (v === undefined) return ["1", "true", "yes"].includes((process.env.SMOLVM_COLD_BOOT ?? "").toLowerCase());
+  if (typeof v !== "boolean") throw new ConfigError("coldBoot", `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 export function newVmId(): string {
@@ -158,5 +171,6 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     bootArgs: (c.bootArgs as string | undefined) ?? "",
     env,
     accel: c.accel === undefined ? "auto" : oneOf("accel", c.accel, ACCELS),
+    coldBoot: coldBootOf(c.coldBoot),
   };
 }

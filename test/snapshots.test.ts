@@ -161,3 +161,38 @@ describe("CLI", () => {
     assert.match(still.stderr, /still used by/);
   });
 });
+
+describe("warm start", () => {
+  it("create() restores the image's warm-start snapshot; coldBoot boots; both are independent sandboxes", async () => {
+    await using warm = await SmolVM.create({ memSizeMib: 256 });
+    assert.equal(warm.startTimings?.from, "warm");
+    await using warm2 = await SmolVM.create({ memSizeMib: 256 });
+    assert.equal(warm2.startTimings?.from, "warm");
+    await using cold = await SmolVM.create({ memSizeMib: 256, coldBoot: true });
+    assert.equal(cold.startTimings?.from, "boot");
+    await warm.run("echo mine > /root/w");
+    assert.equal((await warm2.run("test -e /root/w; echo $?")).output, "1");
+    assert.equal((await warm2.run("hostname")).output, warm2.vmId);
+    const [r1, r2] = await Promise.all([warm, warm2].map((v) => v.run("head -c 16 /dev/urandom | od -An -tx1")));
+    assert.notEqual(r1?.stdout, r2?.stdout);
+    const guest = Number((await warm2.run("date +%s")).output);
+    assert.ok(Math.abs(guest - Date.now() / 1000) <= 1.5);
+    // a restart of a warm-started VM boots its own disk and keeps its files
+    await warm.stop();
+    await warm.start();
+    assert.equal(warm.startTimings?.from, "boot");
+    assert.equal((await warm.run("cat /root/w")).output, "mine");
+  });
+
+  it("a different size gets its own template (the template key follows the config)", async () => {
+    const { readdirSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { dataDir } = await import("../src/paths.js");
+    const before = new Set(readdirSync(join(dataDir(), "warm")));
+    await using vm = await SmolVM.create({ memSizeMib: 320 });
+    assert.equal(vm.startTimings?.from, "warm");
+    const added = readdirSync(join(dataDir(), "warm")).filter((d) => !before.has(d) && !d.includes(".tmp"));
+    assert.ok(added.length <= 1);
+    assert.equal((await vm.run("grep MemTotal /proc/meminfo | awk '{print int($2/1024)}'")).output.length > 0, true);
+  });
+});

@@ -218,7 +218,7 @@ describe("CLI", () => {
   });
 
   it("logs shows the guest console", async () => {
-    const id = (await cli(["create", "--mem", "256"])).stdout.trim();
+    const id = (await cli(["create", "--mem", "256", "--cold-boot"])).stdout.trim();
     const logs = await cli(["logs", id]);
     assert.match(logs.stdout, /smolvm-agent: \[[\d.]+\] serving on virtio port agent/);
     assert.equal((await cli(["rm", "-f", id])).code, 0);

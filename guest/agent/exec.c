@@ -359,8 +359,6 @@ void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	chan_send(c, T_STARTED, stream, fb.b, fb.n);
 	if (p->ring_out.len) chan_send(c, T_STDOUT, stream, p->ring_out.buf + p->ring_out.off, p->ring_out.len);
 	if (p->ring_err.len) chan_send(c, T_STDERR, stream, p->ring_err.buf + p->ring_err.off, p->ring_err.len);
-	bq_free(&p->ring_out);
-	bq_free(&p->ring_err);
 	if (p->exited) {
 		send_exit(c, stream, p->status);
 		free_proc(p);

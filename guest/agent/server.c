@@ -199,8 +199,9 @@ static int pump(struct proc *p, int *fd, uint8_t type, size_t *budget) {
 	for (;;) {
 		ssize_t r = read(*fd, buf, sizeof buf);
 		if (r > 0) {
-			if (p->chan < 0 && p->keep) ring_push(type == T_STDERR ? &p->ring_err : &p->ring_out, buf, (size_t)r);
-			else chan_send(p->chan, type, p->stream, buf, (size_t)r);
+			/* a background command keeps its latest output, replayed to whoever attaches next */
+			if (p->keep) ring_push(type == T_STDERR ? &p->ring_err : &p->ring_out, buf, (size_t)r);
+			if (p->chan >= 0) chan_send(p->chan, type, p->stream, buf, (size_t)r);
 			if (!budget) return 1;
 			if ((size_t)r >= *budget) return 1;
 			*budget -= (size_t)r;

@@ -31,7 +31,7 @@ struct proc {
 	int keep;		/* survive the client going away */
 	int exited, status;	/* reaped while nobody was attached: reported on reattach */
 	unsigned long long seq; /* age, to expire old finished entries */
-	struct bq ring_out, ring_err; /* latest output while detached */
+	struct bq ring_out, ring_err; /* latest output of a background command, replayed on attach */
 };
 
 #define RING_BYTES (64 * 1024)

@@ -24,6 +24,15 @@ export interface BootSpec {
   accel: AccelName;
   /** Restore: start from this memory/device-state file instead of booting. */
   incoming?: string;
+  /**
+   * Guest RAM in a file: `share: true` writes through to it (a template being captured), `share: false` maps it
+   * privately (copy-on-write: clones of one template share its pages until they write them).
+   */
+  ram?: { path: string; share: boolean };
+  /** The state file holds device state only; RAM comes from `ram` (QEMU's x-ignore-shared). */
+  ignoreShared?: boolean;
+  /** Restore but leave the vCPUs stopped (to capture the state again without running the guest). */
+  startPaused?: boolean;
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */
@@ -65,9 +74,18 @@ export interface Backend {
   readonly kind: BackendKind;
   /** Make the VM's root disk: a private copy-on-write layer for `isolated`, the base itself for `shared`. */
   prepareDisk(spec: DiskSpec): Promise<{ path: string; format: "raw" | "qcow2" }>;
+  /** Identity of the VMM build (restored state is only valid for the same one). */
+  identity(): string;
+  /** The accelerator a boot with this request would use (kvm, hvf, tcg). */
+  resolveAccel(requested: AccelName, image: { kernelPath: string; initrdPath: string }): Promise<AccelName>;
   /** Start the VMM with the guest booting; resolves once the agent socket accepts connections. */
   boot(spec: BootSpec): Promise<VMHandle>;
   pause(h: VMHandle): Promise<void>;
+  /**
+   * Stop the vCPUs and save device state (and RAM, unless `ramInFile`: then only device state, the RAM being in the
+   * VM's shared RAM file) to `file`. The VM stays stopped.
+   */
+  saveState(h: VMHandle, file: string, ramInFile: boolean): Promise<void>;
   /**
    * Snapshot memory, device state and disk consistently into `dir`. The VM is paused meanwhile and resumed after
    * unless `leavePaused`. Disk: no copy, the current top layer moves into the snapshot.

@@ -14,6 +14,7 @@ export interface VmOptions {
   cpus?: string;
   backend?: string;
   diskMode?: string;
+  coldBoot?: boolean;
   env?: string[];
   json?: boolean;
 }
@@ -25,6 +26,7 @@ export function addVmOptions(cmd: Command): Command {
     .option("--cpus <n>", "virtual CPUs (1-32, default 2)")
     .option("--backend <name>", "auto | firecracker | qemu")
     .option("--disk-mode <mode>", "isolated (default) | shared")
+    .option("--cold-boot", "boot the kernel instead of restoring the warm-start snapshot")
     .option("-e, --env <KEY=VALUE...>", "environment for every command");
 }
 
@@ -35,6 +37,7 @@ export function vmConfigFrom(o: VmOptions) {
     vcpuCount: num("vcpuCount", o.cpus),
     backend: o.backend as BackendName | undefined,
     diskMode: o.diskMode as DiskMode | undefined,
+    coldBoot: o.coldBoot,
     env: parseEnv(o.env),
   };
 }

@@ -55,8 +55,8 @@ export class Processes {
   }
 
   /**
-   * Reattach to a background process: its latest output (up to 64 KiB per stream kept while nobody was attached),
-   * then live output, stdin, wait and kill. A process that finished meanwhile reports its exit at once.
+   * Reattach to a background process: its latest output replayed (up to 64 KiB per stream), then live output,
+   * stdin, wait and kill. A process that finished meanwhile reports its exit at once.
    */
   async connect(pid: number, opts: { maxOutputBytes?: number } = {}): Promise<Process> {
     return attachProcess(await this.agent(), pid, opts);

@@ -37,6 +37,7 @@ import {
   SnapshotNotFoundError,
   snapshotInfo,
 } from "./snapshots.js";
+import { snapshotPlan, warmPlan } from "./templates.js";
 
 export type { VMStatus };
 
@@ -58,6 +59,8 @@ export interface StartTimings {
   /** From VMM start until the guest agent answered. */
   agentReadyMs: number;
   totalMs: number;
+  /** How the guest got there: a kernel boot, the image's warm-start snapshot, or a snapshot. */
+  from: "boot" | "warm" | "snapshot";
 }
 
 /** A summary of a VM, as `list` and `status` show it. */
@@ -193,20 +196,41 @@ export class SmolVM implements AsyncDisposable {
     const c = this.config;
     const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
     const image = needDefault ? await ensureDefaultImage(progress) : null;
-    await this.launch(
-      {
-        kernelPath: c.kernelPath ?? (image?.kernelPath as string),
-        initrdPath: c.initrdPath ?? (image?.initrdPath as string),
-        hostname: c.name ?? c.vmId,
-        bootArgs: c.bootArgs,
-        diskBase: c.rootfsPath ?? (image?.rootfsPath as string),
-        diskBaseFormat: "raw",
-        accel: c.accel,
-        agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
-      },
-      opts,
-      t0,
-    );
+    const boot: LaunchPlan = {
+      kernelPath: c.kernelPath ?? (image?.kernelPath as string),
+      initrdPath: c.initrdPath ?? (image?.initrdPath as string),
+      hostname: c.name ?? c.vmId,
+      bootArgs: c.bootArgs,
+      diskBase: c.rootfsPath ?? (image?.rootfsPath as string),
+      diskBaseFormat: "raw",
+      accel: c.accel,
+      agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
+      from: "boot",
+    };
+    // a new isolated VM restores its image's warm-start snapshot instead of booting (a restart boots its own disk)
+    let plan = boot;
+    if (!this.rec && !c.coldBoot && c.diskMode === "isolated") {
+      try {
+        const backend = this.driver();
+        const accel = await backend.resolveAccel(c.accel, boot);
+        plan = await warmPlan(
+          backend,
+          {
+            config: c,
+            kernelPath: boot.kernelPath,
+            initrdPath: boot.initrdPath,
+            rootfsPath: boot.diskBase,
+            agentBinary: boot.agentBinary,
+            accel,
+          },
+          backend.identity(),
+          progress,
+        );
+      } catch (e) {
+        progress(`warm start unavailable, booting instead: ${(e as Error).message}`);
+      }
+    }
+    await this.launch(plan, opts, t0);
   }
 
   /** Start the VMM (booting, or restoring `plan.incoming`), wait for the agent, resync a restored guest. */
@@ -260,13 +284,15 @@ export class SmolVM implements AsyncDisposable {
         agentBinary: plan.agentBinary,
         accel: plan.accel,
         incoming: plan.incoming,
+        ram: plan.ram ? { path: plan.ram, share: false } : undefined,
+        ignoreShared: !!plan.ram,
       });
       this.store.update(rec.id, { status: "running", handle, error: null });
       const tBoot = performance.now();
       const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
       const client = await AgentClient.connect(handle.agentSocket);
       this.client = client;
-      await client.waitReady(timeout);
+      await client.waitReady(timeout, plan.incoming ? 5 : 25);
       if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
       const tReady = performance.now();
       this.startTimings = {
@@ -275,6 +301,7 @@ export class SmolVM implements AsyncDisposable {
         bootMs: tBoot - tDisk,
         agentReadyMs: tReady - tBoot,
         totalMs: tReady - t0,
+        from: plan.from ?? "boot",
       };
       this.refresh();
     } catch (e) {
@@ -354,22 +381,8 @@ export class SmolVM implements AsyncDisposable {
       bootArgs: c.bootArgs,
     });
     try {
-      await vm.launch(
-        {
-          kernelPath: snap.boot.kernelPath,
-          initrdPath: snap.boot.initrdPath,
-          hostname: snap.boot.hostname,
-          bootArgs: snap.boot.bootArgs,
-          diskBase: snap.diskFile,
-          diskBaseFormat: "qcow2",
-          accel: snap.accel as ResolvedVMConfig["accel"],
-          agentBinary: await ensureAgent(),
-          incoming: snap.memFile,
-          snapshotId: snap.id,
-        },
-        {},
-        t0,
-      );
+      const plan = await snapshotPlan(vm.driver(), snap, await ensureAgent());
+      await vm.launch(plan, {}, t0);
     } catch (e) {
       await vm.delete();
       throw e;
@@ -381,12 +394,25 @@ export class SmolVM implements AsyncDisposable {
   async fork(count: number, opts: { name?: string } = {}): Promise<SmolVM[]> {
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
     const snap = await this.snapshot({ name: opts.name });
-    const clones: SmolVM[] = [];
-    try {
-      for (let i = 0; i < count; i++) clones.push(await SmolVM.fromSnapshot(snap.id));
-    } catch (e) {
+    const first = await SmolVM.fromSnapshot(snap.id); // prepares the snapshot's fast image once
+    const clones: SmolVM[] = [first];
+    const failures: unknown[] = [];
+    let next = 1;
+    await Promise.all(
+      Array.from({ length: Math.min(4, count - 1) }, async () => {
+        while (next < count) {
+          next++;
+          try {
+            clones.push(await SmolVM.fromSnapshot(snap.id));
+          } catch (e) {
+            failures.push(e);
+          }
+        }
+      }),
+    );
+    if (failures.length) {
       for (const c of clones) await c.delete();
-      throw e;
+      throw failures[0];
     }
     return clones;
   }

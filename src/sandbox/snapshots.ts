@@ -31,8 +31,11 @@ export interface LaunchPlan {
   diskBaseFormat: "raw" | "qcow2";
   accel: AccelName;
   agentBinary: string;
+  /** Restore from this device-state file (RAM from `ram`, mapped privately) instead of booting. */
   incoming?: string;
+  ram?: string;
   snapshotId?: string;
+  from?: "boot" | "warm" | "snapshot";
 }
 
 export class SnapshotNotFoundError extends SmolVMError {

@@ -31,7 +31,14 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "-name",
     `smolvm-${spec.vmId}`,
     "-M",
-    "microvm,acpi=on",
+    spec.ram ? "microvm,acpi=on,memory-backend=ram0" : "microvm,acpi=on",
+    ...(spec.ram
+      ? [
+          "-object",
+          `memory-backend-file,id=ram0,size=${spec.memSizeMib}M,mem-path=${esc(spec.ram.path)},share=${spec.ram.share ? "on" : "off"}`,
+        ]
+      : []),
+    ...(spec.startPaused ? ["-S"] : []),
     ...accelArgs(accel),
     "-m",
     String(spec.memSizeMib),

@@ -1,5 +1,6 @@
-import { existsSync, linkSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
+import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
 import { ensurePrivateDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
@@ -35,6 +36,16 @@ export class QemuBackend implements Backend {
     return { path: overlay, format: "qcow2" };
   }
 
+  identity(): string {
+    const q = requireQemu();
+    const st = statSync(q);
+    return `qemu:${q}:${st.size}:${st.mtimeMs}`;
+  }
+
+  resolveAccel(requested: AccelName, image: { kernelPath: string; initrdPath: string }): Promise<AccelName> {
+    return resolveAccel(requested, requireQemu(), image);
+  }
+
   async boot(spec: BootSpec): Promise<VMHandle> {
     const qemu = requireQemu();
     const accel = await resolveAccel(spec.accel, qemu, spec);
@@ -50,7 +61,7 @@ export class QemuBackend implements Backend {
     if (agentSocket.length > 107)
       throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
     const args = buildQemuArgs(spec, accel, paths);
-    if (spec.incoming) args.push("-incoming", `exec:cat ${shellQuote(spec.incoming)}`);
+    if (spec.incoming) args.push("-incoming", "defer");
     const r = await runHost(qemu, args, { timeoutMs: 30_000 });
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
@@ -79,7 +90,7 @@ export class QemuBackend implements Backend {
         bootArgs: spec.bootArgs,
       },
     };
-    if (spec.incoming) await this.waitIncoming(handle, spec.incoming);
+    if (spec.incoming) await this.waitIncoming(handle, spec);
     const p = await runHost(
       spec.agentBinary,
       [
@@ -106,34 +117,67 @@ export class QemuBackend implements Backend {
     return handle;
   }
 
-  /** Wait until an incoming migration has loaded and the guest runs; a bad state file fails here, naming it. */
-  private async waitIncoming(h: VMHandle, file: string): Promise<void> {
+  /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
+  private async waitIncoming(h: VMHandle, spec: BootSpec): Promise<void> {
+    const file = spec.incoming as string;
     const deadline = Date.now() + 60_000;
     let q: QmpClient | null = null;
     try {
       q = await QmpClient.connect(h.controlSocket);
+      if (spec.ignoreShared) {
+        await q.execute("migrate-set-capabilities", {
+          capabilities: [{ capability: "x-ignore-shared", state: true }],
+        });
+      }
+      await q.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(file)}` });
       for (;;) {
-        const st = (await q.execute("query-status")) as { status: string };
-        if (st.status === "running") return;
-        if (st.status === "paused" || st.status === "postmigrate") {
-          await q.execute("cont");
-          return;
-        }
         const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
         if (mig.status === "failed")
           throw new SmolVMError(`restoring ${file} failed: ${mig["error-desc"] ?? "failed"}`);
+        if (mig.status === "completed") {
+          const st = (await q.execute("query-status")) as { status: string };
+          if (spec.startPaused) return;
+          if (st.status !== "running") await q.execute("cont");
+          return;
+        }
         if (Date.now() > deadline) throw new SmolVMError(`restoring ${file} did not finish within 60 s`);
-        await sleep(5);
+        await sleep(2);
       }
     } catch (e) {
-      const log = existsSync(join(h.runDir, "qemu.log")) ? readFileSync(join(h.runDir, "qemu.log"), "utf8") : "";
       await this.kill(h);
       if (e instanceof SmolVMError && e.message.startsWith("restoring")) throw e;
       throw new SmolVMError(
-        `cannot restore from ${file}: the snapshot's state file is corrupt or does not match this VMM (${(e as Error).message})${log ? `: ${log.trim().slice(-500)}` : ""}`,
+        `cannot restore from ${file}: the state file is corrupt or does not match this VM (${(e as Error).message})`,
       );
     } finally {
       q?.close();
+    }
+  }
+
+  /** Migrate to a file and wait for the end. */
+  private async migrateTo(q: QmpClient, file: string): Promise<void> {
+    await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
+    for (const deadline = Date.now() + 120_000; ; ) {
+      const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
+      if (mig.status === "completed") return;
+      if (mig.status === "failed" || mig.status === "cancelled") {
+        throw new SmolVMError(`saving the VM's state failed: ${mig["error-desc"] ?? mig.status}`);
+      }
+      if (Date.now() > deadline) throw new SmolVMError("saving the VM's state took over 120 s");
+      await sleep(2);
+    }
+  }
+
+  async saveState(h: VMHandle, file: string, ramInFile: boolean): Promise<void> {
+    const q = await QmpClient.connect(h.controlSocket);
+    try {
+      await q.execute("stop");
+      await q.execute("migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: ramInFile }],
+      });
+      await this.migrateTo(q, file);
+    } finally {
+      q.close();
     }
   }
 
@@ -189,16 +233,11 @@ export class QemuBackend implements Backend {
       });
       await q.execute("blockdev-snapshot", { node: root["node-name"], overlay: node });
       switched = true; // the VM now writes to `next`
-      await q.execute("migrate", { uri: `exec:cat > ${shellQuote(memFile)}` });
-      for (const deadline = Date.now() + 120_000; ; ) {
-        const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
-        if (mig.status === "completed") break;
-        if (mig.status === "failed" || mig.status === "cancelled") {
-          throw new SmolVMError(`saving the VM's memory failed: ${mig["error-desc"] ?? mig.status}`);
-        }
-        if (Date.now() > deadline) throw new SmolVMError("saving the VM's memory took over 120 s");
-        await sleep(5);
-      }
+      // a VM restored from a fast image still has x-ignore-shared on, which would change the stream's format
+      await q.execute("migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: false }],
+      });
+      await this.migrateTo(q, memFile);
       return { diskFile, memFile, newDiskPath: next };
     } catch (e) {
       if (moved && !switched) {

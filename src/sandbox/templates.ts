@@ -1,0 +1,213 @@
+/**
+ * Fast starts by restoring instead of booting. A "fast image" is guest RAM in a plain file plus the device state
+ * saved without RAM (QEMU's x-ignore-shared). A VM restored from one maps the RAM file privately, so clones share its
+ * pages copy-on-write instead of each reading a copy.
+ *   - warm templates: per image and config, booted once and captured (`<data>/warm/<key>/`);
+ *   - snapshots: converted from their migration stream on first restore (`<snapshot>/fast/`).
+ * Both are immutable once renamed into place; concurrent builders race harmlessly (the loser's copy is dropped).
+ */
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { AgentClient } from "../agent/client.js";
+import type { Backend, BootSpec } from "../backends/types.js";
+import type { AccelName, ResolvedVMConfig } from "../config.js";
+import { SmolVMError } from "../errors.js";
+import { dataDir, runtimeDir } from "../paths.js";
+import type { SnapshotRecord } from "../state/store.js";
+import type { Progress } from "../util/run.js";
+import type { LaunchPlan } from "./snapshots.js";
+
+/** Bump when the template layout or capture procedure changes. */
+const TEMPLATE_VERSION = 1;
+const TEMPLATE_HOSTNAME = "smolvm-template";
+
+interface FastMeta {
+  ramBytes: number;
+  stateBytes: number;
+}
+
+const fastFiles = (dir: string) => ({
+  ram: join(dir, "ram.raw"),
+  state: join(dir, "state.bin"),
+  meta: join(dir, "meta.json"),
+});
+
+/** The fast image in `dir` if it is complete and unaltered (sizes as written), else null. */
+function readFast(dir: string): { ram: string; state: string } | null {
+  const f = fastFiles(dir);
+  try {
+    const meta = JSON.parse(readFileSync(f.meta, "utf8")) as FastMeta;
+    if (statSync(f.ram).size !== meta.ramBytes || statSync(f.state).size !== meta.stateBytes) {
+      throw new SmolVMError(`fast image in ${dir} is damaged (file sizes changed); delete the folder to rebuild it`);
+    }
+    return { ram: f.ram, state: f.state };
+  } catch (e) {
+    if (e instanceof SmolVMError) throw e;
+    return null;
+  }
+}
+
+/**
+ * Start `spec` with its RAM written through to `<tmp>/ram.raw`, let `ready` run, save device state, stop the VMM,
+ * then move the result to `dir`.
+ */
+async function capture(
+  backend: Backend,
+  spec: Omit<BootSpec, "ram" | "runDir" | "logPath" | "diskPath" | "diskFormat">,
+  disk: { base: string; baseFormat: "raw" | "qcow2" },
+  dir: string,
+  ready: (agentSocket: string) => Promise<void>,
+): Promise<void> {
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  mkdirSync(tmp, { recursive: true, mode: 0o700 });
+  const f = fastFiles(tmp);
+  const runDir = join(runtimeDir(), `capture-${createHash("sha256").update(tmp).digest("hex").slice(0, 12)}`);
+  let h: Awaited<ReturnType<Backend["boot"]>> | null = null;
+  try {
+    // the disk layer the capture runs on is created inside tmp, so RAM, state and disk are renamed in together
+    const layer = await backend.prepareDisk({
+      base: disk.base,
+      baseFormat: disk.baseFormat,
+      mode: "isolated",
+      vmDir: tmp,
+    });
+    h = await backend.boot({
+      ...spec,
+      diskPath: layer.path,
+      diskFormat: layer.format,
+      ram: { path: f.ram, share: true },
+      runDir,
+      logPath: join(tmp, "console.log"),
+    });
+    await ready(h.agentSocket);
+    await backend.saveState(h, f.state, true);
+    await backend.kill(h);
+    h = null;
+    writeFileSync(f.meta, JSON.stringify({ ramBytes: statSync(f.ram).size, stateBytes: statSync(f.state).size }));
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another process finished first: use theirs
+    }
+  } catch (e) {
+    if (h) await backend.kill(h);
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+export interface WarmInputs {
+  config: ResolvedVMConfig;
+  kernelPath: string;
+  initrdPath: string;
+  rootfsPath: string;
+  agentBinary: string;
+  accel: AccelName;
+}
+
+/** Everything a warm template depends on: a change to any of them means another template. */
+export function warmKey(w: WarmInputs, vmmIdentity: string): string {
+  const c = w.config;
+  const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, w.agentBinary, w.accel, vmmIdentity];
+  parts.push(c.memSizeMib, c.vcpuCount, c.bootArgs);
+  return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16);
+}
+
+/** A launch plan restoring from the warm template of these inputs, building the template the first time. */
+export async function warmPlan(
+  backend: Backend,
+  w: WarmInputs,
+  vmmIdentity: string,
+  progress: Progress,
+): Promise<LaunchPlan> {
+  const dir = join(dataDir(), "warm", warmKey(w, vmmIdentity));
+  const disk = join(dir, "disk.qcow2");
+  let fast = readFast(dir);
+  if (!fast) {
+    progress("building the warm-start snapshot for this image and size (once)");
+    mkdirSync(join(dir, ".."), { recursive: true });
+    await capture(
+      backend,
+      {
+        vmId: `template-${warmKey(w, vmmIdentity)}`,
+        vcpuCount: w.config.vcpuCount,
+        memSizeMib: w.config.memSizeMib,
+        kernelPath: w.kernelPath,
+        initrdPath: w.initrdPath,
+        bootArgs: w.config.bootArgs,
+        hostname: TEMPLATE_HOSTNAME,
+        agentBinary: w.agentBinary,
+        accel: w.accel,
+      },
+      { base: w.rootfsPath, baseFormat: "raw" },
+      dir,
+      async (sock) => {
+        const c = await AgentClient.connect(sock);
+        try {
+          await c.waitReady(60_000, 5);
+        } finally {
+          c.close();
+        }
+      },
+    );
+    fast = readFast(dir);
+    if (!fast) throw new SmolVMError(`warm template in ${dir} was not created`);
+  }
+  return {
+    kernelPath: w.kernelPath,
+    initrdPath: w.initrdPath,
+    hostname: TEMPLATE_HOSTNAME,
+    bootArgs: w.config.bootArgs,
+    diskBase: disk,
+    diskBaseFormat: "qcow2",
+    accel: w.accel,
+    agentBinary: w.agentBinary,
+    incoming: fast.state,
+    ram: fast.ram,
+    from: "warm",
+  };
+}
+
+/** The snapshot as a fast image (converted from its migration stream the first time, without running the guest). */
+export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agentBinary: string): Promise<LaunchPlan> {
+  const dir = join(snap.dir, "fast");
+  let fast = readFast(dir);
+  if (!fast) {
+    await capture(
+      backend,
+      {
+        vmId: `convert-${snap.id}`,
+        vcpuCount: snap.config.vcpuCount,
+        memSizeMib: snap.config.memSizeMib,
+        kernelPath: snap.boot.kernelPath,
+        initrdPath: snap.boot.initrdPath,
+        bootArgs: snap.boot.bootArgs,
+        hostname: snap.boot.hostname,
+        agentBinary,
+        accel: snap.accel as AccelName,
+        incoming: snap.memFile,
+        startPaused: true, // the guest never runs here, so the snapshot's own disk layer stays exact
+      },
+      { base: snap.diskFile, baseFormat: "qcow2" },
+      dir,
+      async () => {},
+    );
+    fast = readFast(dir);
+    if (!fast) throw new SmolVMError(`snapshot ${snap.id} could not be prepared for restore`);
+  }
+  return {
+    kernelPath: snap.boot.kernelPath,
+    initrdPath: snap.boot.initrdPath,
+    hostname: snap.boot.hostname,
+    bootArgs: snap.boot.bootArgs,
+    diskBase: snap.diskFile,
+    diskBaseFormat: "qcow2",
+    accel: snap.accel as AccelName,
+    agentBinary,
+    incoming: fast.state,
+    ram: fast.ram,
+    snapshotId: snap.id,
+    from: "snapshot",
+  };
+}
