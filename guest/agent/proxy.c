@@ -161,6 +161,16 @@ static int flush(int fd, struct bq *q) {
 	return 0;
 }
 
+/* Written to a temporary name and renamed, so a reader never sees a half-written file. */
+static void write_pidfile(const char *path, pid_t pid) {
+	char tmp[4200];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	if (!f) return;
+	fprintf(f, "%d\n", (int)pid);
+	if (fclose(f) == 0) rename(tmp, path);
+}
+
 int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile, int daemonize,
 	       int release_all) {
 	signal(SIGPIPE, SIG_IGN);
@@ -194,7 +204,10 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 	if (daemonize) {
 		pid_t pid = fork();
 		if (pid < 0) return 1;
-		if (pid > 0) _exit(0); /* the socket is listening: the caller may connect now */
+		if (pid > 0) { /* the socket is listening: record the daemon's pid, then the caller may connect */
+			if (pidfile) write_pidfile(pidfile, pid);
+			_exit(0);
+		}
 		setsid();
 		/* no fd of the caller may stay open, or it would wait for our output to end */
 		int nul = open("/dev/null", O_RDWR);
@@ -205,13 +218,7 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		if (nul > 2) close(nul);
 		if (log > 2) close(log);
 	}
-	if (pidfile) {
-		FILE *f = fopen(pidfile, "w");
-		if (f) {
-			fprintf(f, "%d\n", (int)getpid());
-			fclose(f);
-		}
-	}
+	if (pidfile && !daemonize) write_pidfile(pidfile, getpid());
 	for (;;) {
 		struct pollfd pf[2 + SLOTS];
 		int slot[2 + SLOTS];

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
 import { ensurePrivateDir } from "../../paths.js";
-import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
+import { killAndWait, processAlive, sleep } from "../../util/proc.js";
 import { mustRun, runHost, which } from "../../util/run.js";
 import type { Backend, BootSpec, DiskSpec, SnapshotResult, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
@@ -108,8 +108,7 @@ export class QemuBackend implements Backend {
       ],
       { timeoutMs: 10_000 },
     );
-    await waitFor(() => existsSync(proxyPidFile), 2000, 2);
-    handle.proxyPid = readPid(proxyPidFile);
+    handle.proxyPid = readPid(proxyPidFile); // written before the daemon's parent exits
     if (p.code !== 0 || !handle.proxyPid) {
       await this.kill(handle);
       throw new SmolVMError(`the agent proxy failed to start for VM ${spec.vmId}: ${p.stderr.trim()}`);
