@@ -25,6 +25,7 @@ export function hostTools(): HostTool[] {
     { what: "C compiler", pkg: "gcc", found: which("gcc") ?? which("cc") },
     { what: "static libc", pkg: "libc6-dev", found: libcStatic() },
     { what: "dpkg-deb", pkg: "dpkg", found: which("dpkg-deb") },
+    { what: "zstd", pkg: "zstd", found: which("zstd") },
   ];
 }
 

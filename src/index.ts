@@ -17,6 +17,7 @@ export {
   VMNotFoundError,
   VMStateError,
 } from "./errors.js";
+export { PackError, type PackManifest } from "./images/pack.js";
 export type { CommandOptions, CommandResult, Process, RunOptions, SpawnOptions } from "./sandbox/commands.js";
 export type { Env } from "./sandbox/env.js";
 export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";

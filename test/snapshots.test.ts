@@ -177,6 +177,10 @@ describe("warm start", () => {
     assert.notEqual(r1?.stdout, r2?.stdout);
     const guest = Number((await warm2.run("date +%s")).output);
     assert.ok(Math.abs(guest - Date.now() / 1000) <= 1.5);
+    // a cold-booted VM's state restores like any other (its RAM is named like a warm one's)
+    await cold.run("echo cold > /root/c");
+    await using fromCold = await SmolVM.fromSnapshot((await cold.snapshot()).id);
+    assert.equal((await fromCold.run("cat /root/c")).output, "cold");
     // a restart of a warm-started VM boots its own disk and keeps its files
     await warm.stop();
     await warm.start();

@@ -26,6 +26,7 @@
 #define S_TIME 1
 #define S_ENTROPY 2
 #define S_HOSTNAME 3
+#define S_FLUSH 4 /* any value: write every file system's dirty data to disk (sync) */
 #define T_RESIZE 0x17   /* u16 cols, u16 rows: terminal size of a PTY command */
 #define T_ENV_SET 0x40
 #define T_ENV_UNSET 0x41

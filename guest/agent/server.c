@@ -330,6 +330,8 @@ static void do_sync(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 			uint64_t ns = ((uint64_t)get_be32(v) << 32) | get_be32(v + 4);
 			struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
 			if (clock_settime(CLOCK_REALTIME, &ts) < 0) err = errno;
+		} else if (tag == S_FLUSH) {
+			sync();
 		} else if (tag == S_HOSTNAME && vl > 0 && vl < 64) {
 			if (sethostname((const char *)v, vl) < 0) err = errno;
 		} else if (tag == S_ENTROPY && vl > 0 && vl <= 512) {

@@ -8,6 +8,7 @@ import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { reportError } from "./output.js";
+import { registerPack } from "./pack.js";
 import { registerShell } from "./shell.js";
 import { registerSnapshots } from "./snapshots.js";
 
@@ -27,6 +28,7 @@ registerHost(program);
 registerFiles(program);
 registerShell(program);
 registerSnapshots(program);
+registerPack(program);
 
 try {
   await program.parseAsync(process.argv);

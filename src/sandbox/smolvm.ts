@@ -4,11 +4,13 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
+import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
 import { type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
 import { ConfigError, SmolVMError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
+import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { ensureDefaultImage } from "../images/store.js";
 import { runtimeDir, stateDir } from "../paths.js";
 import { reconcile, reconcileVm } from "../state/reconcile.js";
@@ -25,6 +27,7 @@ import {
 import { tailFile } from "./console-log.js";
 import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
+import { packPlan, packSnapshot } from "./packs.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
 import {
@@ -415,6 +418,53 @@ export class SmolVM implements AsyncDisposable {
       throw failures[0];
     }
     return clones;
+  }
+
+  /**
+   * Write this VM to a `.smolmachine` file: kernel, initramfs, its disk (flattened, sparse, zstd-compressed) and,
+   * with `withMemory`, its running state. Takes a snapshot first, so the file is consistent.
+   */
+  async pack(out: string, opts: { withMemory?: boolean; onProgress?: Progress } = {}): Promise<PackManifest> {
+    // the disk must stand on its own (it is cold-booted where the memory cannot be used): flush the guest's caches
+    await (await this.agent()).op(T.SYNC, [[4, Buffer.from([1])]]).done;
+    const snap = await this.snapshot();
+    const rec = this.store.getSnapshot(snap.id) as NonNullable<ReturnType<StateStore["getSnapshot"]>>;
+    return packSnapshot(rec, out, opts.withMemory === true, opts.onProgress ?? silent);
+  }
+
+  /**
+   * A new sandbox from a `.smolmachine` file. The file is checked (every section's checksum) before anything boots;
+   * its memory state is restored when this host's VMM matches, otherwise its disk is cold-booted (with a notice).
+   */
+  static async fromPack(
+    file: string,
+    opts: { vmId?: string; name?: string; notice?: (m: string) => void } = {},
+  ): Promise<SmolVM> {
+    const t0 = performance.now();
+    const { manifest } = readPackManifest(file);
+    const vm = new SmolVM({
+      vmId: opts.vmId,
+      name: opts.name,
+      vcpuCount: manifest.config.vcpuCount,
+      memSizeMib: manifest.config.memSizeMib,
+      env: manifest.config.env,
+      bootArgs: manifest.config.bootArgs,
+    });
+    const { plan } = await packPlan(
+      file,
+      vm.store,
+      vm.driver(),
+      await ensureAgent(),
+      opts.notice ?? ((m) => process.stderr.write(`${m}\n`)),
+    );
+    if (plan.from === "boot") plan.hostname = vm.config.name ?? vm.vmId;
+    try {
+      await vm.launch(plan, {}, t0);
+    } catch (e) {
+      await vm.delete();
+      throw e;
+    }
+    return vm;
   }
 
   /** Snapshots in the state store. */

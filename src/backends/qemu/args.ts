@@ -30,14 +30,14 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
   return [
     "-name",
     `smolvm-${spec.vmId}`,
+    // RAM is always the memory backend "ram0" (in a file or anonymous): saved state names its RAM block, so
+    // every VM must name it alike for any state to load into any other
     "-M",
-    spec.ram ? "microvm,acpi=on,memory-backend=ram0" : "microvm,acpi=on",
-    ...(spec.ram
-      ? [
-          "-object",
-          `memory-backend-file,id=ram0,size=${spec.memSizeMib}M,mem-path=${esc(spec.ram.path)},share=${spec.ram.share ? "on" : "off"}`,
-        ]
-      : []),
+    "microvm,acpi=on,memory-backend=ram0",
+    "-object",
+    spec.ram
+      ? `memory-backend-file,id=ram0,size=${spec.memSizeMib}M,mem-path=${esc(spec.ram.path)},share=${spec.ram.share ? "on" : "off"}`
+      : `memory-backend-ram,id=ram0,size=${spec.memSizeMib}M`,
     ...(spec.startPaused ? ["-S"] : []),
     ...accelArgs(accel),
     "-m",

@@ -1,0 +1,90 @@
+/** .smolmachine files on real VMs: with and without memory, and refusing damaged files before anything boots. */
+import assert from "node:assert/strict";
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { PackError, SmolVM } from "../src/index.js";
+import { cli, isolatedState } from "./helpers.js";
+
+isolatedState();
+const dir = mkdtempSync(join(tmpdir(), "smolvm-pack-test-"));
+const withMem = join(dir, "app.smolmachine");
+const diskOnly = join(dir, "disk.smolmachine");
+let src: SmolVM;
+
+before(async () => {
+  src = await SmolVM.create({ memSizeMib: 256, name: "packsrc" });
+  await src.run("echo packed > /root/in-pack");
+  await src.env.set({ PACKED_ENV: "yes" });
+  await src.spawn("while true; do sleep 1; done");
+});
+after(async () => {
+  await src.delete();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe(".smolmachine", () => {
+  it("pack with memory, inspect, and restore the running state (file, env, process)", async () => {
+    const created = await cli(["pack", "create", "packsrc", "-o", withMem, "--with-memory", "--json"]);
+    assert.equal(created.code, 0, created.stderr);
+    const m = JSON.parse(created.stdout) as { sections: { name: string; size: number; length: number }[] };
+    assert.deepEqual(
+      m.sections.map((s) => s.name),
+      ["kernel", "initrd", "disk", "mem"],
+    );
+    const disk = m.sections.find((s) => s.name === "disk");
+    assert.ok(disk && disk.length < 64 << 20, "disk not compressed/sparse");
+    const inspect = await cli(["pack", "inspect", withMem, "--verify"]);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    assert.match(inspect.stdout, /256 MiB/);
+    await using vm = await SmolVM.fromPack(withMem);
+    assert.equal(vm.startTimings?.from, "snapshot");
+    assert.equal((await vm.run("cat /root/in-pack")).output, "packed");
+    assert.equal((await vm.run("echo $PACKED_ENV")).output, "yes");
+    assert.ok((await vm.processes.list()).some((p) => p.running && p.command.includes("sleep 1")));
+  });
+
+  it("a pack without memory cold-boots its disk; pack run runs a command and cleans up", async () => {
+    assert.equal((await cli(["pack", "create", "packsrc", "-o", diskOnly])).code, 0);
+    const r = await cli(["pack", "run", diskOnly, "--", "cat /root/in-pack; hostname"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^packed\n/);
+    assert.equal((await SmolVM.list()).filter((v) => v.vmId !== src.vmId).length, 0, "pack run left a VM");
+  });
+
+  it("a truncated or corrupted file is refused, naming the file, before anything boots", async () => {
+    const bytes = readFileSync(diskOnly);
+    const cut = join(dir, "cut.smolmachine");
+    writeFileSync(cut, bytes.subarray(0, bytes.length - 4096));
+    const before = (await SmolVM.list()).length;
+    await assert.rejects(SmolVM.fromPack(cut), (e: unknown) => {
+      assert.ok(e instanceof PackError);
+      assert.match((e as Error).message, new RegExp(`${cut.replace(/[.]/g, "\\.")}.*(truncated|runs past)`));
+      return true;
+    });
+    const bad = join(dir, "bad.smolmachine");
+    writeFileSync(bad, bytes);
+    const fd = openSync(bad, "r+");
+    writeSync(fd, Buffer.from("garbage!"), 0, 8, statSync(bad).size - 100);
+    closeSync(fd);
+    await assert.rejects(SmolVM.fromPack(bad), /corrupted \(sha256 mismatch\)/);
+    const notPack = join(dir, "not.smolmachine");
+    writeFileSync(notPack, "hello");
+    const r = await cli(["pack", "inspect", notPack]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /not\.smolmachine: not a usable \.smolmachine file/);
+    assert.equal((await SmolVM.list()).length, before, "something was started from a damaged file");
+    truncateSync(cut, 10);
+  });
+});
