@@ -63,6 +63,21 @@ describe(".smolmachine", () => {
     assert.equal((await SmolVM.list()).filter((v) => v.vmId !== src.vmId).length, 0, "pack run left a VM");
   });
 
+  it("memory state from another VMM is not used: the disk is cold-booted with a one-line notice", async () => {
+    const bytes = readFileSync(withMem);
+    const m = /"vmm": "(qemu [^"]+)"/.exec(bytes.toString("latin1"));
+    assert.ok(m?.[1]);
+    const other = join(dir, "other-vmm.smolmachine");
+    const fake = `qemu ${"9".repeat(m[1].length - 5)}`; // same length: offsets stay valid
+    writeFileSync(other, Buffer.from(bytes.toString("latin1").replace(m[1], fake), "latin1"));
+    const notices: string[] = [];
+    await using vm = await SmolVM.fromPack(other, { notice: (n) => notices.push(n) });
+    assert.equal(vm.startTimings?.from, "boot");
+    assert.equal(notices.length, 1);
+    assert.match(notices[0] as string, /memory state for qemu.*cold-booting its disk/);
+    assert.equal((await vm.run("cat /root/in-pack")).output, "packed");
+  });
+
   it("a truncated or corrupted file is refused, naming the file, before anything boots", async () => {
     const bytes = readFileSync(diskOnly);
     const cut = join(dir, "cut.smolmachine");

@@ -31,10 +31,14 @@ function cacheFile(): string {
   return join(dataDir(), "kvm-probe.json");
 }
 
-/** Identity of what the verdict depends on, from file metadata only (no process spawned on the boot path). */
-function cacheKey(qemu: string, kernelPath: string): string {
+/**
+ * Identity of what the verdict depends on: the host kernel (its KVM) and the QEMU build, from file metadata only
+ * (no process spawned on the boot path). Not the guest kernel: any standard guest shows the same thing, and VMs from
+ * snapshots or packs bring their own kernel files.
+ */
+function cacheKey(qemu: string): string {
   const q = statSync(qemu);
-  return [release(), qemu, q.size, q.mtimeMs, kernelPath, statSync(kernelPath).mtimeMs].join("|");
+  return [release(), qemu, q.size, q.mtimeMs].join("|");
 }
 
 /** Boot the probe guest under KVM; resolves with whether it reached userspace in time. */
@@ -118,7 +122,7 @@ export async function kvmVerdict(
   if (!image) {
     return { present: true, usable: false, reason: "not proven: no guest kernel yet to probe with (run smolvm setup)" };
   }
-  const key = cacheKey(qemu, image.kernelPath);
+  const key = cacheKey(qemu);
   if (opts.useCache !== false) {
     try {
       const c = JSON.parse(readFileSync(cacheFile(), "utf8")) as KvmVerdict & { key: string };
