@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { SmolVM, UnsafeArchiveError } from "../src/index.js";
-import { cli, cliPath, isolatedState } from "./helpers.js";
+import { cli, cliPath, isolatedState, tarEntry } from "./helpers.js";
 
 isolatedState();
 const host = mkdtempSync(join(tmpdir(), "smolvm-cp-"));
@@ -18,24 +18,6 @@ after(async () => {
   await vm.delete();
   rmSync(host, { recursive: true, force: true });
 });
-
-/** A tar header written by hand (see tar.test.ts), for a hostile archive the guest will send. */
-function entry(name: string, type: string, body = "", link = ""): Buffer {
-  const h = Buffer.alloc(512);
-  h.write(name, 0);
-  h.write("0000644\0", 100);
-  h.write(`${body.length.toString(8).padStart(11, "0")}\0`, 124);
-  h.write("00000000000\0", 136);
-  h.write("        ", 148);
-  h.write(type, 156);
-  h.write(link, 157);
-  h.write("ustar\0", 257);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-  const data = Buffer.from(body);
-  return Buffer.concat([h, data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
-}
 
 describe("folders", () => {
   it("upload and download a tree", async () => {
@@ -54,9 +36,9 @@ describe("folders", () => {
 
   it("a hostile guest's archive with ../ entries and an outward symlink is refused; nothing lands outside", async () => {
     const evil = Buffer.concat([
-      entry("fine.txt", "0", "ok"),
-      entry("link", "2", "", "../../../../etc"),
-      entry("../escaped.txt", "0", "evil"),
+      tarEntry("fine.txt", "0", "ok"),
+      tarEntry("link", "2", "", "../../../../etc"),
+      tarEntry("../escaped.txt", "0", "evil"),
       Buffer.alloc(1024),
     ]);
     await vm.files.write("/root/evil.tar", evil);

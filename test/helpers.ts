@@ -48,3 +48,21 @@ export function cli(args: string[], opts: { timeoutMs?: number } = {}): Promise<
     });
   });
 }
+
+/** A ustar entry written by hand, so tests can build archives as hostile as they like. */
+export function tarEntry(name: string, type: string, body = "", link = ""): Buffer {
+  const h = Buffer.alloc(512);
+  h.write(name, 0);
+  h.write("0000644\0", 100);
+  h.write(`${body.length.toString(8).padStart(11, "0")}\0`, 124);
+  h.write("00000000000\0", 136);
+  h.write("        ", 148);
+  h.write(type, 156);
+  h.write(link, 157);
+  h.write("ustar\0", 257);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  const data = Buffer.from(body);
+  return Buffer.concat([h, data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+}

@@ -14,27 +14,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { extractTar, packDir, UnsafeArchiveError } from "../src/sandbox/tar.js";
+import { tarEntry } from "./helpers.js";
 
 const dir = mkdtempSync(join(tmpdir(), "smolvm-tar-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A raw ustar header, written by hand so the archive can be as hostile as we like. */
-function hdr(name: string, type: string, body = "", link = ""): Buffer[] {
-  const h = Buffer.alloc(512);
-  h.write(name, 0);
-  h.write("0000644\0", 100);
-  h.write(`${body.length.toString(8).padStart(11, "0")}\0`, 124);
-  h.write("00000000000\0", 136);
-  h.write("        ", 148);
-  h.write(type, 156);
-  h.write(link, 157);
-  h.write("ustar\0", 257);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-  const data = Buffer.from(body);
-  return [h, data, Buffer.alloc((512 - (data.length % 512)) % 512)];
-}
+const hdr = (name: string, type: string, body = "", link = "") => [tarEntry(name, type, body, link)];
 const archive = (...entries: Buffer[][]) => [Buffer.concat([...entries.flat(), Buffer.alloc(1024)])];
 let n = 0;
 const fresh = () => {

@@ -78,6 +78,13 @@ class StreamWriter {
   closeStdin(): Promise<void> {
     return this.client.send(T.STDIN, this.streamId, Buffer.alloc(0));
   }
+
+  /** Write all of `data` (a Readable is streamed, at the pace the channel takes it), then close the stream. */
+  async writeAllAndClose(data: string | Buffer | AsyncIterable<Buffer | string>): Promise<void> {
+    if (typeof data === "string" || Buffer.isBuffer(data)) await this.writeStdin(data);
+    else for await (const chunk of data) await this.writeStdin(chunk);
+    await this.closeStdin();
+  }
 }
 
 /** A non-exec operation: `started` (file read/write only) and `done` carry the agent's reply fields. */

@@ -100,12 +100,7 @@ function capOf(o: CommandOptions): number {
 async function feedStdin(h: ExecHandle, stdin: string | Buffer | Readable): Promise<void> {
   try {
     await h.started;
-    if (stdin instanceof Readable) {
-      for await (const chunk of stdin) await h.writeStdin(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
-    } else {
-      await h.writeStdin(stdin);
-    }
-    await h.closeStdin();
+    await h.writeAllAndClose(stdin);
   } catch {
     // the command exited or the channel closed; its result says what happened
   }

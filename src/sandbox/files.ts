@@ -12,7 +12,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import type { AgentClient, OpHandle } from "../agent/client.js";
 import { decodeFields, E, FF, type Field, FL, fieldString, fieldU32, fieldU64, T, u32 } from "../agent/codec.js";
 import { AgentError, ConfigError, FileNotFoundError, FileSystemError, SmolVMError } from "../errors.js";
@@ -158,12 +158,7 @@ export class Files {
     const h: OpHandle = (await this.agent()).op(T.FWRITE, [[FF.PATH, path], ...fields]);
     try {
       await h.started;
-      if (data instanceof Readable) {
-        for await (const chunk of data) await h.writeStdin(typeof chunk === "string" ? Buffer.from(chunk) : chunk);
-      } else {
-        await h.writeStdin(data);
-      }
-      await h.closeStdin();
+      await h.writeAllAndClose(data);
       const done = await h.done;
       return { path, bytesWritten: fieldU64(done, E.SIZE) ?? 0 };
     } catch (e) {
@@ -273,8 +268,7 @@ export class Files {
       { onStderr: (b) => (stderr = (stderr + b.toString()).slice(-2000)) },
     );
     await h.started;
-    for await (const chunk of packDir(localDir)) await h.writeStdin(chunk);
-    await h.closeStdin();
+    await h.writeAllAndClose(packDir(localDir));
     const exit = await h.exited;
     if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
     return { path: guestDir };
