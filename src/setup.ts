@@ -1,6 +1,6 @@
 /** `smolvm setup`: install host packages (as root, with apt), fetch the kernel, build the agent and default image. */
 import { existsSync, readdirSync } from "node:fs";
-import { kvmVerdict } from "./backends/qemu/accel.js";
+import { accelNoticeGiven, kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuBinary } from "./backends/qemu/binary.js";
 import { SmolVMError } from "./errors.js";
 import { missingTools, testTools } from "./host-tools.js";
@@ -67,5 +67,9 @@ export async function setup(progress: Progress, opts: { testTools?: boolean } = 
       : `KVM: ${v.present ? "present but unusable" : "absent"} (${v.reason}); VMs will use TCG`,
   );
   if (!existsSync(image.rootfsPath)) throw new SmolVMError("image build did not produce a rootfs");
+  // the first create() should already be a warm start: boot the default template now
+  const { SmolVM } = await import("./sandbox/smolvm.js");
+  const vm = await SmolVM.create({}, { onProgress: progress });
+  await vm.delete();
   return { installed, image, kvm: { usable: v.usable, reason: v.reason } };
 }

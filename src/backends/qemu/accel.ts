@@ -150,6 +150,11 @@ export async function kvmVerdict(
 
 let noticeShown = false;
 
+/** The caller already told the user about the accelerator (e.g. `smolvm setup`): no second notice. */
+export function accelNoticeGiven(): void {
+  noticeShown = true;
+}
+
 /** The accelerator to use: explicit config > SMOLVM_ACCEL > auto (HVF on macOS, KVM if proven, else TCG). */
 export async function resolveAccel(
   requested: AccelName,
