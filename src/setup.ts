@@ -66,6 +66,7 @@ export async function setup(progress: Progress, opts: { testTools?: boolean } = 
       ? `KVM: usable (${v.reason})`
       : `KVM: ${v.present ? "present but unusable" : "absent"} (${v.reason}); VMs will use TCG`,
   );
+  accelNoticeGiven();
   if (!existsSync(image.rootfsPath)) throw new SmolVMError("image build did not produce a rootfs");
   // the first create() should already be a warm start: boot the default template now
   const { SmolVM } = await import("./sandbox/smolvm.js");
