@@ -16,6 +16,7 @@ import { encodeFields, encodeFrame, T } from "../src/agent/codec.js";
 import { AgentError, CommandTimeoutError, VMDiedError } from "../src/errors.js";
 import { ensureAgent } from "../src/images/agent-build.js";
 import { runCommand } from "../src/sandbox/commands.js";
+import { Env } from "../src/sandbox/env.js";
 import { processAlive, sleep, waitFor } from "../src/util/proc.js";
 
 let bin: string;
@@ -178,6 +179,22 @@ describe("a hostile peer", () => {
     });
     const c = await AgentClient.connect(path);
     await assert.rejects(runCommand(c, "true", {}, {}), (e: unknown) => e instanceof AgentError);
+  });
+
+  it("a malformed data frame fails only its own request, it does not crash the host", async () => {
+    const path = await fakePeer((s) => {
+      s.write(encodeFrame(T.WELCOME, 0, encodeFields([[1, Buffer.from([1, 0, 0, 0])]])));
+      s.on("data", (d: Buffer) => {
+        const stream = d.readUInt32BE(5);
+        if (d.readUInt8(4) === T.ENV_LIST)
+          s.write(encodeFrame(T.STDOUT, stream, Buffer.from([3, 0xff, 0xff, 0xff, 0xff])));
+        if (d.readUInt8(4) === T.PING) s.write(encodeFrame(T.PONG, stream, d.subarray(9, 13)));
+      });
+    });
+    const c = await AgentClient.connect(path);
+    await assert.rejects(new Env(async () => c).list(), AgentError);
+    assert.ok((await c.ping(2000)) >= 0, "the connection should still work");
+    c.close();
   });
 
   it("a peer that hangs up mid-command rejects with VMDiedError", async () => {

@@ -37,6 +37,15 @@ describe("tar extraction refuses what could escape the destination", () => {
     ["a write through a symlink", archive(hdr("d", "2", "", "."), hdr("d/x", "0", "x"), hdr("sub/", "5"))],
     ["a hard link", archive(hdr("h", "1", "", "/etc/passwd"))],
     ["a device file", archive(hdr("dev", "3"))],
+    [
+      "a symlink chain that escapes through other links",
+      archive(
+        hdr("y", "2", "", "."),
+        hdr("x", "2", "", "y/.."),
+        hdr("x2", "2", "", "x/.."),
+        hdr("t", "2", "", "x2/etc"),
+      ),
+    ],
   ];
   for (const [what, tar] of cases) {
     it(`refuses ${what}`, async () => {
@@ -44,6 +53,19 @@ describe("tar extraction refuses what could escape the destination", () => {
       await assert.rejects(extractTar(tar, d), UnsafeArchiveError);
       assert.equal(existsSync(join(d, "..", "escaped.txt")), false);
       assert.equal(existsSync("/tmp/smolvm-abs-escape.txt"), false);
+    });
+  }
+
+  for (const size of ["9", "-1000"]) {
+    it(`refuses a size field of ${JSON.stringify(size)} instead of looping`, async () => {
+      const b = hdr("a.txt", "x", "")[0] as Buffer;
+      b.fill(0, 124, 136);
+      b.write(size, 124);
+      b.fill(0x20, 148, 156);
+      let sum = 0;
+      for (const x of b) sum += x;
+      b.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+      await assert.rejects(extractTar([Buffer.concat([b, Buffer.alloc(1024)])], fresh()), UnsafeArchiveError);
     });
   }
 

@@ -267,10 +267,13 @@ export class AgentClient {
         p.resolveStarted(this.safeFields(f.payload));
         return;
       case T.STDOUT:
-        p.onStdout?.(f.payload);
-        return;
       case T.STDERR:
-        p.onStderr?.(f.payload);
+        try {
+          (f.type === T.STDOUT ? p.onStdout : p.onStderr)?.(f.payload);
+        } catch (e) {
+          // a handler refused what the guest sent (malformed, too much): that stream fails, nothing else
+          this.abandon(f.stream, e instanceof Error ? e : new AgentError(String(e)));
+        }
         return;
       case T.EXIT: {
         this.pending.delete(f.stream);
@@ -298,6 +301,15 @@ export class AgentClient {
         return;
       }
     }
+  }
+
+  /** Stop listening to a stream: its promises reject with `reason`; anything the guest still sends is ignored. */
+  abandon(stream: number, reason: Error): void {
+    const p = this.pending.get(stream);
+    if (!p) return;
+    this.pending.delete(stream);
+    p.rejectStarted(reason);
+    p.rejectEnd(reason);
   }
 
   /** Write one frame, waiting for the socket to drain when its buffer is full. */

@@ -1,7 +1,7 @@
 /** `vm.env`: environment held by the guest agent in memory (never written to disk), applied to every later command. */
 import type { AgentClient } from "../agent/client.js";
 import { decodeFields, F, type Field, T } from "../agent/codec.js";
-import { ConfigError } from "../errors.js";
+import { AgentError, ConfigError } from "../errors.js";
 
 const KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -32,7 +32,10 @@ export class Env {
 
   async list(): Promise<Record<string, string>> {
     const out: Record<string, string> = {};
+    let total = 0;
     const h = (await this.agent()).op(T.ENV_LIST, [], (b) => {
+      total += b.length;
+      if (total > 1 << 20) throw new AgentError("the guest sent more than 1 MiB of environment");
       for (const [, v] of decodeFields(b)) {
         const s = v.toString();
         const eq = s.indexOf("=");

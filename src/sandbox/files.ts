@@ -56,7 +56,7 @@ const ERRNO: Record<number, string> = {
   36: "ENAMETOOLONG",
   39: "ENOTEMPTY",
 };
-const MAX_ENTRIES = 200_000;
+const MAX_LIST_BYTES = 64 << 20;
 const MAX_NAME = 4096;
 
 function checkPath(field: string, path: unknown): string {
@@ -172,12 +172,14 @@ export class Files {
     const depth = opts.depth ?? 1;
     if (!Number.isInteger(depth) || depth < 1 || depth > 64) throw new ConfigError("depth", "must be 1 to 64");
     const fields: Field[] = [];
-    let overflow = false;
+    let total = 0;
     await this.op(T.FLIST, path, [[FF.DEPTH, u32(depth)]], (b) => {
-      if (fields.length > MAX_ENTRIES * 7) overflow = true;
-      else fields.push(...decodeFields(b));
+      total += b.length;
+      if (total > MAX_LIST_BYTES) {
+        throw new FileSystemError(path, "E2BIG", `the listing of ${path} exceeds ${MAX_LIST_BYTES >> 20} MiB`);
+      }
+      fields.push(...decodeFields(b));
     });
-    if (overflow) throw new FileSystemError(path, "E2BIG", `${path} holds more than ${MAX_ENTRIES} entries`);
     return parseEntries(fields, path);
   }
 
@@ -304,7 +306,9 @@ export class Files {
       renameSync(tmp, localDir);
       return { path: localDir, ...stats };
     } catch (e) {
+      queue.fail(e as Error);
       h.kill(9).catch(() => {});
+      client.abandon(h.streamId, e as Error); // whatever the guest still sends on it is dropped
       rmSync(tmp, { recursive: true, force: true });
       throw e;
     }
@@ -320,7 +324,11 @@ class ChunkQueue implements AsyncIterable<Buffer> {
   private wake: (() => void) | null = null;
   constructor(private readonly cap: number) {}
   push(b: Buffer): void {
-    if (this.size + b.length > this.cap) this.fail(new SmolVMError("download buffer overflow"));
+    if (this.error) return; // failed: drop, never grow
+    if (this.size + b.length > this.cap) {
+      this.fail(new SmolVMError("download buffer overflow"));
+      return;
+    }
     this.chunks.push(b);
     this.size += b.length;
     this.wake?.();

@@ -24,8 +24,11 @@ export class Processes {
   /** Commands started through the agent: running ones, and finished background ones not yet collected. */
   async list(): Promise<ProcessInfo[]> {
     const fields: Field[] = [];
+    let total = 0;
     await (await this.agent()).op(T.PS, [], (b) => {
-      if (fields.length < 1_000_000) fields.push(...decodeFields(b));
+      total += b.length;
+      if (total > 16 << 20) throw new AgentError("the guest sent more than 16 MiB of process list");
+      fields.push(...decodeFields(b));
     }).done;
     const groups: Field[][] = [];
     for (const f of fields) {

@@ -6,15 +6,17 @@
 import {
   closeSync,
   createReadStream,
+  existsSync,
   lstatSync,
   mkdirSync,
   openSync,
   readdirSync,
   readlinkSync,
+  realpathSync,
   symlinkSync,
   writeSync,
 } from "node:fs";
-import { isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
+import { basename, dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { SmolVMError } from "../errors.js";
 
 /** A tar entry from the guest was refused; nothing was written outside the destination. */
@@ -117,14 +119,38 @@ function str(b: Buffer, off: number, len: number): string {
   return s.subarray(0, z < 0 ? len : z).toString("utf8");
 }
 
+/** A numeric header field: octal digits, or GNU base-256 (positive only); anything else is refused. */
 function num(b: Buffer, off: number, len: number): number {
-  if ((b[off] as number) & 0x80) {
-    let n = 0; // base-256 (GNU) for large values
+  let n = 0;
+  if (b[off] === 0x80) {
     for (let i = off + 1; i < off + len; i++) n = n * 256 + (b[i] as number);
-    return n;
+  } else {
+    const s = str(b, off, len).trim();
+    if (s && !/^[0-7]+$/.test(s)) throw new UnsafeArchiveError(str(b, 0, 100), "malformed number in header");
+    n = s ? Number.parseInt(s, 8) : 0;
   }
-  const s = str(b, off, len).trim();
-  return s ? Number.parseInt(s, 8) : 0;
+  if (!Number.isSafeInteger(n) || n < 0) throw new UnsafeArchiveError(str(b, 0, 100), "number out of range in header");
+  return n;
+}
+
+const inside = (root: string, p: string) => p === root || p.startsWith(root + sep);
+
+/**
+ * Where a symlink really leads once every link on the way is followed (for a dangling one: its longest existing
+ * prefix, resolved, plus the rest). Lexical checks cannot see chains like `y -> .`, `x -> y/..`.
+ */
+function resolvedTarget(link: string): string {
+  try {
+    return realpathSync.native(link);
+  } catch {
+    let base = resolve(dirname(link), readlinkSync(link));
+    const rest: string[] = [];
+    for (let i = 0; i < 4096 && !existsSync(base); i++) {
+      rest.unshift(basename(base));
+      base = dirname(base);
+    }
+    return join(realpathSync.native(base), ...rest);
+  }
 }
 
 function checksumOk(h: Buffer): boolean {
@@ -188,6 +214,7 @@ export async function extractTar(
 ): Promise<ExtractStats> {
   const root = resolve(dest);
   const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
+  const links: string[] = [];
   let buf: Buffer = Buffer.alloc(0);
   // parser state lives in one object: startEntry (a closure) changes it
   const cur: { state: "header" | "data" | "pad" | "pax" | "end"; paxNext: "x" | "L" } = {
@@ -239,11 +266,12 @@ export async function extractTar(
     } else if (type === "2") {
       if (!link || isAbsolute(link)) throw new UnsafeArchiveError(name, `symlink to absolute path ${link}`);
       const target = normalize(join(full, "..", link));
-      if (target !== root && !target.startsWith(root + sep)) {
+      if (!inside(root, target)) {
         throw new UnsafeArchiveError(name, `symlink points outside the destination (${link})`);
       }
       mkdirSync(join(full, ".."), { recursive: true });
       symlinkSync(link, full);
+      links.push(full);
       stats.symlinks++;
     } else if (type === "1") {
       throw new UnsafeArchiveError(name, "hard links are not accepted");
@@ -311,5 +339,12 @@ export async function extractTar(
     if (fd !== null) closeSync(fd);
   }
   if (cur.state !== "end" && cur.state !== "header") throw new SmolVMError("archive ended in the middle of an entry");
+  // only now is the tree final: every link must still lead inside it, whatever other links it passes through
+  const realRoot = realpathSync.native(root);
+  for (const l of links) {
+    if (!inside(realRoot, resolvedTarget(l))) {
+      throw new UnsafeArchiveError(relative(root, l), "symlink resolves outside the destination (through other links)");
+    }
+  }
   return stats;
 }
