@@ -114,6 +114,16 @@ describe("lifecycle", () => {
     assert.equal((await vm.run("cat /root/file")).output, "kept");
   });
 
+  it("stopping a paused VM (from another object) still shuts the guest down cleanly: no lost writes", async () => {
+    await using vm = await SmolVM.create({ memSizeMib: 256 });
+    await vm.run("echo unsynced > /root/p"); // still in the guest's page cache
+    await vm.pause();
+    const other = await SmolVM.fromId(vm.vmId);
+    await other.stop();
+    await vm.start();
+    assert.equal((await vm.run("cat /root/p")).output, "unsynced");
+  });
+
   it("delete leaves no process, socket or disk file; fromId then throws VMNotFoundError", async () => {
     const vm = await SmolVM.create({ memSizeMib: 256 });
     const rec = StateStore.open().get(vm.vmId);

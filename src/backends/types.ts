@@ -95,6 +95,8 @@ export interface Backend {
     disk: { path: string; vmDir: string },
     dir: string,
     leavePaused: boolean,
+    /** Called the moment the VM writes to its new top layer: from then on the snapshot's disk layer must be kept. */
+    onSwitched: (newDiskPath: string) => void,
   ): Promise<SnapshotResult>;
   resume(h: VMHandle): Promise<void>;
   /** Stop the VMM at once and remove its sockets and pid files. Safe to call on a dead VM. */

@@ -334,11 +334,24 @@ export class SmolVM implements AsyncDisposable {
     if (rec.diskFormat !== "qcow2") {
       throw new VMStateError(`VM ${this.vmId} uses diskMode "shared"; snapshots need an isolated disk layer`);
     }
+    if (opts.name !== undefined && this.store.getSnapshot(opts.name)) {
+      throw new ConfigError("name", `${JSON.stringify(opts.name)} is already used by another snapshot`);
+    }
     const id = newSnapshotId();
     const dir = join(this.store.dir, "snapshots", id);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    let switched = false;
     try {
-      const r = await this.driver().snapshot(rec.handle, { path: rec.diskPath, vmDir: rec.vmDir }, dir, false);
+      const r = await this.driver().snapshot(
+        rec.handle,
+        { path: rec.diskPath, vmDir: rec.vmDir },
+        dir,
+        false,
+        (next) => {
+          switched = true;
+          this.store.update(rec.id, { diskPath: next }); // at once: the VM's data now lives in `next`
+        },
+      );
       const snap = this.store.insertSnapshot({
         id,
         name: opts.name ?? null,
@@ -358,7 +371,34 @@ export class SmolVM implements AsyncDisposable {
       this.refresh();
       return snapshotInfo(snap);
     } catch (e) {
-      rmSync(dir, { recursive: true, force: true });
+      if (!switched) {
+        rmSync(dir, { recursive: true, force: true });
+        throw e;
+      }
+      // The VM already runs on a layer over the snapshot's disk layer: that layer must stay. It is recorded as a
+      // disk-only snapshot (not restorable: no memory) so nothing deletes it while the VM depends on it.
+      const mem = join(dir, "mem.bin");
+      const diskFile = join(dir, "disk.qcow2");
+      rmSync(mem, { force: true });
+      if (!this.store.getSnapshot(id)) {
+        this.store.insertSnapshot({
+          id,
+          name: null,
+          vmId: rec.id,
+          backend: rec.backend,
+          config: rec.config,
+          boot: rec.handle.boot,
+          accel: rec.handle.accel,
+          dir,
+          memFile: mem,
+          diskFile,
+          memBytes: -1,
+          sizeBytes: statSync(diskFile).size,
+          parentId: rec.snapshotId,
+        });
+      }
+      this.store.update(rec.id, { snapshotId: id });
+      this.refresh();
       throw e;
     }
   }
@@ -588,7 +628,10 @@ export class SmolVM implements AsyncDisposable {
       const h = rec.handle;
       if (backend.isAlive(h)) {
         try {
-          if (rec.status === "paused") await backend.resume(h);
+          if (rec.status === "paused") {
+            await backend.resume(h);
+            this.store.update(rec.id, { status: "running" }); // or agent() would refuse the clean shutdown
+          }
           const client = await this.agent();
           // once the agent confirms its disk is synced and read-only, killing the VMM loses nothing
           await client.shutdown(opts.timeoutMs ?? 5000);

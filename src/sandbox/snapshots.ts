@@ -72,6 +72,7 @@ export function snapshotInfo(s: SnapshotRecord): SnapshotInfo {
 
 /** Refuse a snapshot whose files are missing or truncated before anything starts, naming the file. */
 export function checkSnapshotFiles(s: SnapshotRecord): void {
+  if (s.memBytes < 0) throw new SmolVMError(`snapshot ${s.id} holds a disk layer only (its memory was not saved)`);
   for (const f of [s.memFile, s.diskFile]) {
     if (!existsSync(f)) throw new SmolVMError(`snapshot ${s.id} is damaged: ${f} is missing`);
   }

@@ -185,6 +185,7 @@ export class QemuBackend implements Backend {
     disk: { path: string; vmDir: string },
     dir: string,
     leavePaused: boolean,
+    onSwitched: (newDiskPath: string) => void,
   ): Promise<SnapshotResult> {
     const qemuImg = which("qemu-img");
     if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup'");
@@ -232,6 +233,7 @@ export class QemuBackend implements Backend {
       });
       await q.execute("blockdev-snapshot", { node: root["node-name"], overlay: node });
       switched = true; // the VM now writes to `next`
+      onSwitched(next);
       // a VM restored from a fast image still has x-ignore-shared on, which would change the stream's format
       await q.execute("migrate-set-capabilities", {
         capabilities: [{ capability: "x-ignore-shared", state: false }],
