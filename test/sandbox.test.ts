@@ -135,6 +135,21 @@ describe("files", () => {
     assert.equal(await vm.files.exists("/data"), false);
   });
 
+  it("a write keeps the file's owner, goes through symlinks, and refuses a fifo without a reader", async () => {
+    await vm.run(
+      "echo x > /tmp/owned && chown 65534:65534 /tmp/owned && echo t > /tmp/target && ln -sf /tmp/target /tmp/link && rm -f /tmp/ff && mkfifo /tmp/ff",
+    );
+    await vm.files.write("/tmp/owned", "new");
+    assert.equal((await vm.run("stat -c %u:%g /tmp/owned; cat /tmp/owned")).stdout, "65534:65534\nnew");
+    await vm.files.write("/tmp/link", "via link");
+    assert.equal((await vm.run("test -L /tmp/link && cat /tmp/target")).output, "via link");
+    await assert.rejects(
+      vm.files.write("/tmp/ff", "data"),
+      (e: unknown) => e instanceof FileSystemError && e.code === "ENXIO",
+    );
+    assert.equal((await vm.run("echo still-serving")).output, "still-serving");
+  });
+
   it("a missing file is FileNotFoundError naming the path", async () => {
     await assert.rejects(vm.files.read("/no/such/file"), (e: unknown) => {
       assert.ok(e instanceof FileNotFoundError);

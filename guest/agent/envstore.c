@@ -60,6 +60,10 @@ void env_unset(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	const uint8_t *v;
 	size_t vl;
 	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
+		if (vl == 0 || memchr(v, 0, vl) || memchr(v, '=', vl)) {
+			send_error(c, stream, EINVAL, "invalid variable name");
+			return;
+		}
 		int i = find((const char *)v, vl);
 		if (i >= 0) remove_at(i);
 	}

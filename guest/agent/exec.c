@@ -235,7 +235,11 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		cs.pty = 1;
 	} else {
 		if ((want_stdin && pipe2(pin, O_CLOEXEC)) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) {
-			send_errno(c, stream, errno, "pipe");
+			int e = errno;
+			for (int *fd = &pin[0]; fd <= &pin[1]; fd++) if (*fd >= 0) close(*fd);
+			for (int *fd = &pout[0]; fd <= &pout[1]; fd++) if (*fd >= 0) close(*fd);
+			for (int *fd = &perr[0]; fd <= &perr[1]; fd++) if (*fd >= 0) close(*fd);
+			send_errno(c, stream, e, "pipe");
 			free_proc(p);
 			goto out;
 		}
@@ -340,8 +344,10 @@ void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	while (field_next(pl, n, &off, &tag, &v, &vl) == 1)
 		if (tag == P_PID && vl == 4) pid = get_be32(v);
 	struct proc *p = NULL;
+	/* a pid may be reused: a running command wins over a finished one with the same number */
 	for (int i = 0; i < MAX_PROCS && pid; i++)
-		if (procs[i].used && procs[i].kind == K_EXEC && procs[i].pid == (pid_t)pid) p = &procs[i];
+		if (procs[i].used && procs[i].kind == K_EXEC && procs[i].pid == (pid_t)pid && (!p || p->exited))
+			p = &procs[i];
 	if (!p) {
 		send_error(c, stream, ESRCH, "no such process started by the agent");
 		return;

@@ -148,6 +148,12 @@ static void op_read(int c, uint32_t stream, struct req *r) {
 
 static void op_write(int c, uint32_t stream, struct req *r) {
 	struct stat st;
+	/* a symlink is written through: the temp file goes next to its target, which the rename replaces */
+	char real[PATH_MAX];
+	if (realpath(r->path, real)) {
+		free(r->path);
+		r->path = strdup(real);
+	}
 	int exists = stat(r->path, &st) == 0;
 	if (exists && S_ISDIR(st.st_mode)) {
 		send_errno(c, stream, EISDIR, r->path);
@@ -161,17 +167,19 @@ static void op_write(int c, uint32_t stream, struct req *r) {
 	if (!p) return;
 	p->final_path = strdup(r->path);
 	int fd;
+	/* O_NONBLOCK: a fifo without a reader fails (ENXIO) instead of blocking the agent, a full pipe or tty queues */
 	if (exists && !S_ISREG(st.st_mode)) { /* a device, fifo, or /proc file: write in place */
-		fd = open(r->path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+		fd = open(r->path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	} else { /* a temp file renamed over the target at the end: readers never see half a file */
 		if (asprintf(&p->tmp_path, "%s.smolvm-XXXXXX", r->path) < 0) p->tmp_path = NULL;
 		fd = p->tmp_path ? mkostemp(p->tmp_path, O_CLOEXEC) : -1;
 		mode_t mode = r->has_mode ? r->mode : exists ? (st.st_mode & 07777) : 0644;
+		if (fd >= 0 && exists) (void)!fchown(fd, st.st_uid, st.st_gid); /* keep the file's owner (best effort) */
 		if (fd >= 0) fchmod(fd, mode);
 		if (fd < 0 && exists) { /* no temp file possible here (e.g. /proc, /sys): write in place */
 			free(p->tmp_path);
 			p->tmp_path = NULL;
-			fd = open(r->path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+			fd = open(r->path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 		}
 	}
 	if (fd < 0) {
@@ -182,6 +190,7 @@ static void op_write(int c, uint32_t stream, struct req *r) {
 		return;
 	}
 	p->in = fd;
+	set_nonblock(fd, 1);
 	chan_send(c, T_STARTED, stream, NULL, 0);
 }
 
@@ -205,7 +214,7 @@ void write_abort(struct proc *p) {
 	if (p->in >= 0) close(p->in);
 	p->in = -1;
 	if (p->tmp_path) unlink(p->tmp_path);
-	bq_free(&p->inq);
+	stdin_discard(p);
 	free_proc(p);
 }
 

@@ -164,9 +164,13 @@ static void close_fd(int *fd) {
 	*fd = -1;
 }
 
-static void proc_close_stdin(struct proc *p) {
+void stdin_discard(struct proc *p) {
 	stdin_total -= p->inq.len;
 	bq_free(&p->inq);
+}
+
+static void proc_close_stdin(struct proc *p) {
+	stdin_discard(p);
 	close_fd(&p->in);
 }
 

@@ -48,6 +48,8 @@ struct proc *find_proc(int c, uint32_t stream);
 /* A free slot for a new stream, or NULL (an ERROR was sent). Also refuses a stream id in use. */
 struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind);
 void free_proc(struct proc *p);
+/* Drop a stream's queued stdin, keeping the agent's total count right. */
+void stdin_discard(struct proc *p);
 
 /* Field list building for replies */
 struct fbuf {

@@ -46,6 +46,7 @@ const ERRNO: Record<number, string> = {
   1: "EPERM",
   2: "ENOENT",
   5: "EIO",
+  6: "ENXIO",
   13: "EACCES",
   17: "EEXIST",
   20: "ENOTDIR",
