@@ -76,6 +76,19 @@ describe("agent on the host over stdio", () => {
     c.close();
   });
 
+  it("a command that never reads its stdin stalls nobody else (per-stream stdin window)", async () => {
+    const c = serveStdio();
+    const h = c.exec({ shell: "sleep 300", stdin: true });
+    await h.started;
+    const flood = h.writeStdin(Buffer.alloc(32 << 20)); // far more than the pipe and the window hold
+    const r = await runCommand(c, "echo still-served", {}, {});
+    assert.equal(r.stdout, "still-served\n");
+    await h.kill(9);
+    assert.equal((await h.exited).signal, 9);
+    await flood; // the writer gives up once the command is gone
+    c.close();
+  });
+
   it("a timeout kills the whole process group, grandchildren too", async () => {
     const c = serveStdio();
     let grandchild = 0;

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { CommandAbortedError, FileNotFoundError, FileSystemError, SmolVM } from "../src/index.js";
+import { CommandAbortedError, CommandTimeoutError, FileNotFoundError, FileSystemError, SmolVM } from "../src/index.js";
 import { isolatedState } from "./helpers.js";
 
 isolatedState();
@@ -68,6 +68,12 @@ describe("processes", () => {
     const killed = await bg.wait();
     assert.equal(killed.signal, 9);
     assert.equal((await vm.run(`kill -0 ${bg.pid} 2>/dev/null || echo gone`)).output, "gone");
+  });
+
+  it("a command that never reads its stdin stalls nobody else, and its timeout still fires", async () => {
+    const stuck = vm.run("sleep 300", { stdin: Buffer.alloc(32 << 20), timeoutMs: 3000 });
+    assert.equal((await vm.run("echo other")).output, "other");
+    await assert.rejects(stuck, CommandTimeoutError);
   });
 
   it("an AbortSignal kills the command", async () => {

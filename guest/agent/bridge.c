@@ -74,14 +74,19 @@ int bridge_main(const char *sock, char **argv) {
 	o += 6;
 	if (send_frame(fd, T_EXEC, id, req, o) < 0) return 125;
 	int stdin_open = 1;
+	uint64_t inflight = 0; /* stdin bytes sent and not yet acknowledged with WINDOW */
 	for (;;) {
-		struct pollfd pf[2] = {{fd, POLLIN, 0}, {0, stdin_open ? POLLIN : 0, 0}};
+		int want_stdin = stdin_open && inflight < STDIN_WINDOW;
+		struct pollfd pf[2] = {{fd, POLLIN, 0}, {0, want_stdin ? POLLIN : 0, 0}};
 		if (in.len) pf[0].revents = POLLIN; /* frames already buffered */
 		else if (poll(pf, 2, -1) < 0 && errno != EINTR) return 125;
-		if (pf[1].revents) {
-			uint8_t buf[SMOL_MAX_PAYLOAD];
+		if (want_stdin && pf[1].revents) {
+			static uint8_t buf[SMOL_MAX_PAYLOAD];
 			ssize_t r = read(0, buf, sizeof buf);
-			if (r > 0) send_frame(fd, T_STDIN, id, buf, (size_t)r);
+			if (r > 0) {
+				send_frame(fd, T_STDIN, id, buf, (size_t)r);
+				inflight += (uint64_t)r;
+			}
 			else if (r == 0 || errno != EINTR) {
 				send_frame(fd, T_STDIN, id, NULL, 0);
 				stdin_open = 0;
@@ -91,7 +96,10 @@ int bridge_main(const char *sock, char **argv) {
 			int r = read_frame(fd, &in, &type, &stream, &pl, &n, &flen);
 			if (r <= 0) return 125;
 			if (stream == id) {
-				if (type == T_STDOUT) write_all(1, pl, n);
+				if (type == T_WINDOW && n == 4) {
+					uint32_t got = get_be32(pl);
+					inflight = got > inflight ? 0 : inflight - got;
+				} else if (type == T_STDOUT) write_all(1, pl, n);
 				else if (type == T_STDERR) write_all(2, pl, n);
 				else if (type == T_EXIT && n == 8) {
 					int32_t code = (int32_t)get_be32(pl), sig = (int32_t)get_be32(pl + 4);

@@ -49,6 +49,8 @@
 #define T_STDERR 0x15
 #define T_EXIT 0x16
 #define T_DONE 0x18 /* a non-exec operation finished; payload: fields */
+#define T_WINDOW 0x19 /* u32: this many stdin bytes of the stream were consumed; the host may send that much more */
+#define STDIN_WINDOW (1u << 20) /* unacknowledged stdin bytes a host may have in flight per stream */
 #define T_ERROR 0x1f
 
 /* EXEC fields: u8 tag, u32 length (big-endian), value */

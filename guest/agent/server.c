@@ -28,8 +28,11 @@
 #include "server_int.h"
 
 #define MAX_CHANS 64
-#define STDIN_QUEUE_LIMIT (64u << 20)  /* per stream; a safety net: reading pauses at STDIN_TOTAL_LIMIT */
-#define STDIN_TOTAL_LIMIT (16u << 20)  /* stop reading channels above this */
+/* stdin is flow-controlled per stream (WINDOW): a well-behaved host never has more than STDIN_WINDOW queued per
+ * stream, so one command that does not read its stdin stalls nobody else. A host that overruns the window gets an
+ * ERROR on that stream; reading all channels pauses only as a last safety net. */
+#define STDIN_QUEUE_LIMIT (2 * STDIN_WINDOW + SMOL_MAX_PAYLOAD)
+#define STDIN_TOTAL_LIMIT (256u << 20)
 #define DRAIN_LIMIT (4u << 20)         /* bytes read from pipes after the process exits */
 
 struct chan {
@@ -299,7 +302,15 @@ static void flush_stdin(struct proc *p) {
 		}
 		stdin_total -= (size_t)w;
 		p->written += (unsigned long long)w;
+		p->unacked += (uint32_t)w;
 		bq_consume(&p->inq, (size_t)w);
+	}
+	/* report consumption in batches, and whenever the queue runs dry */
+	if (p->unacked && (p->unacked >= STDIN_WINDOW / 4 || !p->inq.len)) {
+		uint8_t b[4];
+		put_be32(b, p->unacked);
+		chan_send(p->chan, T_WINDOW, p->stream, b, 4);
+		p->unacked = 0;
 	}
 	if (p->in >= 0 && p->stdin_eof && !p->inq.len) {
 		if (p->kind == K_WRITE) write_finish(p);
@@ -374,7 +385,10 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 		if (n == 0) {
 			p->stdin_eof = 1;
 		} else if (bq_push(&p->inq, pl, n, STDIN_QUEUE_LIMIT) < 0) {
-			send_error(c, stream, ENOBUFS, "stdin queue full");
+			/* the host ignored the window: this stream's stdin is closed, nobody else is affected */
+			send_error(c, stream, ENOBUFS, "stdin window exceeded; stdin closed");
+			if (p->kind == K_WRITE) write_abort(p);
+			else proc_close_stdin(p);
 			break;
 		} else {
 			stdin_total += n;

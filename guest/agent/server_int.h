@@ -26,6 +26,7 @@ struct proc {
 	struct bq inq;
 	char *tmp_path, *final_path; /* K_WRITE: written to tmp, renamed over final at the end */
 	unsigned long long written;
+	uint32_t unacked; /* stdin bytes consumed but not yet reported with WINDOW */
 	/* K_EXEC */
 	char *cmd;		/* for the process list */
 	int keep;		/* survive the client going away */

@@ -15,6 +15,7 @@ import {
   fieldU32,
   MAX_PAYLOAD,
   P,
+  STDIN_WINDOW,
   T,
   u32,
 } from "./codec.js";
@@ -59,6 +60,10 @@ interface Pending extends ExecHandlers {
   resolveEnd: (end: ExecExit | Field[]) => void;
   rejectEnd: (e: Error) => void;
   started: boolean;
+  /** stdin bytes sent and not yet acknowledged by WINDOW */
+  inflight: number;
+  /** writers waiting for the window to open (or the stream to end) */
+  waiters: Array<() => void>;
 }
 
 /** A stream the host can write to (stdin of a command, content of a file being written). */
@@ -68,10 +73,13 @@ class StreamWriter {
     readonly streamId: number,
   ) {}
 
+  /** Send stdin, never more than the stream's window ahead of what the guest consumed. */
   async writeStdin(data: Buffer | string): Promise<void> {
     const buf = typeof data === "string" ? Buffer.from(data) : data;
     for (let off = 0; off < buf.length; off += MAX_PAYLOAD) {
-      await this.client.send(T.STDIN, this.streamId, buf.subarray(off, off + MAX_PAYLOAD));
+      const chunk = buf.subarray(off, off + MAX_PAYLOAD);
+      if (!(await this.client.reserveStdin(this.streamId, chunk.length))) return; // the stream ended
+      await this.client.send(T.STDIN, this.streamId, chunk);
     }
   }
 
@@ -241,6 +249,7 @@ export class AgentClient {
     for (const p of this.pending.values()) {
       p.rejectStarted(e);
       p.rejectEnd(e);
+      this.wake(p);
     }
     this.pending.clear();
     for (const fn of this.onClose.splice(0)) fn(e);
@@ -266,6 +275,12 @@ export class AgentClient {
         p.started = true;
         p.resolveStarted(this.safeFields(f.payload));
         return;
+      case T.WINDOW:
+        if (f.payload.length === 4) {
+          p.inflight = Math.max(0, p.inflight - f.payload.readUInt32BE(0));
+          this.wake(p);
+        }
+        return;
       case T.STDOUT:
       case T.STDERR:
         try {
@@ -277,6 +292,7 @@ export class AgentClient {
         return;
       case T.EXIT: {
         this.pending.delete(f.stream);
+        this.wake(p);
         if (f.payload.length !== 8) {
           p.rejectEnd(new AgentError("malformed EXIT frame"));
           return;
@@ -288,11 +304,13 @@ export class AgentClient {
       }
       case T.DONE:
         this.pending.delete(f.stream);
+        this.wake(p);
         p.resolveStarted([]);
         p.resolveEnd(this.safeFields(f.payload));
         return;
       case T.ERROR: {
         this.pending.delete(f.stream);
+        this.wake(p);
         const fields = this.safeFields(f.payload);
         const msg = (fieldString(fields, FE.MSG) ?? "unknown error").slice(0, 512);
         const err = new AgentError(msg, fieldU32(fields, FE.CODE));
@@ -303,11 +321,32 @@ export class AgentClient {
     }
   }
 
+  /**
+   * Wait until `n` more stdin bytes fit in the stream's window, and count them. False when the stream is gone
+   * (its command ended): the caller drops the data, as the agent would.
+   */
+  async reserveStdin(stream: number, n: number): Promise<boolean> {
+    for (;;) {
+      const p = this.pending.get(stream);
+      if (!p) return false;
+      if (p.inflight + n <= STDIN_WINDOW || p.inflight === 0) {
+        p.inflight += n;
+        return true;
+      }
+      await new Promise<void>((resolve) => p.waiters.push(resolve));
+    }
+  }
+
+  private wake(p: Pending): void {
+    for (const w of p.waiters.splice(0)) w();
+  }
+
   /** Stop listening to a stream: its promises reject with `reason`; anything the guest still sends is ignored. */
   abandon(stream: number, reason: Error): void {
     const p = this.pending.get(stream);
     if (!p) return;
     this.pending.delete(stream);
+    this.wake(p);
     p.rejectStarted(reason);
     p.rejectEnd(reason);
   }
@@ -453,7 +492,7 @@ export class AgentClient {
     // callers may await only one of the two; neither may become an unhandled rejection
     started.catch(() => {});
     ended.catch(() => {});
-    this.pending.set(stream, Object.assign(d, handlers, { started: false }));
+    this.pending.set(stream, Object.assign(d, handlers, { started: false, inflight: 0, waiters: [] }));
     return { stream, started, ended };
   }
 

@@ -7,6 +7,8 @@ import { AgentError } from "../errors.js";
 export const PROTOCOL_VERSION = 1;
 export const HEADER_BYTES = 9;
 export const MAX_PAYLOAD = 65536;
+/** Unacknowledged stdin bytes the host may have in flight per stream (the agent acknowledges with WINDOW). */
+export const STDIN_WINDOW = 1 << 20;
 
 export const T = {
   PING: 0x01,
@@ -22,6 +24,7 @@ export const T = {
   EXIT: 0x16,
   RESIZE: 0x17,
   DONE: 0x18,
+  WINDOW: 0x19,
   ERROR: 0x1f,
   RELEASE: 0x20,
   SHUTDOWN: 0x30,

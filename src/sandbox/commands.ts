@@ -149,23 +149,28 @@ export async function runCommand(
   });
   if (opts.stdin !== undefined) void feedStdin(h, opts.stdin);
   let timer: NodeJS.Timeout | undefined;
+  let grace: NodeJS.Timeout | undefined;
   let stopped: "timeout" | "abort" | null = null;
+  const failure = () =>
+    stopped === "timeout"
+      ? new CommandTimeoutError(describe(cmd), timeoutMs as number, out.text(), err.text())
+      : new CommandAbortedError(describe(cmd), out.text(), err.text());
   const stop = (why: "timeout" | "abort") => {
     stopped ??= why;
     h.kill(9).catch(() => {});
+    // should the guest never report the exit, do not wait for ever: give up on the stream after a grace period
+    grace ??= setTimeout(() => client.abandon(h.streamId, failure()), 5000);
   };
   if (timeoutMs !== undefined) timer = setTimeout(() => stop("timeout"), timeoutMs);
   const onAbort = () => stop("abort");
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
     const exit = await h.exited;
-    if (stopped === "timeout") {
-      throw new CommandTimeoutError(describe(cmd), timeoutMs as number, out.text(), err.text());
-    }
-    if (stopped === "abort") throw new CommandAbortedError(describe(cmd), out.text(), err.text());
+    if (stopped) throw failure();
     return result(exit, out, err, t0);
   } finally {
     clearTimeout(timer);
+    clearTimeout(grace);
     signal?.removeEventListener("abort", onAbort);
   }
 }
