@@ -341,6 +341,24 @@ export class SmolVM implements AsyncDisposable {
     const dir = join(this.store.dir, "snapshots", id);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     let switched = false;
+    const handle = rec.handle;
+    /** The snapshot's record; memBytes -1 marks a disk-only one (its memory was not saved). */
+    const record = (memFile: string, diskFile: string, memBytes: number, name: string | null) =>
+      this.store.insertSnapshot({
+        id,
+        name,
+        vmId: rec.id,
+        backend: rec.backend,
+        config: rec.config,
+        boot: handle.boot,
+        accel: handle.accel,
+        dir,
+        memFile,
+        diskFile,
+        memBytes,
+        sizeBytes: Math.max(0, memBytes) + statSync(diskFile).size,
+        parentId: rec.snapshotId,
+      });
     try {
       const r = await this.driver().snapshot(
         rec.handle,
@@ -352,21 +370,7 @@ export class SmolVM implements AsyncDisposable {
           this.store.update(rec.id, { diskPath: next }); // at once: the VM's data now lives in `next`
         },
       );
-      const snap = this.store.insertSnapshot({
-        id,
-        name: opts.name ?? null,
-        vmId: rec.id,
-        backend: rec.backend,
-        config: rec.config,
-        boot: rec.handle.boot,
-        accel: rec.handle.accel,
-        dir,
-        memFile: r.memFile,
-        diskFile: r.diskFile,
-        memBytes: statSync(r.memFile).size,
-        sizeBytes: statSync(r.memFile).size + statSync(r.diskFile).size,
-        parentId: rec.snapshotId,
-      });
+      const snap = record(r.memFile, r.diskFile, statSync(r.memFile).size, opts.name ?? null);
       this.store.update(rec.id, { diskPath: r.newDiskPath, snapshotId: id });
       this.refresh();
       return snapshotInfo(snap);
@@ -380,23 +384,7 @@ export class SmolVM implements AsyncDisposable {
       const mem = join(dir, "mem.bin");
       const diskFile = join(dir, "disk.qcow2");
       rmSync(mem, { force: true });
-      if (!this.store.getSnapshot(id)) {
-        this.store.insertSnapshot({
-          id,
-          name: null,
-          vmId: rec.id,
-          backend: rec.backend,
-          config: rec.config,
-          boot: rec.handle.boot,
-          accel: rec.handle.accel,
-          dir,
-          memFile: mem,
-          diskFile,
-          memBytes: -1,
-          sizeBytes: statSync(diskFile).size,
-          parentId: rec.snapshotId,
-        });
-      }
+      if (!this.store.getSnapshot(id)) record(mem, diskFile, -1, null);
       this.store.update(rec.id, { snapshotId: id });
       this.refresh();
       throw e;
