@@ -99,6 +99,13 @@ export interface Backend {
     onSwitched: (newDiskPath: string) => void,
   ): Promise<SnapshotResult>;
   resume(h: VMHandle): Promise<void>;
+  /**
+   * Write the guest RAM held in the full state file `stateFile` into `ramPath` (a sparse file of `ramBytes`) and the
+   * rest of the state to `restPath`, so that a VM booted with `ram: { path: ramPath, share: true }` and `incoming:
+   * restPath` resumes exactly where `stateFile` would, without loading all of RAM through the VMM. Returns false
+   * when it does not understand this file's format (load `stateFile` itself then).
+   */
+  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): boolean;
   /** Stop the VMM at once and remove its sockets and pid files. Safe to call on a dead VM. */
   kill(h: VMHandle): Promise<void>;
   /** Whether the VMM process of this handle is still running. */

@@ -21,6 +21,7 @@ import type { LaunchPlan } from "./snapshots.js";
 /** Bump when the template layout or capture procedure changes. */
 const TEMPLATE_VERSION = 1;
 const TEMPLATE_HOSTNAME = "smolvm-template";
+const MIB = 1024 * 1024;
 
 interface FastMeta {
   ramBytes: number;
@@ -72,18 +73,37 @@ async function capture(
       mode: "isolated",
       vmDir: tmp,
     });
-    h = await backend.boot({
-      ...spec,
-      diskPath: layer.path,
-      diskFormat: layer.format,
-      ram: { path: f.ram, share: true },
-      runDir,
-      logPath: join(tmp, "console.log"),
-    });
+    // restoring a full state file: write its RAM into the RAM file directly and let the VMM load only the rest
+    // (loading all of RAM through a file mapping is what makes a conversion slow)
+    let incoming = spec.incoming;
+    if (incoming) {
+      const rest = join(tmp, "rest.bin");
+      if (backend.splitState(incoming, { ramPath: f.ram, ramBytes: spec.memSizeMib * MIB, restPath: rest })) {
+        incoming = rest;
+      } else {
+        rmSync(f.ram, { force: true });
+      }
+    }
+    h = await backend
+      .boot({
+        ...spec,
+        incoming,
+        diskPath: layer.path,
+        diskFormat: layer.format,
+        ram: { path: f.ram, share: true },
+        runDir,
+        logPath: join(tmp, "console.log"),
+      })
+      .catch((e: unknown) => {
+        // name the user's file, not our temporary one
+        if (incoming === spec.incoming || !(e instanceof Error)) throw e;
+        throw new SmolVMError(e.message.split(incoming as string).join(spec.incoming as string));
+      });
     await ready(h.agentSocket);
     await backend.saveState(h, f.state, true);
     await backend.kill(h);
     h = null;
+    rmSync(join(tmp, "rest.bin"), { force: true });
     writeFileSync(f.meta, JSON.stringify({ ramBytes: statSync(f.ram).size, stateBytes: statSync(f.state).size }));
     try {
       renameSync(tmp, dir);

@@ -10,6 +10,7 @@ import { resolveAccel } from "./accel.js";
 import { buildQemuArgs } from "./args.js";
 import { requireQemu } from "./binary.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
+import { splitRam, UnsupportedStreamError } from "./ram-split.js";
 
 const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 
@@ -155,10 +156,20 @@ export class QemuBackend implements Backend {
 
   /** Migrate to a file and wait for the end. */
   private async migrateTo(q: QmpClient, file: string): Promise<void> {
+    // QEMU caps migration at 128 MiB/s by default, meant for a live guest on a network; this is a stopped guest
+    // going to a local file
+    await q.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
     await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
     for (const deadline = Date.now() + 120_000; ; ) {
       const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
-      if (mig.status === "completed") return;
+      if (mig.status === "completed") {
+        // "completed" is reported a moment before the VM leaves finish-migrate, and until then it refuses `cont`
+        while (((await q.execute("query-status")) as { status: string }).status === "finish-migrate") {
+          if (Date.now() > deadline) throw new SmolVMError("the VM did not leave finish-migrate after saving");
+          await sleep(1);
+        }
+        return;
+      }
       if (mig.status === "failed" || mig.status === "cancelled") {
         throw new SmolVMError(`saving the VM's state failed: ${mig["error-desc"] ?? mig.status}`);
       }
@@ -247,8 +258,21 @@ export class QemuBackend implements Backend {
       }
       throw e;
     } finally {
-      if (wasRunning && !leavePaused) await q.execute("cont").catch(() => {});
-      q.close();
+      try {
+        if (wasRunning && !leavePaused) await q.execute("cont");
+      } finally {
+        q.close();
+      }
+    }
+  }
+
+  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): boolean {
+    try {
+      splitRam(stateFile, { block: "ram0", ramPath: out.ramPath, ramBytes: out.ramBytes, strippedPath: out.restPath });
+      return true;
+    } catch (e) {
+      if (e instanceof UnsupportedStreamError) return false;
+      throw e;
     }
   }
 
