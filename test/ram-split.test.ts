@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { splitRam, UnsupportedStreamError } from "../src/backends/qemu/ram-split.js";
+import { joinRam, splitRam, UnsupportedStreamError } from "../src/backends/qemu/ram-split.js";
 
 const dir = mkdtempSync(join(tmpdir(), "smolvm-split-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -82,7 +82,12 @@ describe("RAM split", () => {
       DEVICES,
     ]);
     const { res, ram, rest } = run(stream);
-    assert.deepEqual(res, { dataPages: 3, zeroPages: 1, strippedBytes: rest.length });
+    assert.deepEqual(res, {
+      dataPages: 3,
+      zeroPages: 1,
+      strippedBytes: rest.length,
+      join: { offset: HEADER.length + START.length, sectionId: 2, footers: true },
+    });
     assert.ok(ram.subarray(0, PAGE).equals(page(0x11)));
     assert.ok(ram.subarray(PAGE, 2 * PAGE).equals(page(0)));
     assert.ok(ram.subarray(2 * PAGE, 3 * PAGE).equals(page(0x5a)));
@@ -98,6 +103,30 @@ describe("RAM split", () => {
       DEVICES,
     ]);
     assert.ok(rest.equals(expected), "stripped stream differs");
+  });
+
+  it("joining the RAM back gives a stream that splits into the same RAM and the same rest", () => {
+    const stream = Buffer.concat([
+      HEADER,
+      START,
+      part(
+        Buffer.concat([u64(PAGE | 0x08), id("ram0"), page(0x21)]),
+        Buffer.concat([u64(0 | 0x08), id("rom"), page(0x77)]),
+        Buffer.concat([u64((3 * PAGE) | 0x08), id("ram0"), page(0x23)]),
+      ),
+      END,
+      DEVICES,
+    ]);
+    const first = run(stream);
+    const joined = join(dir, "joined.bin");
+    joinRam(join(dir, "rest.bin"), { block: "ram0", path: first.ramPath, bytes: RAM_BYTES }, first.res.join, joined);
+    const again = run(readFileSync(joined));
+    assert.ok(again.ram.equals(first.ram), "RAM differs after the round trip");
+    // the same, plus the (now empty) section the pages were joined in
+    const off = first.res.join.offset;
+    const expected = Buffer.concat([first.rest.subarray(0, off), part(), first.rest.subarray(off)]);
+    assert.ok(again.rest.equals(expected), "rest differs after the round trip");
+    assert.equal(again.res.dataPages, 2);
   });
 
   it("a page sent again as zero is cleared; the RAM file stays sparse", () => {

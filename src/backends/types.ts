@@ -69,6 +69,9 @@ export interface SnapshotResult {
   newDiskPath: string;
 }
 
+/** Backend-specific, JSON-serialisable facts about a split state file. */
+export type SplitInfo = Record<string, unknown>;
+
 /** One interface for every VMM; the SmolVM facade never knows which one it drives. */
 export interface Backend {
   readonly kind: BackendKind;
@@ -101,11 +104,13 @@ export interface Backend {
   resume(h: VMHandle): Promise<void>;
   /**
    * Write the guest RAM held in the full state file `stateFile` into `ramPath` (a sparse file of `ramBytes`) and the
-   * rest of the state to `restPath`, so that a VM booted with `ram: { path: ramPath, share: true }` and `incoming:
-   * restPath` resumes exactly where `stateFile` would, without loading all of RAM through the VMM. Returns false
-   * when it does not understand this file's format (load `stateFile` itself then).
+   * rest of the state to `restPath`. A VM booted with `ram: { path: ramPath }` and `incoming: restPath` (not
+   * `ignoreShared`) resumes exactly where `stateFile` would, without loading all of RAM through the VMM. Returns
+   * what `joinState` needs to undo it (JSON-serialisable), or null when this file's format is not understood.
    */
-  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): boolean;
+  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): SplitInfo | null;
+  /** The inverse of `splitState`: one full state file again. */
+  joinState(split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo }, outFile: string): void;
   /** Stop the VMM at once and remove its sockets and pid files. Safe to call on a dead VM. */
   kill(h: VMHandle): Promise<void>;
   /** Whether the VMM process of this handle is still running. */

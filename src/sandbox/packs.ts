@@ -11,6 +11,7 @@ import { extractPack, type PackManifest, readPackManifest, verifyPack, writePack
 import type { SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
+import { fullStateFile } from "./templates.js";
 
 /** The VMM build whose memory state a pack can restore: same VMM and version. */
 export function vmmVersion(backend: string): string {
@@ -20,6 +21,7 @@ export function vmmVersion(backend: string): string {
 
 /** Write a pack of a snapshot: its disk chain flattened to one sparse qcow2, kernel, initrd, optionally memory. */
 export async function packSnapshot(
+  backend: Backend,
   snap: SnapshotRecord,
   out: string,
   withMemory: boolean,
@@ -32,6 +34,7 @@ export async function packSnapshot(
     progress("flattening the disk");
     const flat = join(work, "disk.qcow2");
     await mustRun(qemuImg, ["convert", "-f", "qcow2", "-O", "qcow2", snap.diskFile, flat], { timeoutMs: 1_800_000 });
+    const mem = withMemory ? fullStateFile(backend, snap, work) : null;
     progress("compressing");
     return await writePack(
       out,
@@ -39,7 +42,7 @@ export async function packSnapshot(
         kernel: snap.boot.kernelPath,
         initrd: snap.boot.initrdPath,
         disk: flat,
-        ...(withMemory ? { mem: snap.memFile } : {}),
+        ...(mem ? { mem } : {}),
       },
       {
         config: {

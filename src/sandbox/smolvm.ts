@@ -14,7 +14,7 @@ import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { ensureDefaultImage } from "../images/store.js";
 import { runtimeDir, stateDir } from "../paths.js";
 import { reconcile, reconcileVm } from "../state/reconcile.js";
-import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
+import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
 import {
   type CommandResult,
@@ -40,7 +40,7 @@ import {
   SnapshotNotFoundError,
   snapshotInfo,
 } from "./snapshots.js";
-import { snapshotPlan, warmPlan } from "./templates.js";
+import { type FastImage, readFast, snapshotPlan, splitToFast, warmPlan } from "./templates.js";
 
 export type { VMStatus };
 
@@ -288,7 +288,7 @@ export class SmolVM implements AsyncDisposable {
         accel: plan.accel,
         incoming: plan.incoming,
         ram: plan.ram ? { path: plan.ram, share: false } : undefined,
-        ignoreShared: !!plan.ram,
+        ignoreShared: !!plan.ram && plan.ignoreShared === true,
       });
       this.store.update(rec.id, { status: "running", handle, error: null });
       const tBoot = performance.now();
@@ -343,7 +343,7 @@ export class SmolVM implements AsyncDisposable {
     let switched = false;
     const handle = rec.handle;
     /** The snapshot's record; memBytes -1 marks a disk-only one (its memory was not saved). */
-    const record = (memFile: string, diskFile: string, memBytes: number, name: string | null) =>
+    const record = (memFile: string, diskFile: string, memBytes: number, name: string | null, ramBytes = 0) =>
       this.store.insertSnapshot({
         id,
         name,
@@ -356,7 +356,7 @@ export class SmolVM implements AsyncDisposable {
         memFile,
         diskFile,
         memBytes,
-        sizeBytes: Math.max(0, memBytes) + statSync(diskFile).size,
+        sizeBytes: Math.max(0, memBytes) + ramBytes + statSync(diskFile).size,
         parentId: rec.snapshotId,
       });
     try {
@@ -370,7 +370,22 @@ export class SmolVM implements AsyncDisposable {
           this.store.update(rec.id, { diskPath: next }); // at once: the VM's data now lives in `next`
         },
       );
-      const snap = record(r.memFile, r.diskFile, statSync(r.memFile).size, opts.name ?? null);
+      // split now, with the VM running again: the snapshot then restores without loading RAM through the VMM,
+      // and the full stream (a second copy of the RAM) need not be kept
+      let memFile = r.memFile;
+      let ramBytes = 0;
+      try {
+        const fastDir = join(dir, "fast");
+        if (splitToFast(this.driver(), r.memFile, fastDir, rec.config.memSizeMib)) {
+          const fast = readFast(fastDir) as FastImage;
+          rmSync(r.memFile);
+          memFile = fast.state;
+          ramBytes = statSync(fast.ram).blocks * 512;
+        }
+      } catch {
+        // keep the full stream; it is converted on first restore
+      }
+      const snap = record(memFile, r.diskFile, statSync(memFile).size, opts.name ?? null, ramBytes);
       this.store.update(rec.id, { diskPath: r.newDiskPath, snapshotId: id });
       this.refresh();
       return snapshotInfo(snap);
@@ -425,12 +440,13 @@ export class SmolVM implements AsyncDisposable {
   async fork(count: number, opts: { name?: string } = {}): Promise<SmolVM[]> {
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
     const snap = await this.snapshot({ name: opts.name });
-    const first = await SmolVM.fromSnapshot(snap.id); // prepares the snapshot's fast image once
-    const clones: SmolVM[] = [first];
+    // a snapshot kept as a full state file is converted once, before the clones start side by side
+    await snapshotPlan(this.driver(), this.store.getSnapshot(snap.id) as SnapshotRecord, await ensureAgent());
+    const clones: SmolVM[] = [];
     const failures: unknown[] = [];
-    let next = 1;
+    let next = 0;
     await Promise.all(
-      Array.from({ length: Math.min(4, count - 1) }, async () => {
+      Array.from({ length: Math.min(4, count) }, async () => {
         while (next < count) {
           next++;
           try {
@@ -457,7 +473,7 @@ export class SmolVM implements AsyncDisposable {
     await (await this.agent()).op(T.SYNC, [[4, Buffer.from([1])]]).done;
     const snap = await this.snapshot();
     const rec = this.store.getSnapshot(snap.id) as NonNullable<ReturnType<StateStore["getSnapshot"]>>;
-    return packSnapshot(rec, out, opts.withMemory === true, opts.onProgress ?? silent);
+    return packSnapshot(this.driver(), rec, out, opts.withMemory === true, opts.onProgress ?? silent);
   }
 
   /**

@@ -34,6 +34,8 @@ export interface LaunchPlan {
   /** Restore from this device-state file (RAM from `ram`, mapped privately) instead of booting. */
   incoming?: string;
   ram?: string;
+  /** The state file was saved without the (shared) RAM block: tell the VMM so (QEMU's x-ignore-shared). */
+  ignoreShared?: boolean;
   snapshotId?: string;
   from?: "boot" | "warm" | "snapshot";
 }

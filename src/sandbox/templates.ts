@@ -3,14 +3,15 @@
  * saved without RAM (QEMU's x-ignore-shared). A VM restored from one maps the RAM file privately, so clones share its
  * pages copy-on-write instead of each reading a copy.
  *   - warm templates: per image and config, booted once and captured (`<data>/warm/<key>/`);
- *   - snapshots: converted from their migration stream on first restore (`<snapshot>/fast/`).
+ *   - snapshots: their full state file split by the backend when taken (`<snapshot>/fast/`): guest RAM into the RAM
+ *     file, the rest of the state beside it, loaded without x-ignore-shared.
  * Both are immutable once renamed into place; concurrent builders race harmlessly (the loser's copy is dropped).
  */
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
-import type { Backend, BootSpec } from "../backends/types.js";
+import type { Backend, BootSpec, SplitInfo } from "../backends/types.js";
 import type { AccelName, ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { dataDir, runtimeDir } from "../paths.js";
@@ -26,6 +27,21 @@ const MIB = 1024 * 1024;
 interface FastMeta {
   ramBytes: number;
   stateBytes: number;
+  /**
+   * device-state: the state file holds device state alone, saved with the RAM file shared (x-ignore-shared);
+   * split: the state file is the full state minus the RAM the RAM file holds (`Backend.splitState`).
+   * Absent in fast images from before the split existed: device-state.
+   */
+  format?: "device-state" | "split";
+  split?: SplitInfo;
+}
+
+export interface FastImage {
+  ram: string;
+  state: string;
+  /** Restore with the VMM told that shared RAM is not in the state file (device-state images). */
+  ignoreShared: boolean;
+  meta: FastMeta;
 }
 
 const fastFiles = (dir: string) => ({
@@ -35,18 +51,77 @@ const fastFiles = (dir: string) => ({
 });
 
 /** The fast image in `dir` if it is complete and unaltered (sizes as written), else null. */
-function readFast(dir: string): { ram: string; state: string } | null {
+export function readFast(dir: string): FastImage | null {
   const f = fastFiles(dir);
+  let meta: FastMeta;
   try {
-    const meta = JSON.parse(readFileSync(f.meta, "utf8")) as FastMeta;
-    if (statSync(f.ram).size !== meta.ramBytes || statSync(f.state).size !== meta.stateBytes) {
-      throw new SmolVMError(`fast image in ${dir} is damaged (file sizes changed); delete the folder to rebuild it`);
-    }
-    return { ram: f.ram, state: f.state };
-  } catch (e) {
-    if (e instanceof SmolVMError) throw e;
+    meta = JSON.parse(readFileSync(f.meta, "utf8")) as FastMeta;
+  } catch {
     return null;
   }
+  for (const [file, bytes] of [
+    [f.ram, meta.ramBytes],
+    [f.state, meta.stateBytes],
+  ] as const) {
+    const size = existsSync(file) ? statSync(file).size : -1;
+    if (size !== bytes) {
+      throw new SmolVMError(
+        `${file} is damaged: it has ${size < 0 ? "gone" : `${size} bytes`}, ${bytes} were written (truncated or replaced)`,
+      );
+    }
+  }
+  return { ram: f.ram, state: f.state, ignoreShared: meta.format !== "split", meta };
+}
+
+/**
+ * Split the full state file `stateFile` into a fast image in `dir`: guest RAM in a sparse file, the rest of the state
+ * beside it. No VMM runs. False when the backend does not understand the file (nothing is written then).
+ */
+export function splitToFast(backend: Backend, stateFile: string, dir: string, memSizeMib: number): boolean {
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  mkdirSync(tmp, { recursive: true, mode: 0o700 });
+  const f = fastFiles(tmp);
+  try {
+    const info = backend.splitState(stateFile, { ramPath: f.ram, ramBytes: memSizeMib * MIB, restPath: f.state });
+    if (!info) {
+      rmSync(tmp, { recursive: true, force: true });
+      return false;
+    }
+    const meta: FastMeta = {
+      ramBytes: statSync(f.ram).size,
+      stateBytes: statSync(f.state).size,
+      format: "split",
+      split: info,
+    };
+    writeFileSync(f.meta, JSON.stringify(meta));
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another process finished first: use theirs
+    }
+    return true;
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/**
+ * The snapshot's memory as one full state file (what a VMM loading RAM from the stream needs, e.g. for a pack):
+ * its own file, or one rebuilt into `workDir` from its fast image.
+ */
+export function fullStateFile(backend: Backend, snap: SnapshotRecord, workDir: string): string {
+  const fast = readFast(join(snap.dir, "fast"));
+  if (!fast || fast.state !== snap.memFile) return snap.memFile;
+  if (fast.meta.format !== "split" || !fast.meta.split) {
+    throw new SmolVMError(`snapshot ${snap.id} has no full memory state to export`);
+  }
+  const out = join(workDir, "mem.bin");
+  backend.joinState(
+    { ramPath: fast.ram, ramBytes: fast.meta.ramBytes, restPath: fast.state, info: fast.meta.split },
+    out,
+  );
+  return out;
 }
 
 /**
@@ -73,38 +148,24 @@ async function capture(
       mode: "isolated",
       vmDir: tmp,
     });
-    // restoring a full state file: write its RAM into the RAM file directly and let the VMM load only the rest
-    // (loading all of RAM through a file mapping is what makes a conversion slow)
-    let incoming = spec.incoming;
-    if (incoming) {
-      const rest = join(tmp, "rest.bin");
-      if (backend.splitState(incoming, { ramPath: f.ram, ramBytes: spec.memSizeMib * MIB, restPath: rest })) {
-        incoming = rest;
-      } else {
-        rmSync(f.ram, { force: true });
-      }
-    }
-    h = await backend
-      .boot({
-        ...spec,
-        incoming,
-        diskPath: layer.path,
-        diskFormat: layer.format,
-        ram: { path: f.ram, share: true },
-        runDir,
-        logPath: join(tmp, "console.log"),
-      })
-      .catch((e: unknown) => {
-        // name the user's file, not our temporary one
-        if (incoming === spec.incoming || !(e instanceof Error)) throw e;
-        throw new SmolVMError(e.message.split(incoming as string).join(spec.incoming as string));
-      });
+    h = await backend.boot({
+      ...spec,
+      diskPath: layer.path,
+      diskFormat: layer.format,
+      ram: { path: f.ram, share: true },
+      runDir,
+      logPath: join(tmp, "console.log"),
+    });
     await ready(h.agentSocket);
     await backend.saveState(h, f.state, true);
     await backend.kill(h);
     h = null;
-    rmSync(join(tmp, "rest.bin"), { force: true });
-    writeFileSync(f.meta, JSON.stringify({ ramBytes: statSync(f.ram).size, stateBytes: statSync(f.state).size }));
+    const meta: FastMeta = {
+      ramBytes: statSync(f.ram).size,
+      stateBytes: statSync(f.state).size,
+      format: "device-state",
+    };
+    writeFileSync(f.meta, JSON.stringify(meta));
     try {
       renameSync(tmp, dir);
     } catch {
@@ -185,14 +246,20 @@ export async function warmPlan(
     agentBinary: w.agentBinary,
     incoming: fast.state,
     ram: fast.ram,
+    ignoreShared: fast.ignoreShared,
     from: "warm",
   };
 }
 
-/** The snapshot as a fast image (converted from its migration stream the first time, without running the guest). */
+/**
+ * The snapshot as a fast image. Snapshots are split into one when taken; one kept as a full state file (its format
+ * not understood by the splitter, or taken before the splitter existed) is converted the first time: split if
+ * possible, else loaded by the VMM (which is slow: it touches all of the file-backed RAM) and captured.
+ */
 export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agentBinary: string): Promise<LaunchPlan> {
   const dir = join(snap.dir, "fast");
   let fast = readFast(dir);
+  if (!fast && splitToFast(backend, snap.memFile, dir, snap.config.memSizeMib)) fast = readFast(dir);
   if (!fast) {
     await capture(
       backend,
@@ -227,6 +294,7 @@ export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agent
     agentBinary,
     incoming: fast.state,
     ram: fast.ram,
+    ignoreShared: fast.ignoreShared,
     snapshotId: snap.id,
     from: "snapshot",
   };

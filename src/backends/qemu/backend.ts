@@ -5,12 +5,12 @@ import { SmolVMError } from "../../errors.js";
 import { ensurePrivateDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep } from "../../util/proc.js";
 import { mustRun, runHost, which } from "../../util/run.js";
-import type { Backend, BootSpec, DiskSpec, SnapshotResult, VMHandle } from "../types.js";
+import type { Backend, BootSpec, DiskSpec, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
 import { buildQemuArgs } from "./args.js";
 import { requireQemu } from "./binary.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
-import { splitRam, UnsupportedStreamError } from "./ram-split.js";
+import { joinRam, type RamJoinPoint, splitRam, UnsupportedStreamError } from "./ram-split.js";
 
 const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 
@@ -266,14 +266,22 @@ export class QemuBackend implements Backend {
     }
   }
 
-  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): boolean {
+  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): SplitInfo | null {
     try {
-      splitRam(stateFile, { block: "ram0", ramPath: out.ramPath, ramBytes: out.ramBytes, strippedPath: out.restPath });
-      return true;
+      const r = splitRam(stateFile, { block: "ram0", ...out, strippedPath: out.restPath });
+      return { ...r.join };
     } catch (e) {
-      if (e instanceof UnsupportedStreamError) return false;
+      if (e instanceof UnsupportedStreamError) return null;
       throw e;
     }
+  }
+
+  joinState(split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo }, outFile: string): void {
+    const at = split.info as unknown as RamJoinPoint;
+    if (!Number.isInteger(at.offset) || !Number.isInteger(at.sectionId) || typeof at.footers !== "boolean") {
+      throw new SmolVMError(`cannot rebuild the state from ${split.restPath}: its split record is damaged`);
+    }
+    joinRam(split.restPath, { block: "ram0", path: split.ramPath, bytes: split.ramBytes }, at, outFile);
   }
 
   async pause(h: VMHandle): Promise<void> {

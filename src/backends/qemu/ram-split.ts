@@ -127,6 +127,15 @@ export interface RamSplitResult {
   zeroPages: number;
   /** Size of the stream without the block's pages. */
   strippedBytes: number;
+  /** Where `joinRam` puts the pages back: just after RAM's START section (and its footer), in the stripped stream. */
+  join: RamJoinPoint;
+}
+
+export interface RamJoinPoint {
+  offset: number;
+  sectionId: number;
+  /** Whether the stream ends each section with a footer. */
+  footers: boolean;
 }
 
 /**
@@ -158,7 +167,12 @@ function split(r: Reader, w: Writer, ramFd: number, out: { block: string; ramByt
   if (header.readUInt32BE(0) !== MAGIC || header.readUInt32BE(4) !== VERSION) fail("not a version 3 QEMU stream");
   w.put(header);
 
-  const res: RamSplitResult = { dataPages: 0, zeroPages: 0, strippedBytes: 0 };
+  const res: RamSplitResult = {
+    dataPages: 0,
+    zeroPages: 0,
+    strippedBytes: 0,
+    join: { offset: -1, sectionId: -1, footers: false },
+  };
   const written = new Uint8Array(Math.ceil(out.ramBytes / PAGE)); // pages holding data, in case one is sent again
   const zeroPage = Buffer.alloc(PAGE);
   let ramSection = -1;
@@ -179,6 +193,7 @@ function split(r: Reader, w: Writer, ramFd: number, out: { block: string; ramByt
 
   const copyFooter = (id: number) => {
     if (r.peek() !== FOOTER) return;
+    res.join.footers = true;
     const f = r.take(5);
     if (f.readUInt32BE(1) !== id) fail("section footer names another section");
     w.put(f);
@@ -273,6 +288,7 @@ function split(r: Reader, w: Writer, ramFd: number, out: { block: string; ramByt
       w.put(instVer);
       ramRecords();
       copyFooter(id);
+      res.join = { ...res.join, offset: w.written, sectionId: id };
     } else if (type === SEC_PART || type === SEC_END) {
       const id = r.u32();
       if (id !== ramSection) fail(`section ${id} is not RAM`);
@@ -287,11 +303,70 @@ function split(r: Reader, w: Writer, ramFd: number, out: { block: string; ramByt
       fail(`section type 0x${type.toString(16)} before RAM's end`);
     }
   }
-  if (!blockSeen) fail(`the stream has no block ${out.block}`);
+  if (!blockSeen || res.join.offset < 0) fail(`the stream has no block ${out.block}`);
   // device state, EOF and the description: unchanged
   w.flush();
   for (const chunk of r.rest()) w.put(chunk);
   w.flush();
   res.strippedBytes = w.written;
   return res;
+}
+
+/**
+ * The inverse of `splitRam`: a full stream again, with the RAM file's non-zero pages in one RAM section inserted at
+ * the join point (for a VMM that loads RAM from the stream, e.g. a `.smolmachine` with memory).
+ */
+export function joinRam(
+  strippedPath: string,
+  ram: { block: string; path: string; bytes: number },
+  at: RamJoinPoint,
+  outPath: string,
+): void {
+  const inFd = openSync(strippedPath, "r");
+  const ramFd = openSync(ram.path, "r");
+  const outFd = openSync(outPath, "w", 0o640);
+  try {
+    const r = new Reader(inFd);
+    const w = new Writer(outFd);
+    w.put(r.take(at.offset));
+    const h = Buffer.allocUnsafe(5);
+    h[0] = SEC_PART;
+    h.writeUInt32BE(at.sectionId, 1);
+    w.put(h);
+    const chunk = Buffer.allocUnsafe(1 << 20);
+    const zero = Buffer.alloc(PAGE);
+    let named = false;
+    for (let off = 0; off < ram.bytes; off += chunk.length) {
+      const got = readSync(ramFd, chunk, 0, Math.min(chunk.length, ram.bytes - off), off);
+      if (got % PAGE !== 0) throw new UnsupportedStreamError(`${ram.path} is not a whole number of pages`);
+      for (let p = 0; p < got; p += PAGE) {
+        const page = chunk.subarray(p, p + PAGE);
+        if (page.equals(zero)) continue;
+        if (named) {
+          w.u64(BigInt(off + p) | BigInt(F_PAGE | F_CONTINUE));
+        } else {
+          w.u64(BigInt(off + p) | BigInt(F_PAGE));
+          w.put(Buffer.from([ram.block.length]));
+          w.put(Buffer.from(ram.block, "latin1"));
+          named = true;
+        }
+        w.put(page);
+      }
+      if (got === 0) break;
+    }
+    w.u64(BigInt(F_EOS));
+    if (at.footers) {
+      const f = Buffer.allocUnsafe(5);
+      f[0] = FOOTER;
+      f.writeUInt32BE(at.sectionId, 1);
+      w.put(f);
+    }
+    w.flush();
+    for (const c of r.rest()) w.put(c);
+    w.flush();
+  } finally {
+    closeSync(inFd);
+    closeSync(ramFd);
+    closeSync(outFd);
+  }
 }
