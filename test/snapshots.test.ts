@@ -111,8 +111,8 @@ describe("fast image conversion", () => {
     const backend = new QemuBackend();
     const work = mkdtempSync(join(tmpdir(), "smolvm-conv-"));
     try {
-      const full = fullStateFile(backend, rec, work);
-      backend.splitState = () => null; // as for a stream the splitter does not understand
+      const full = await fullStateFile(backend, rec, work);
+      backend.splitState = async () => null; // as for a stream the splitter does not understand
       await snapshotPlan(backend, { ...rec, dir: work, memFile: full }, await ensureAgent());
       const slow = readFast(join(work, "fast"));
       assert.equal(slow?.meta.format, "device-state");

@@ -108,9 +108,15 @@ export interface Backend {
    * `ignoreShared`) resumes exactly where `stateFile` would, without loading all of RAM through the VMM. Returns
    * what `joinState` needs to undo it (JSON-serialisable), or null when this file's format is not understood.
    */
-  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): SplitInfo | null;
+  splitState(
+    stateFile: string,
+    out: { ramPath: string; ramBytes: number; restPath: string },
+  ): Promise<SplitInfo | null>;
   /** The inverse of `splitState`: one full state file again. */
-  joinState(split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo }, outFile: string): void;
+  joinState(
+    split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo },
+    outFile: string,
+  ): Promise<void>;
   /** Stop the VMM at once and remove its sockets and pid files. Safe to call on a dead VM. */
   kill(h: VMHandle): Promise<void>;
   /** Whether the VMM process of this handle is still running. */

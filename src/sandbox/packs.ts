@@ -34,7 +34,7 @@ export async function packSnapshot(
     progress("flattening the disk");
     const flat = join(work, "disk.qcow2");
     await mustRun(qemuImg, ["convert", "-f", "qcow2", "-O", "qcow2", snap.diskFile, flat], { timeoutMs: 1_800_000 });
-    const mem = withMemory ? fullStateFile(backend, snap, work) : null;
+    const mem = withMemory ? await fullStateFile(backend, snap, work) : null;
     progress("compressing");
     return await writePack(
       out,

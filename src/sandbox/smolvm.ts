@@ -376,7 +376,7 @@ export class SmolVM implements AsyncDisposable {
       let ramBytes = 0;
       try {
         const fastDir = join(dir, "fast");
-        if (splitToFast(this.driver(), r.memFile, fastDir, rec.config.memSizeMib)) {
+        if (await splitToFast(this.driver(), r.memFile, fastDir, rec.config.memSizeMib)) {
           const fast = readFast(fastDir) as FastImage;
           rmSync(r.memFile);
           memFile = fast.state;

@@ -77,12 +77,17 @@ export function readFast(dir: string): FastImage | null {
  * Split the full state file `stateFile` into a fast image in `dir`: guest RAM in a sparse file, the rest of the state
  * beside it. No VMM runs. False when the backend does not understand the file (nothing is written then).
  */
-export function splitToFast(backend: Backend, stateFile: string, dir: string, memSizeMib: number): boolean {
+export async function splitToFast(
+  backend: Backend,
+  stateFile: string,
+  dir: string,
+  memSizeMib: number,
+): Promise<boolean> {
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true, mode: 0o700 });
   const f = fastFiles(tmp);
   try {
-    const info = backend.splitState(stateFile, { ramPath: f.ram, ramBytes: memSizeMib * MIB, restPath: f.state });
+    const info = await backend.splitState(stateFile, { ramPath: f.ram, ramBytes: memSizeMib * MIB, restPath: f.state });
     if (!info) {
       rmSync(tmp, { recursive: true, force: true });
       return false;
@@ -110,14 +115,14 @@ export function splitToFast(backend: Backend, stateFile: string, dir: string, me
  * The snapshot's memory as one full state file (what a VMM loading RAM from the stream needs, e.g. for a pack):
  * its own file, or one rebuilt into `workDir` from its fast image.
  */
-export function fullStateFile(backend: Backend, snap: SnapshotRecord, workDir: string): string {
+export async function fullStateFile(backend: Backend, snap: SnapshotRecord, workDir: string): Promise<string> {
   const fast = readFast(join(snap.dir, "fast"));
   if (!fast || fast.state !== snap.memFile) return snap.memFile;
   if (fast.meta.format !== "split" || !fast.meta.split) {
     throw new SmolVMError(`snapshot ${snap.id} has no full memory state to export`);
   }
   const out = join(workDir, "mem.bin");
-  backend.joinState(
+  await backend.joinState(
     { ramPath: fast.ram, ramBytes: fast.meta.ramBytes, restPath: fast.state, info: fast.meta.split },
     out,
   );
@@ -259,7 +264,7 @@ export async function warmPlan(
 export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agentBinary: string): Promise<LaunchPlan> {
   const dir = join(snap.dir, "fast");
   let fast = readFast(dir);
-  if (!fast && splitToFast(backend, snap.memFile, dir, snap.config.memSizeMib)) fast = readFast(dir);
+  if (!fast && (await splitToFast(backend, snap.memFile, dir, snap.config.memSizeMib))) fast = readFast(dir);
   if (!fast) {
     await capture(
       backend,

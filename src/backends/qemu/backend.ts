@@ -10,7 +10,7 @@ import { resolveAccel } from "./accel.js";
 import { buildQemuArgs } from "./args.js";
 import { requireQemu } from "./binary.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
-import { joinRam, type RamJoinPoint, splitRam, UnsupportedStreamError } from "./ram-split.js";
+import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
 
 const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 
@@ -266,9 +266,16 @@ export class QemuBackend implements Backend {
     }
   }
 
-  splitState(stateFile: string, out: { ramPath: string; ramBytes: number; restPath: string }): SplitInfo | null {
+  async splitState(
+    stateFile: string,
+    out: { ramPath: string; ramBytes: number; restPath: string },
+  ): Promise<SplitInfo | null> {
     try {
-      const r = splitRam(stateFile, { block: "ram0", ...out, strippedPath: out.restPath });
+      const r = await inWorker({
+        op: "split",
+        streamPath: stateFile,
+        out: { block: "ram0", ramPath: out.ramPath, ramBytes: out.ramBytes, strippedPath: out.restPath },
+      });
       return { ...r.join };
     } catch (e) {
       if (e instanceof UnsupportedStreamError) return null;
@@ -276,12 +283,21 @@ export class QemuBackend implements Backend {
     }
   }
 
-  joinState(split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo }, outFile: string): void {
+  async joinState(
+    split: { ramPath: string; ramBytes: number; restPath: string; info: SplitInfo },
+    outFile: string,
+  ): Promise<void> {
     const at = split.info as unknown as RamJoinPoint;
     if (!Number.isInteger(at.offset) || !Number.isInteger(at.sectionId) || typeof at.footers !== "boolean") {
       throw new SmolVMError(`cannot rebuild the state from ${split.restPath}: its split record is damaged`);
     }
-    joinRam(split.restPath, { block: "ram0", path: split.ramPath, bytes: split.ramBytes }, at, outFile);
+    await inWorker({
+      op: "join",
+      strippedPath: split.restPath,
+      ram: { block: "ram0", path: split.ramPath, bytes: split.ramBytes },
+      at: { offset: at.offset, sectionId: at.sectionId, footers: at.footers },
+      outPath: outFile,
+    });
   }
 
   async pause(h: VMHandle): Promise<void> {

@@ -15,6 +15,8 @@
  * the file and the block's size.
  */
 import { closeSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
+import { Worker } from "node:worker_threads";
+import type { RamJob } from "./ram-split-worker.js";
 
 export class UnsupportedStreamError extends Error {}
 
@@ -369,4 +371,32 @@ export function joinRam(
     closeSync(ramFd);
     closeSync(outFd);
   }
+}
+
+/** `splitRam` or `joinRam` on a worker thread, so a caller's event loop keeps running meanwhile. */
+export function inWorker(job: Extract<RamJob, { op: "split" }>): Promise<RamSplitResult>;
+export function inWorker(job: Extract<RamJob, { op: "join" }>): Promise<void>;
+export function inWorker(job: RamJob): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL("./ram-split-worker.js", import.meta.url), { workerData: job });
+    let settled = false;
+    w.once(
+      "message",
+      (m: { ok: boolean; result?: unknown; unsupported?: boolean; message?: string; code?: string }) => {
+        settled = true;
+        if (m.ok) return resolve(m.result);
+        const e = m.unsupported
+          ? new UnsupportedStreamError(m.message)
+          : Object.assign(new Error(m.message), { code: m.code });
+        reject(e);
+      },
+    );
+    w.once("error", (e) => {
+      settled = true;
+      reject(e);
+    });
+    w.once("exit", (code) => {
+      if (!settled) reject(new Error(`the RAM ${job.op} worker exited with code ${code}`));
+    });
+  });
 }
