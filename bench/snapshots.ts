@@ -149,7 +149,7 @@ ${row("pause + resume round trip", ms.pauseResume as Stats, "p50 <= 20 ms")}
 ${row("snapshots 21 to 30 of one VM (disk chain that deep, GBs just written)", ms.snapshotRepeated as Stats, "")}
 ${row("restore from a snapshot (`fromSnapshot`), until its agent answers", ms.restore as Stats, "")}
 
-A snapshot stops the guest, moves its disk layer into the snapshot, migrates its state to a file with QEMU's
+With n = 10, p95 is the slowest run. A snapshot stops the guest, moves its disk layer into the snapshot, migrates its state to a file with QEMU's
 bandwidth cap lifted, resumes it, then splits guest RAM out of the stream into a sparse file without QEMU
 (\`src/backends/qemu/ram-split.ts\`). A fork is that snapshot plus the restores, 4 at a time. Repeated snapshots
 of one VM get slower as writes pile up: each stores the guest's touched RAM (about 90 MiB here), and once a few GB
