@@ -73,6 +73,7 @@ export async function packPlan(
   backend: Backend,
   agentBinary: string,
   notice: (m: string) => void,
+  _opts: { trust: boolean } = { trust: false },
 ): Promise<{ plan: LaunchPlan; manifest: PackManifest }> {
   const { manifest } = readPackManifest(file);
   const key = createHash("sha256")

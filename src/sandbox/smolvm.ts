@@ -482,7 +482,14 @@ export class SmolVM implements AsyncDisposable {
    */
   static async fromPack(
     file: string,
-    opts: { vmId?: string; name?: string; notice?: (m: string) => void } = {},
+    opts: {
+      vmId?: string;
+      name?: string;
+      notice?: (m: string) => void;
+      /** Restore the pack's memory state even though this host did not sign it (it is a migration stream: only trust
+       * packs from people you trust). Without it, an unsigned pack's memory is ignored and its disk cold-booted. */
+      trust?: boolean;
+    } = {},
   ): Promise<SmolVM> {
     const t0 = performance.now();
     const { manifest } = readPackManifest(file);
@@ -500,6 +507,7 @@ export class SmolVM implements AsyncDisposable {
       vm.driver(),
       await ensureAgent(),
       opts.notice ?? ((m) => process.stderr.write(`${m}\n`)),
+      { trust: opts.trust === true },
     );
     if (plan.from === "boot") plan.hostname = vm.config.name ?? vm.vmId;
     try {
