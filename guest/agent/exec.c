@@ -156,6 +156,7 @@ void do_resize(struct proc *p, const uint8_t *pl, size_t n) {
 
 void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	int nargs = 0, nenv = 0, want_stdin = 0, want_pty = 0, keep = 0;
+	uint32_t outwin = 0;
 	struct winsize ws = {.ws_row = 24, .ws_col = 80};
 	size_t off = 0;
 	uint8_t tag;
@@ -178,7 +179,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	struct user u;
 	off = 0;
 	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
-		if (tag != F_STDIN && tag != F_PTY && tag != F_KEEP && memchr(v, 0, vl)) {
+		if (tag != F_STDIN && tag != F_PTY && tag != F_KEEP && tag != F_OUTWIN && memchr(v, 0, vl)) {
 			send_error(c, stream, EINVAL, "NUL byte in exec request");
 			goto out;
 		}
@@ -189,6 +190,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		else if (tag == F_USER) { free(user); user = dupstr(v, vl); }
 		else if (tag == F_STDIN) want_stdin = vl > 0 && v[0];
 		else if (tag == F_KEEP) keep = vl > 0 && v[0];
+		else if (tag == F_OUTWIN && vl == 4) outwin = get_be32(v);
 		else if (tag == F_PTY && vl >= 4) {
 			want_pty = 1;
 			ws.ws_col = (unsigned short)((v[0] << 8) | v[1]);
@@ -289,7 +291,8 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	if (p->err >= 0) set_nonblock(p->err, 1);
 	if (p->in >= 0) set_nonblock(p->in, 1);
 	struct fbuf fb = {0};
-	fb_u32(&fb, 1, (uint32_t)pid);
+	fb_u32(&fb, ST_PID, (uint32_t)pid);
+	set_out_window(p, outwin, &fb);
 	chan_send(c, T_STARTED, stream, fb.b, fb.n);
 out:
 	for (int i = 0; i < ai; i++) free(argv[i]);
@@ -340,9 +343,11 @@ void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	uint8_t tag;
 	const uint8_t *v;
 	size_t vl;
-	uint32_t pid = 0;
-	while (field_next(pl, n, &off, &tag, &v, &vl) == 1)
+	uint32_t pid = 0, outwin = 0;
+	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
 		if (tag == P_PID && vl == 4) pid = get_be32(v);
+		if (tag == P_OUTWIN && vl == 4) outwin = get_be32(v);
+	}
 	struct proc *p = NULL;
 	/* a pid may be reused: a running command wins over a finished one with the same number */
 	for (int i = 0; i < MAX_PROCS && pid; i++)
@@ -361,7 +366,8 @@ void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	p->chan = c;
 	p->stream = stream;
 	struct fbuf fb = {0};
-	fb_u32(&fb, 1, (uint32_t)p->pid);
+	fb_u32(&fb, ST_PID, (uint32_t)p->pid);
+	set_out_window(p, outwin, &fb);
 	chan_send(c, T_STARTED, stream, fb.b, fb.n);
 	if (p->ring_out.len) chan_send(c, T_STDOUT, stream, p->ring_out.buf + p->ring_out.off, p->ring_out.len);
 	if (p->ring_err.len) chan_send(c, T_STDERR, stream, p->ring_err.buf + p->ring_err.off, p->ring_err.len);

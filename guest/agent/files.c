@@ -18,7 +18,7 @@
 
 struct req {
 	char *path, *path2;
-	uint32_t mode, flags, depth;
+	uint32_t mode, flags, depth, outwin;
 	int has_mode;
 };
 
@@ -37,6 +37,7 @@ static int parse(const uint8_t *pl, size_t n, struct req *r) {
 		else if (vl == 4 && tag == F_MODE) { r->mode = get_be32(v) & 07777; r->has_mode = 1; }
 		else if (vl == 4 && tag == F_FLAGS) r->flags = get_be32(v);
 		else if (vl == 4 && tag == F_DEPTH) r->depth = get_be32(v);
+		else if (vl == 4 && tag == F_FOUTWIN) r->outwin = get_be32(v);
 	}
 	return res < 0 || !r->path ? -1 : 0;
 }
@@ -134,6 +135,14 @@ static void op_read(int c, uint32_t stream, struct req *r) {
 		send_errno(c, stream, EISDIR, r->path);
 		return;
 	}
+	if ((r->flags & FL_REGULAR) && !S_ISREG(st.st_mode)) { /* e.g. a link to /dev/zero: it never ends */
+		close(fd);
+		char msg[300];
+		snprintf(msg, sizeof msg, "%.200s: not a regular file (a %s)", r->path,
+			 S_ISCHR(st.st_mode) ? "character device" : S_ISBLK(st.st_mode) ? "block device" : S_ISFIFO(st.st_mode) ? "fifo" : S_ISSOCK(st.st_mode) ? "socket" : "special file");
+		send_error(c, stream, EINVAL, msg);
+		return;
+	}
 	struct proc *p = new_proc(c, stream, K_READ);
 	if (!p) {
 		close(fd);
@@ -141,7 +150,10 @@ static void op_read(int c, uint32_t stream, struct req *r) {
 	}
 	p->out = fd;
 	struct fbuf fb = {0};
-	fb_u64(&fb, E_SIZE, S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0);
+	char t = type_char(st.st_mode);
+	fb_u64(&fb, ST_SIZE, S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0);
+	fb_bytes(&fb, ST_TYPE, &t, 1);
+	set_out_window(p, r->outwin, &fb);
 	chan_send(c, T_STARTED, stream, fb.b, fb.n);
 	/* the event loop forwards the content and sends DONE at the end */
 }

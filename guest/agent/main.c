@@ -4,11 +4,13 @@
  *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM
  *   run --socket S -- ARGV...   one command through a VM's agent socket, bridging stdio (e.g. ssh ProxyCommand) */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "bridge.h"
 #include "init.h"
+#include "launch.h"
 #include "proto.h"
 #include "proxy.h"
 #include "server.h"
@@ -39,11 +41,32 @@ int main(int argc, char **argv) {
 		return server_run(&o);
 	}
 	if (!strcmp(mode, "proxy")) {
-		const char *u = arg(argc, argv, "--upstream"), *l = arg(argc, argv, "--listen");
-		if (!u || !l) goto usage;
-		return proxy_main(u, l, arg(argc, argv, "--pidfile"), arg(argc, argv, "--log"), flag(argc, argv, "--daemon"),
-				  flag(argc, argv, "--release-all"));
+		struct proxy_opts o = {0};
+		o.upstream = arg(argc, argv, "--upstream");
+		o.listen_path = arg(argc, argv, "--listen");
+		if (!o.upstream || !o.listen_path) goto usage;
+		o.pidfile = arg(argc, argv, "--pidfile");
+		o.logfile = arg(argc, argv, "--log");
+		o.daemonize = flag(argc, argv, "--daemon");
+		o.release_all = flag(argc, argv, "--release-all");
+		o.console_sock = arg(argc, argv, "--console");
+		o.console_log = arg(argc, argv, "--console-log");
+		const char *max = arg(argc, argv, "--console-max");
+		o.console_max = max ? (size_t)strtoull(max, NULL, 10) : 0;
+		o.events = arg(argc, argv, "--events");
+		o.exit_file = arg(argc, argv, "--exit-file");
+		const char *runas = arg(argc, argv, "--runas");
+		if (runas) {
+			unsigned long u, g;
+			if (sscanf(runas, "%lu:%lu", &u, &g) != 2) goto usage;
+			o.runas = 1;
+			o.uid = (uid_t)u;
+			o.gid = (gid_t)g;
+		}
+		return proxy_main(&o);
 	}
+	if (!strcmp(mode, "launch")) return launch_main(argc, argv);
+	if (!strcmp(mode, "qmp")) return qmpfd_main(argc, argv);
 	if (!strcmp(mode, "run")) {
 		const char *sock = arg(argc, argv, "--socket");
 		int i = 2;
@@ -58,6 +81,10 @@ int main(int argc, char **argv) {
 usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
 			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon] [--release-all]\n"
+			"                          [--console SOCK --console-log F [--console-max BYTES]] [--events QMP --exit-file F]\n"
+			"                          [--runas UID:GID]\n"
+			"       smolvm-agent launch --log F --qmp SOCK [--pidfile F] [--keep-fd N]... [--cgroup DIR]... -- PROGRAM...\n"
+			"       smolvm-agent qmp --socket SOCK [fd=N:]JSON...\n"
 			"       smolvm-agent run --socket SOCK -- ARGV...\n");
 	return 2;
 }

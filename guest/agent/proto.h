@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMOL_PROTO_VERSION 1
+#define SMOL_PROTO_VERSION 2
 #define SMOL_HDR 9
 #define SMOL_MAX_PAYLOAD 65536
 
@@ -49,7 +49,8 @@
 #define T_STDERR 0x15
 #define T_EXIT 0x16
 #define T_DONE 0x18 /* a non-exec operation finished; payload: fields */
-#define T_WINDOW 0x19 /* u32: this many stdin bytes of the stream were consumed; the host may send that much more */
+#define T_WINDOW 0x19 /* u32. agent -> host: stdin bytes of the stream consumed (the host may send that much more).
+		       * host -> agent, on a stream with an output window: output bytes the host consumed */
 #define STDIN_WINDOW (1u << 20) /* unacknowledged stdin bytes a host may have in flight per stream */
 #define T_ERROR 0x1f
 
@@ -62,6 +63,13 @@
 #define F_USER 6 /* user name or numeric uid */
 #define F_PTY 7  /* u16 cols, u16 rows: run on a new terminal */
 #define F_KEEP 8 /* 1 byte: keep running when the client goes away (output kept in a ring until reattached) */
+#define F_OUTWIN 9 /* u32: output window: the agent sends at most this many output bytes the host has not
+		    * acknowledged with WINDOW, then stops reading the command's output (it blocks, nothing is lost) */
+/* STARTED fields (exec, connect, file read) */
+#define ST_PID 1
+#define ST_OUTWIN 2 /* u32: the output window in force (absent: the agent does no output flow control) */
+#define ST_SIZE 3   /* FREAD: u64 size of a regular file (0 for others) */
+#define ST_TYPE 4   /* FREAD: one byte, the type of what was opened (f d l c b p s ?) */
 /* process list fields */
 #define P_PID 1
 #define P_CMD 2
@@ -69,14 +77,17 @@
 #define P_EXIT 4    /* i32 exit code, i32 signal */
 #define P_ATTACHED 5 /* 1 byte */
 #define P_KEEP 6     /* 1 byte */
+#define P_OUTWIN 7   /* CONNECT: u32 output window, as F_OUTWIN */
 /* file operation fields */
 #define F_PATH 1
 #define F_PATH2 2 /* rename target */
 #define F_MODE 3  /* u32 */
 #define F_FLAGS 4 /* u32: FL_PARENTS, FL_RECURSIVE */
 #define F_DEPTH 5 /* u32 */
+#define F_FOUTWIN 6 /* FREAD: u32 output window, as F_OUTWIN */
 #define FL_PARENTS 1
 #define FL_RECURSIVE 2
+#define FL_REGULAR 4 /* FREAD: refuse anything but a regular file (after following links) with EINVAL */
 /* stat / list entry fields */
 #define E_PATH 1
 #define E_TYPE 2 /* one byte: f d l c b p s ? */

@@ -6,17 +6,20 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "launch.h"
 #include "proto.h"
 
 #define SLOTS 256
@@ -121,13 +124,14 @@ static void client_read(int s) {
 	}
 }
 
-/* Route whole frames from the guest to their clients. Returns -1 when the guest broke the framing. */
+/* Route whole frames from the guest to their clients. Returns -1 when the channel closed (the VM is gone), -2
+ * when the guest broke the framing. */
 static int upstream_read(void) {
 	uint8_t buf[65536];
 	ssize_t r = read(up, buf, sizeof buf);
 	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
 	if (r <= 0) return -1;
-	if (bq_push(&up_in, buf, (size_t)r, IN_LIMIT) < 0) return -1;
+	if (bq_push(&up_in, buf, (size_t)r, IN_LIMIT) < 0) return -2;
 	for (;;) {
 		uint8_t type;
 		uint32_t stream;
@@ -137,7 +141,7 @@ static int upstream_read(void) {
 		if (f == 0) return 0;
 		if (f < 0) {
 			logmsg("proxy: guest sent a malformed frame");
-			return -1;
+			return -2;
 		}
 		unsigned s = stream >> 24;
 		if (s > 0 && cl[s].fd >= 0) {
@@ -161,6 +165,113 @@ static int flush(int fd, struct bq *q) {
 	return 0;
 }
 
+/* ---- the serial console: socket -> log file capped at console_max (when full, the newest half is kept) ---- */
+static int con_fd = -1, conlog_fd = -1;
+static off_t conlog_size;
+static size_t con_max = 1u << 20;
+
+static void console_trim(void) {
+	size_t keep = con_max / 2;
+	if ((off_t)keep > conlog_size) keep = (size_t)conlog_size;
+	uint8_t *t = malloc(keep ? keep : 1);
+	ssize_t r = t ? pread(conlog_fd, t, keep, conlog_size - (off_t)keep) : -1;
+	if (ftruncate(conlog_fd, 0) < 0) logmsg("proxy: cannot trim the console log: %s", strerror(errno));
+	conlog_size = 0;
+	if (r > 0 && write_all(conlog_fd, t, (size_t)r) == 0) conlog_size = r; /* O_APPEND: lands at 0 */
+	free(t);
+}
+
+static void console_read(void) {
+	uint8_t b[65536];
+	ssize_t r = read(con_fd, b, sizeof b);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+	if (r <= 0) { /* the VMM is gone */
+		close(con_fd);
+		con_fd = -1;
+		return;
+	}
+	if (conlog_fd < 0) return;
+	if (conlog_size + r > (off_t)con_max) console_trim();
+	if (write_all(conlog_fd, b, (size_t)r) == 0) conlog_size += r;
+}
+
+/* ---- QMP events: remember the last shutdown / panic event, to say why the VM ended ---- */
+static int ev_fd = -1, exit_fd = -1;
+static struct bq ev_in;
+static char last_event[160];
+
+/* Copy the string value of "key" in a JSON line into out (only [A-Za-z0-9_.-], at most n-1 chars). */
+static void json_str(const char *line, const char *key, char *out, size_t n) {
+	char pat[64];
+	snprintf(pat, sizeof pat, "\"%s\"", key);
+	out[0] = 0;
+	const char *p = strstr(line, pat);
+	if (!p) return;
+	p += strlen(pat);
+	while (*p == ' ' || *p == ':') p++;
+	if (*p++ != '"') return;
+	size_t k = 0;
+	while (*p && *p != '"' && k + 1 < n) {
+		char ch = *p++;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' ||
+		    ch == '.')
+			out[k++] = ch;
+	}
+	out[k] = 0;
+}
+
+static void events_read(void) {
+	uint8_t b[8192];
+	ssize_t r = read(ev_fd, b, sizeof b);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+	if (r <= 0) {
+		close(ev_fd);
+		ev_fd = -1;
+		return;
+	}
+	if (bq_push(&ev_in, b, (size_t)r, 1u << 16) < 0) { /* an over-long line: drop it */
+		bq_consume(&ev_in, ev_in.len);
+		return;
+	}
+	for (;;) {
+		uint8_t *nl = memchr(ev_in.buf + ev_in.off, '\n', ev_in.len);
+		if (!nl) return;
+		*nl = 0;
+		const char *line = (const char *)ev_in.buf + ev_in.off;
+		char ev[48], reason[48];
+		json_str(line, "event", ev, sizeof ev);
+		if (!strcmp(ev, "SHUTDOWN") || !strcmp(ev, "GUEST_PANICKED") || !strcmp(ev, "RESET")) {
+			json_str(line, "reason", reason, sizeof reason);
+			if (!reason[0]) json_str(line, "action", reason, sizeof reason);
+			snprintf(last_event, sizeof last_event, "%s%s%s", ev, reason[0] ? " " : "", reason);
+		}
+		bq_consume(&ev_in, (size_t)(nl - (ev_in.buf + ev_in.off)) + 1);
+	}
+}
+
+/* Why the VM ended (written once, when the proxy ends): the host reads it to report a crash. */
+static void write_exit(const char *why) {
+	if (exit_fd < 0) return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	char b[512];
+	int n = snprintf(b, sizeof b, "{\"reason\":\"%s\",\"event\":\"%s\",\"at\":%lld}\n", why, last_event,
+			 (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+	if (ftruncate(exit_fd, 0) == 0 && n > 0) (void)!pwrite(exit_fd, b, (size_t)n, 0);
+}
+
+static int connect_events(const char *path) {
+	int fd = connect_unix(path);
+	if (fd < 0) return -1;
+	const char *caps = "{\"execute\":\"qmp_capabilities\"}\n";
+	if (write_all(fd, caps, strlen(caps)) < 0) {
+		close(fd);
+		return -1;
+	}
+	set_nonblock(fd, 1);
+	return fd;
+}
+
 /* Written to a temporary name and renamed, so a reader never sees a half-written file. */
 static void write_pidfile(const char *path, pid_t pid) {
 	char tmp[4200];
@@ -171,22 +282,38 @@ static void write_pidfile(const char *path, pid_t pid) {
 	if (fclose(f) == 0) rename(tmp, path);
 }
 
-int proxy_main(const char *upstream, const char *listen_path, const char *pidfile, const char *logfile, int daemonize,
-	       int release_all) {
+int proxy_main(const struct proxy_opts *o) {
+	close_fds_except(NULL, 0); /* nothing of the caller's stays open in a long-lived daemon */
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < SLOTS; i++) cl[i].fd = -1;
-	up = connect_unix(upstream);
+	const char *listen_path = o->listen_path, *pidfile = o->pidfile;
+	up = connect_unix(o->upstream);
 	if (up < 0) {
-		logmsg("proxy: cannot connect to %s: %s", upstream, strerror(errno));
+		logmsg("proxy: cannot connect to %s: %s", o->upstream, strerror(errno));
 		return 1;
 	}
 	set_nonblock(up, 1);
-	if (release_all) { /* a restored guest: commands of the snapshot's clients are theirs no more */
+	if (o->release_all) { /* a restored guest: commands of the snapshot's clients are theirs no more */
 		uint8_t r[8];
 		put_be32(r, 1u << 24);
 		put_be32(r + 4, 0xffffffffu);
 		queue_frame(&up_out, T_RELEASE, 0, r, 8, (size_t)-1 / 2);
 	}
+	/* everything that needs a path is opened now, before privileges are dropped */
+	if (o->console_sock) {
+		con_fd = connect_unix(o->console_sock);
+		if (con_fd < 0) logmsg("proxy: cannot connect to the console %s: %s", o->console_sock, strerror(errno));
+		else set_nonblock(con_fd, 1);
+	}
+	if (o->console_log) {
+		conlog_fd = open(o->console_log, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+		struct stat st;
+		if (conlog_fd >= 0 && fstat(conlog_fd, &st) == 0) conlog_size = st.st_size;
+		if (o->console_max >= 4096) con_max = o->console_max;
+	}
+	if (o->events && (ev_fd = connect_events(o->events)) < 0)
+		logmsg("proxy: cannot watch events on %s: %s", o->events, strerror(errno));
+	if (o->exit_file) exit_fd = open(o->exit_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
 	if (strlen(listen_path) >= sizeof a.sun_path) {
 		logmsg("proxy: socket path too long: %s", listen_path);
@@ -201,27 +328,52 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		return 1;
 	}
 	umask(old);
-	if (daemonize) {
+	int ready[2] = {-1, -1};
+	if (o->daemonize) {
+		if (pipe2(ready, O_CLOEXEC) < 0) return 1;
 		pid_t pid = fork();
 		if (pid < 0) return 1;
-		if (pid > 0) { /* the socket is listening: record the daemon's pid, then the caller may connect */
+		if (pid > 0) { /* record the daemon's pid once it is listening with its final identity */
+			close(ready[1]);
+			struct pollfd pf = {ready[0], POLLIN, 0};
+			char ok = 0;
+			if (poll(&pf, 1, 10000) <= 0 || read(ready[0], &ok, 1) != 1 || ok != 1) {
+				fprintf(stderr, "proxy: the daemon failed to start (see its log)\n");
+				_exit(1);
+			}
 			if (pidfile) write_pidfile(pidfile, pid);
 			_exit(0);
 		}
+		close(ready[0]);
 		setsid();
 		/* no fd of the caller may stay open, or it would wait for our output to end */
 		int nul = open("/dev/null", O_RDWR);
-		int log = logfile ? open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
+		int log = o->logfile ? open(o->logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
 		dup2(nul, 0);
 		dup2(nul, 1);
 		dup2(log >= 0 ? log : nul, 2);
 		if (nul > 2) close(nul);
 		if (log > 2) close(log);
 	}
-	if (pidfile && !daemonize) write_pidfile(pidfile, getpid());
+	if (o->runas) { /* least privilege: the proxy parses what a hostile guest sends */
+		if (setgroups(0, NULL) < 0 || setgid(o->gid) < 0 || setuid(o->uid) < 0 || getuid() != o->uid ||
+		    geteuid() != o->uid) {
+			logmsg("proxy: cannot drop privileges to %u:%u: %s", (unsigned)o->uid, (unsigned)o->gid, strerror(errno));
+			return 1;
+		}
+		prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	}
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* nobody of the same uid may ptrace us */
+	if (ready[1] >= 0) {
+		char ok = 1;
+		(void)!write(ready[1], &ok, 1);
+		close(ready[1]);
+	}
+	if (pidfile && !o->daemonize) write_pidfile(pidfile, getpid());
+	const char *why = "vmm-exited";
 	for (;;) {
-		struct pollfd pf[2 + SLOTS];
-		int slot[2 + SLOTS];
+		struct pollfd pf[4 + SLOTS];
+		int slot[4 + SLOTS];
 		int n = 0;
 		int reading_clients = up_out.len < UP_OUT_LIMIT;
 		/* backpressure: while a client is far behind, leave the guest's output in the channel */
@@ -244,6 +396,8 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		}
 		pf[n] = (struct pollfd){up, (reading_up ? POLLIN : 0) | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
 		pf[n] = (struct pollfd){lfd, POLLIN, 0}, slot[n++] = -2;
+		if (con_fd >= 0) pf[n] = (struct pollfd){con_fd, POLLIN, 0}, slot[n++] = -3;
+		if (ev_fd >= 0) pf[n] = (struct pollfd){ev_fd, POLLIN, 0}, slot[n++] = -4;
 		for (int s = 1; s < SLOTS; s++) {
 			if (cl[s].fd < 0) continue;
 			short ev = (reading_clients ? POLLIN : 0) | (cl[s].out.len ? POLLOUT : 0);
@@ -251,15 +405,22 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		}
 		if (poll(pf, (nfds_t)n, timeout) < 0) {
 			if (errno == EINTR) continue;
-			return 1;
+			why = "proxy-error";
+			goto done;
 		}
 		for (int k = 0; k < n; k++) {
 			short re = pf[k].revents;
 			if (!re) continue;
 			int s = slot[k];
 			if (s == -1) {
-				if ((re & (POLLIN | POLLHUP | POLLERR)) && upstream_read() < 0) goto done;
+				int ur = (re & (POLLIN | POLLHUP | POLLERR)) ? upstream_read() : 0;
+				if (ur == -2) why = "guest-protocol";
+				if (ur < 0) goto done;
 				if ((re & POLLOUT) && flush(up, &up_out) < 0) goto done;
+			} else if (s == -3) {
+				console_read();
+			} else if (s == -4) {
+				events_read();
 			} else if (s == -2) {
 				accept_client(lfd);
 			} else if (cl[s].fd == pf[k].fd) {
@@ -274,7 +435,14 @@ int proxy_main(const char *upstream, const char *listen_path, const char *pidfil
 		if (up_out.len && flush(up, &up_out) < 0) goto done;
 	}
 done:
-	/* the VM is gone (or broke the protocol): tell clients by closing, and leave no socket behind */
+	/* the VM is gone (or broke the protocol): say why, tell clients by closing, leave no socket behind */
+	for (int k = 0; k < 50 && (con_fd >= 0 || ev_fd >= 0); k++) { /* the last console lines and shutdown event */
+		struct pollfd pf[2] = {{con_fd, POLLIN, 0}, {ev_fd, POLLIN, 0}}; /* poll ignores fd -1 */
+		if (poll(pf, 2, 100) <= 0) break;
+		if (pf[0].revents && con_fd >= 0) console_read();
+		if (pf[1].revents && ev_fd >= 0) events_read();
+	}
+	write_exit(why);
 	for (int s = 1; s < SLOTS; s++)
 		if (cl[s].fd >= 0) {
 			flush(cl[s].fd, &cl[s].out);

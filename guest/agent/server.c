@@ -162,6 +162,18 @@ void fb_u64(struct fbuf *f, uint8_t tag, uint64_t v) {
 	fb_bytes(f, tag, b, 8);
 }
 
+#define MAX_OUT_WINDOW (64u << 20)
+
+int out_open(const struct proc *p) { return !p->out_window || p->out_unacked < p->out_window; }
+
+void set_out_window(struct proc *p, uint32_t win, struct fbuf *started) {
+	if (win > MAX_OUT_WINDOW) win = MAX_OUT_WINDOW;
+	if (win && win < SMOL_MAX_PAYLOAD) win = SMOL_MAX_PAYLOAD;
+	p->out_window = win;
+	p->out_unacked = 0;
+	if (win && started) fb_u32(started, ST_OUTWIN, win);
+}
+
 static void close_fd(int *fd) {
 	if (*fd >= 0) close(*fd);
 	*fd = -1;
@@ -204,8 +216,12 @@ static unsigned long long seq_counter;
 static int pump(struct proc *p, int *fd, uint8_t type, size_t *budget) {
 	uint8_t buf[SMOL_MAX_PAYLOAD];
 	for (;;) {
+		/* flow control: with the window closed the data stays in the pipe and the writer blocks. The drain after
+		 * exit (budget) ignores the window: it is bounded by DRAIN_LIMIT */
+		if (!budget && p->chan >= 0 && !out_open(p)) return 1;
 		ssize_t r = read(*fd, buf, sizeof buf);
 		if (r > 0) {
+			if (p->chan >= 0 && p->out_window) p->out_unacked += (uint64_t)r;
 			/* a background command keeps its latest output, replayed to whoever attaches next */
 			if (p->keep) ring_push(type == T_STDERR ? &p->ring_err : &p->ring_out, buf, (size_t)r);
 			if (p->chan >= 0) chan_send(p->chan, type, p->stream, buf, (size_t)r);
@@ -273,6 +289,7 @@ static void release(int c, uint32_t lo, uint32_t hi) {
 		if (!p->used || p->chan != c || p->stream < lo || p->stream > hi) continue;
 		if (p->kind == K_EXEC && p->keep) {
 			p->chan = -1; /* keeps running; output goes to its ring until someone reattaches */
+			p->out_window = 0;
 		} else if (p->kind == K_EXEC) {
 			kill(-p->pid, SIGKILL);
 			p->chan = -1;
@@ -426,11 +443,25 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 	case T_FRENAME:
 		file_op(c, type, stream, pl, n);
 		break;
+	case T_WINDOW:
+		p = find_proc(c, stream);
+		if (p && p->out_window && n == 4) {
+			uint32_t got = get_be32(pl);
+			p->out_unacked = got >= p->out_unacked ? 0 : p->out_unacked - got;
+		}
+		break;
 	case T_SIGNAL:
 		p = find_proc(c, stream);
 		if (p && p->kind == K_EXEC && !p->exited && n >= 4) {
 			uint32_t sig = get_be32(pl);
 			if (sig >= 1 && sig < NSIG) kill(-p->pid, (int)sig);
+		} else if (p && p->kind == K_READ) { /* the host gave up on a file read (e.g. over its size limit) */
+			close_fd(&p->out);
+			send_error(c, stream, ECANCELED, "read cancelled by the host");
+			free_proc(p);
+		} else if (p && p->kind == K_WRITE) {
+			send_error(c, stream, ECANCELED, "write cancelled by the host");
+			write_abort(p);
 		}
 		break;
 	case T_RELEASE:
@@ -614,8 +645,9 @@ int server_run(const struct server_opts *o) {
 		for (int i = 0; i < MAX_PROCS; i++) {
 			struct proc *p = &procs[i];
 			if (!p->used) continue;
-			if (p->out >= 0) pf[n] = (struct pollfd){p->out, POLLIN, 0}, kind[n] = 3, idx[n++] = i;
-			if (p->err >= 0) pf[n] = (struct pollfd){p->err, POLLIN, 0}, kind[n] = 4, idx[n++] = i;
+			int open = p->chan < 0 || out_open(p); /* a closed output window: leave the data in the pipe */
+			if (p->out >= 0 && open) pf[n] = (struct pollfd){p->out, POLLIN, 0}, kind[n] = 3, idx[n++] = i;
+			if (p->err >= 0 && open) pf[n] = (struct pollfd){p->err, POLLIN, 0}, kind[n] = 4, idx[n++] = i;
 			if (p->in >= 0 && p->inq.len) pf[n] = (struct pollfd){p->in, POLLOUT, 0}, kind[n] = 5, idx[n++] = i;
 		}
 		int r = poll(pf, (nfds_t)n, timeout);

@@ -27,6 +27,8 @@ struct proc {
 	char *tmp_path, *final_path; /* K_WRITE: written to tmp, renamed over final at the end */
 	unsigned long long written;
 	uint32_t unacked; /* stdin bytes consumed but not yet reported with WINDOW */
+	uint32_t out_window; /* output flow control: 0 = none, else at most this many bytes unacknowledged */
+	uint64_t out_unacked; /* output bytes sent and not yet acknowledged by the host's WINDOW */
 	/* K_EXEC */
 	char *cmd;		/* for the process list */
 	int keep;		/* survive the client going away */
@@ -49,6 +51,7 @@ struct proc *find_proc(int c, uint32_t stream);
 /* A free slot for a new stream, or NULL (an ERROR was sent). Also refuses a stream id in use. */
 struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind);
 void free_proc(struct proc *p);
+
 /* Drop a stream's queued stdin, keeping the agent's total count right. */
 void stdin_discard(struct proc *p);
 
@@ -63,6 +66,10 @@ void fb_str(struct fbuf *f, uint8_t tag, const char *s);
 void fb_u32(struct fbuf *f, uint8_t tag, uint32_t v);
 void fb_u64(struct fbuf *f, uint8_t tag, uint64_t v);
 char *dupstr(const uint8_t *v, size_t n);
+/* Whether the stream may send more output now (no output window, or it is open). */
+int out_open(const struct proc *p);
+/* Give a stream the output window the host asked for (0: none), and say so in STARTED's fields. */
+void set_out_window(struct proc *p, uint32_t win, struct fbuf *started);
 
 /* exec.c */
 void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n);

@@ -17,8 +17,10 @@ export interface BootSpec {
   hostname: string;
   /** Folder for sockets and pid files (short path). */
   runDir: string;
-  /** Serial console log. */
+  /** Serial console log (kept by the proxy, capped). */
   logPath: string;
+  /** Where the proxy writes why the VM ended (a JSON line); default: beside the console log. */
+  exitPath?: string;
   /** The smolvm-agent binary, which also serves as the host-side proxy. */
   agentBinary: string;
   accel: AccelName;
@@ -49,6 +51,34 @@ export interface VMHandle {
   runDir: string;
   /** What the VM was booted with; a restore must use the same. */
   boot: { kernelPath: string; initrdPath: string; hostname: string; bootArgs: string };
+  /** The agent binary (also the proxy, the launcher and the descriptor-passing QMP client). */
+  agentBinary?: string;
+  /** The identity the VMM and proxy dropped to (absent: they run as the caller). */
+  uid?: number;
+  gid?: number;
+  /** The VM's cgroup directories (removed when it ends). */
+  cgroups?: string[];
+  /** The QMP monitor for requests that pass a descriptor (absent on VMs started before it existed). */
+  ctlSocket?: string;
+  /** The root disk was given as descriptors (fd set 1): new layers must be given the same way. */
+  diskFds?: boolean;
+  consoleLog?: string;
+  exitPath?: string;
+  /** Where the VMM's supervisor writes its exit code or signal. */
+  statusPath?: string;
+}
+
+/** Why a VM whose VMM is gone ended, as far as the host can tell. */
+export interface ExitInfo {
+  /** vmm-exited (the VMM ended), guest-protocol (the guest broke the agent protocol), proxy-error, unknown. */
+  reason: string;
+  /** The last shutdown or panic event the VMM reported (e.g. "SHUTDOWN guest-panic"), if any. */
+  event: string;
+  at: number | null;
+  /** The VMM's exit code (null: killed by a signal, or not known). */
+  code: number | null;
+  /** The signal that ended the VMM, if any. */
+  signal: number | null;
 }
 
 export interface DiskSpec {
@@ -121,6 +151,12 @@ export interface Backend {
   kill(h: VMHandle): Promise<void>;
   /** Whether the VMM process of this handle is still running. */
   isAlive(h: VMHandle): boolean;
-  /** Path of the Unix socket speaking the guest protocol. */
+  /** Path of the Unix socket speaking the guest protocol (checked to be still private). */
   agentChannel(h: VMHandle): string;
+  /** Whether the per-VM agent proxy is running. */
+  proxyAlive(h: VMHandle): boolean;
+  /** Start the proxy again for a VM whose VMM still runs (its proxy was killed or crashed). */
+  restartProxy(h: VMHandle): Promise<VMHandle>;
+  /** What the proxy recorded about the end of the VM (or of itself), or null. */
+  exitInfo(h: VMHandle): ExitInfo | null;
 }

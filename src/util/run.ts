@@ -1,4 +1,19 @@
-import { execFile, spawnSync } from "node:child_process";
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { isMainThread } from "node:worker_threads";
+
+/**
+ * Start a child with umask 077, so every file it creates (disk layers, logs, sockets) is private whatever the
+ * caller's umask. The umask is process-wide, but a spawn forks synchronously, so it is set only for that moment.
+ */
+export function withPrivateUmask<T>(start: () => T): T {
+  if (!isMainThread) return start();
+  const old = process.umask(0o077);
+  try {
+    return start();
+  } finally {
+    process.umask(old);
+  }
+}
 
 export interface RunResult {
   stdout: string;
@@ -13,7 +28,7 @@ export function runHost(
   opts: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
-    const child = execFile(
+    const child = withPrivateUmask(() => execFile(
       file,
       args,
       {
@@ -28,7 +43,7 @@ export function runHost(
         const code = err ? (typeof err.code === "number" ? err.code : null) : 0;
         resolve({ stdout, stderr: stderr || (err && code === null ? err.message : ""), code });
       },
-    );
+    ));
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }
@@ -48,6 +63,44 @@ export function which(cmd: string): string | null {
   const r = spawnSync("sh", ["-c", 'command -v "$1"', "sh", cmd], { encoding: "utf8", env: { PATH: path } });
   const out = r.stdout.trim();
   return r.status === 0 && out.startsWith("/") ? out : null;
+}
+
+/**
+ * Run a program with extra file descriptors (`fds[i]` becomes the child's fd 3 + i), capturing its output (at most
+ * 1 MiB of each). The caller's copies of the fds stay open (close them when this resolves).
+ */
+export function runWithFds(
+  file: string,
+  args: string[],
+  fds: number[],
+  opts: { timeoutMs?: number } = {},
+): Promise<RunResult> {
+  return new Promise((resolve) => {
+    let child: ChildProcess;
+    try {
+      child = withPrivateUmask(() => spawn(file, args, { stdio: ["ignore", "pipe", "pipe", ...fds] }));
+    } catch (e) {
+      resolve({ stdout: "", stderr: (e as Error).message, code: null });
+      return;
+    }
+    let stdout = "";
+    let stderr = "";
+    const cap = (acc: string, d: Buffer) => (acc.length < 1 << 20 ? acc + d.toString("utf8") : acc);
+    child.stdout?.on("data", (d: Buffer) => {
+      stdout = cap(stdout, d);
+    });
+    child.stderr?.on("data", (d: Buffer) => {
+      stderr = cap(stderr, d);
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
+    child.on("error", (e) => {
+      stderr += e.message;
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ stdout, stderr, code });
+    });
+  });
 }
 
 export type Progress = (message: string) => void;

@@ -12,6 +12,7 @@ import type { AccelName } from "../../config.js";
 import { ConfigError } from "../../errors.js";
 import { dataDir } from "../../paths.js";
 import { accelArgs } from "./args.js";
+import { sandboxArg } from "./args.js";
 import { qemuAccels } from "./binary.js";
 
 export interface KvmVerdict {
@@ -70,6 +71,8 @@ export function probeKvmBoot(
     "-append",
     "console=ttyS0 quiet panic=-1 smolvm.probe=1",
     "-no-reboot",
+    "-sandbox",
+    sandboxArg({}),
   ];
   return new Promise((resolve) => {
     const child = spawn(qemu, args, { stdio: ["ignore", "pipe", "pipe"] });

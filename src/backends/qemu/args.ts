@@ -1,10 +1,51 @@
 import type { BootSpec } from "../types.js";
 import { hostTscKhz } from "./tsc.js";
 
+/** The files of one VM's QEMU, all in its private run dir. */
 export interface QemuPaths {
+  /** QMP for SmolVM's own requests. */
   qmpSocket: string;
+  /** QMP for requests that hand QEMU a file descriptor (the agent binary's `qmp` mode). */
+  ctlSocket: string;
+  /** QMP held by the proxy, which watches shutdown and panic events. */
+  eventsSocket: string;
   channelSocket: string;
+  consoleSocket: string;
   pidFile: string;
+  /** QEMU's own stdout and stderr. */
+  logFile: string;
+}
+
+export const qemuPaths = (runDir: string): QemuPaths => ({
+  qmpSocket: `${runDir}/qmp.sock`,
+  ctlSocket: `${runDir}/ctl.sock`,
+  eventsSocket: `${runDir}/events.sock`,
+  channelSocket: `${runDir}/channel.sock`,
+  consoleSocket: `${runDir}/console.sock`,
+  pidFile: `${runDir}/qemu.pid`,
+  logFile: `${runDir}/qemu.log`,
+});
+
+/** How QEMU is confined. */
+export interface Confinement {
+  /** Drop to this identity once initialized (SmolVM runs as root). */
+  runas?: { uid: number; gid: number } | null;
+  /** `-run-with user=` instead of `-runas` (QEMU 8.1+). */
+  runWith?: boolean;
+  /** The root disk comes as descriptors 3 (read-write) and 4 (read-only) in fd set 1, not by path. */
+  diskFds?: boolean;
+  /** A private RAM file is opened read-only (QEMU 8.2+ `rom=off`). */
+  ramReadonly?: boolean;
+}
+
+/**
+ * QEMU's seccomp filter: no obsolete system calls, no new processes (so no `exec:` migration and no -daemonize),
+ * no scheduler or resource-limit changes; no set*id either, except when QEMU itself must drop root with -runas
+ * (QEMU 7.2 installs the filter before the drop). After the drop it has no capabilities and no_new_privs, so a
+ * set*id call can only lower, never raise, its privileges.
+ */
+export function sandboxArg(c: Confinement): string {
+  return `on,obsolete=deny,spawn=deny,resourcecontrol=deny${c.runas ? "" : ",elevateprivileges=deny"}`;
 }
 
 /** Kernel command line: our fixed part, then the user's extra arguments (which may override ours). */
@@ -24,9 +65,31 @@ export function accelArgs(accel: string): string[] {
   return ["-accel", "tcg"];
 }
 
-/** QEMU command line for a microvm with virtio-mmio disk, agent port and RNG, daemonized, QMP on a socket. */
-export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): string[] {
+/**
+ * QEMU command line for a microvm with virtio-mmio disk, agent port and RNG, QMP on sockets, confined (seccomp,
+ * unprivileged identity). It is started by the agent binary's `launch` mode, which waits for it to initialize.
+ */
+export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths, c: Confinement = {}): string[] {
   const esc = (s: string) => s.replace(/,/g, ",,"); // QEMU option values escape commas by doubling
+  const ramOpts = spec.ram && !spec.ram.share && c.ramReadonly ? ",readonly=on,rom=off" : "";
+  const drive = c.diskFds
+    ? [
+        "-add-fd",
+        "fd=3,set=1,opaque=rw",
+        "-add-fd",
+        "fd=4,set=1,opaque=ro",
+        "-drive",
+        // QEMU reopens the layer read-only by its name when a snapshot puts a new layer on top: the fd set holds a
+        // read-only descriptor for that. Image locking is off because the set's own descriptors would hold stale
+        // locks against QEMU's; SmolVM never gives one writable layer to two VMs (the state store tracks layers).
+        `id=root,file=/dev/fdset/1,file.locking=off,format=${spec.diskFormat},if=none,discard=unmap`,
+      ]
+    : ["-drive", `id=root,file=${esc(spec.diskPath)},format=${spec.diskFormat},if=none,discard=unmap`];
+  const identity = c.runas
+    ? c.runWith
+      ? ["-run-with", `user=${c.runas.uid}:${c.runas.gid}`]
+      : ["-runas", `${c.runas.uid}:${c.runas.gid}`]
+    : [];
   return [
     "-name",
     `smolvm-${spec.vmId}`,
@@ -36,7 +99,7 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "microvm,acpi=on,memory-backend=ram0",
     "-object",
     spec.ram
-      ? `memory-backend-file,id=ram0,size=${spec.memSizeMib}M,mem-path=${esc(spec.ram.path)},share=${spec.ram.share ? "on" : "off"}`
+      ? `memory-backend-file,id=ram0,size=${spec.memSizeMib}M,mem-path=${esc(spec.ram.path)},share=${spec.ram.share ? "on" : "off"}${ramOpts}`
       : `memory-backend-ram,id=ram0,size=${spec.memSizeMib}M`,
     ...(spec.startPaused ? ["-S"] : []),
     ...accelArgs(accel),
@@ -49,7 +112,8 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "-display",
     "none",
     "-chardev",
-    `file,id=con,path=${esc(spec.logPath)},append=on`,
+    // the console goes to the proxy, which keeps a capped log (a guest cannot fill the host's disk through it)
+    `socket,id=con,path=${esc(p.consoleSocket)},server=on,wait=off`,
     "-serial",
     "chardev:con",
     "-kernel",
@@ -59,8 +123,7 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "-append",
     kernelCmdline(spec, accel),
     "-no-reboot",
-    "-drive",
-    `id=root,file=${esc(spec.diskPath)},format=${spec.diskFormat},if=none,discard=unmap`,
+    ...drive,
     "-device",
     "virtio-blk-device,drive=root",
     "-device",
@@ -75,8 +138,12 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths): stri
     "virtio-rng-device,rng=rng0",
     "-qmp",
     `unix:${esc(p.qmpSocket)},server=on,wait=off`,
-    "-daemonize",
-    "-pidfile",
-    p.pidFile,
+    "-qmp",
+    `unix:${esc(p.ctlSocket)},server=on,wait=off`,
+    "-qmp",
+    `unix:${esc(p.eventsSocket)},server=on,wait=off`,
+    "-sandbox",
+    sandboxArg(c),
+    ...identity,
   ];
 }

@@ -1,18 +1,20 @@
-import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
-import { ensurePrivateDir } from "../../paths.js";
-import { killAndWait, processAlive, sleep } from "../../util/proc.js";
-import { mustRun, runHost, which } from "../../util/run.js";
-import type { Backend, BootSpec, DiskSpec, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
+import { agentPath } from "../../images/agent-build.js";
+import { checkPrivateDir, ensurePrivateDir } from "../../paths.js";
+import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
+import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
+import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
+import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
-import { buildQemuArgs } from "./args.js";
-import { requireQemu } from "./binary.js";
+import { buildQemuArgs, qemuPaths } from "./args.js";
+import { qemuFeatures, requireQemu } from "./binary.js";
+import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
+import { vmmIdentity } from "./vmm-user.js";
 import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
-
-const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 
 function readPid(file: string): number | null {
   try {
@@ -23,16 +25,19 @@ function readPid(file: string): number | null {
   }
 }
 
+/** Console log size at which the proxy keeps only the newest half. */
+const CONSOLE_MAX_BYTES = 1 << 20;
+
 export class QemuBackend implements Backend {
   readonly kind = "qemu" as const;
 
   async prepareDisk(spec: DiskSpec): Promise<{ path: string; format: "raw" | "qcow2" }> {
+    mkdirSync(spec.vmDir, { recursive: true, mode: 0o700 });
     if (spec.mode === "shared") return { path: spec.base, format: spec.baseFormat ?? "raw" };
     const overlay = join(spec.vmDir, "disk.qcow2");
     if (existsSync(overlay)) return { path: overlay, format: "qcow2" }; // a stopped VM keeps its layer
     const qemuImg = which("qemu-img");
     if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup' (package qemu-utils)");
-    mkdirSync(spec.vmDir, { recursive: true });
     await mustRun(qemuImg, ["create", "-q", "-f", "qcow2", "-F", spec.baseFormat ?? "raw", "-b", spec.base, overlay]);
     return { path: overlay, format: "qcow2" };
   }
@@ -51,22 +56,48 @@ export class QemuBackend implements Backend {
     const qemu = requireQemu();
     const accel = await resolveAccel(spec.accel, qemu, spec);
     ensurePrivateDir(spec.runDir);
-    const paths = {
-      qmpSocket: join(spec.runDir, "qmp.sock"),
-      channelSocket: join(spec.runDir, "channel.sock"),
-      pidFile: join(spec.runDir, "qemu.pid"),
-    };
+    const paths = qemuPaths(spec.runDir);
     const agentSocket = join(spec.runDir, "agent.sock");
-    const proxyPidFile = join(spec.runDir, "proxy.pid");
-    for (const f of [...Object.values(paths), agentSocket, proxyPidFile]) rmSync(f, { force: true });
+    for (const f of [...Object.values(paths), agentSocket, join(spec.runDir, "proxy.pid")]) rmSync(f, { force: true });
     if (agentSocket.length > 107)
       throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
-    const args = buildQemuArgs(spec, accel, paths);
+    const who = vmmIdentity(spec.runDir);
+    const features = qemuFeatures(qemu);
+    const cg = createVmCgroups(basename(spec.runDir), limitsFor(spec.memSizeMib, spec.vcpuCount)).dirs;
+    // the root disk is handed over as descriptors: once QEMU has dropped its privileges it cannot open paths, and a
+    // snapshot reopens the layer read-only
+    const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
+    const args = buildQemuArgs(spec, accel, paths, {
+      runas: who,
+      runWith: features.runWith,
+      diskFds: fds.length > 0,
+      ramReadonly: features.rom,
+    });
     if (spec.incoming) args.push("-incoming", "defer");
-    const r = await runHost(qemu, args, { timeoutMs: 30_000 });
+    let r: Awaited<ReturnType<typeof runWithFds>>;
+    try {
+      r = await runWithFds(
+        spec.agentBinary,
+        [
+          "launch",
+          ...["--log", paths.logFile, "--qmp", paths.qmpSocket, "--pidfile", paths.pidFile, "--timeout", "30000"],
+          ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
+          ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
+          ...cg.flatMap((d) => ["--cgroup", d]),
+          "--",
+          qemu,
+          ...args,
+        ],
+        fds,
+        { timeoutMs: 40_000 },
+      );
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
       if (pid) await killAndWait(pid, `smolvm-${spec.vmId}`);
+      removeCgroups(cg);
       rmSync(spec.runDir, { recursive: true, force: true });
       const why = r.stderr.trim() || `exit ${r.code}`;
       if (spec.incoming) {
@@ -83,6 +114,7 @@ export class QemuBackend implements Backend {
       accel,
       agentSocket,
       controlSocket: paths.qmpSocket,
+      ctlSocket: paths.ctlSocket,
       runDir: spec.runDir,
       boot: {
         kernelPath: spec.kernelPath,
@@ -90,31 +122,80 @@ export class QemuBackend implements Backend {
         hostname: spec.hostname,
         bootArgs: spec.bootArgs,
       },
+      agentBinary: spec.agentBinary,
+      ...(who ? { uid: who.uid, gid: who.gid } : {}),
+      cgroups: cg,
+      diskFds: fds.length > 0,
+      consoleLog: spec.logPath,
+      exitPath: spec.exitPath ?? join(dirname(spec.logPath), "exit.json"),
+      statusPath: join(dirname(spec.logPath), "vmm-status.json"),
     };
     if (spec.incoming) await this.waitIncoming(handle, spec);
+    try {
+      return await this.startProxy(handle, !!spec.incoming);
+    } catch (e) {
+      await this.kill(handle);
+      throw e;
+    }
+  }
+
+  /** Start the per-VM proxy (daemonized); it runs as the VM's identity once its sockets are open. */
+  private async startProxy(h: VMHandle, releaseAll: boolean): Promise<VMHandle> {
+    const paths = qemuPaths(h.runDir);
+    const proxyPidFile = join(h.runDir, "proxy.pid");
+    rmSync(proxyPidFile, { force: true });
     const p = await runHost(
-      spec.agentBinary,
+      h.agentBinary ?? agentPath(),
       [
         "proxy",
-        "--upstream",
-        paths.channelSocket,
-        "--listen",
-        agentSocket,
-        "--pidfile",
-        proxyPidFile,
-        "--log",
-        join(spec.runDir, "proxy.log"),
-        "--daemon",
-        ...(spec.incoming ? ["--release-all"] : []),
+        ...["--upstream", paths.channelSocket, "--listen", h.agentSocket, "--pidfile", proxyPidFile],
+        ...["--log", join(h.runDir, "proxy.log"), "--daemon"],
+        ...(h.consoleLog
+          ? ["--console", paths.consoleSocket, "--console-log", h.consoleLog, "--console-max", String(CONSOLE_MAX_BYTES)]
+          : []),
+        ...(h.exitPath ? ["--events", paths.eventsSocket, "--exit-file", h.exitPath] : []),
+        ...(h.uid !== undefined && h.gid !== undefined ? ["--runas", `${h.uid}:${h.gid}`] : []),
+        ...(releaseAll ? ["--release-all"] : []),
       ],
-      { timeoutMs: 10_000 },
+      { timeoutMs: 15_000 },
     );
-    handle.proxyPid = readPid(proxyPidFile); // written before the daemon's parent exits
-    if (p.code !== 0 || !handle.proxyPid) {
-      await this.kill(handle);
-      throw new SmolVMError(`the agent proxy failed to start for VM ${spec.vmId}: ${p.stderr.trim()}`);
+    const proxyPid = readPid(proxyPidFile); // written before the daemon's parent exits
+    if (p.code !== 0 || !proxyPid) {
+      throw new SmolVMError(`the agent proxy failed to start for VM ${h.vmId}: ${p.stderr.trim()}`);
     }
-    return handle;
+    return { ...h, proxyPid };
+  }
+
+  proxyAlive(h: VMHandle): boolean {
+    return processAlive(h.proxyPid, h.agentSocket);
+  }
+
+  async restartProxy(h: VMHandle): Promise<VMHandle> {
+    await killAndWait(h.proxyPid, h.agentSocket);
+    return this.startProxy(h, true);
+  }
+
+  exitInfo(h: VMHandle): ExitInfo | null {
+    const read = (file: string | undefined): Record<string, unknown> | null => {
+      try {
+        const text = file ? readFileSync(file, "utf8").slice(0, 4096).trim() : "";
+        return text ? (JSON.parse(text) as Record<string, unknown>) : null;
+      } catch {
+        return null;
+      }
+    };
+    const proxy = read(h.exitPath);
+    const vmm = read(h.statusPath);
+    if (!proxy && !vmm) return null;
+    const str = (v: unknown) => (typeof v === "string" ? v.replace(/[^\w .:-]/g, "").slice(0, 100) : "");
+    const int = (v: unknown) => (typeof v === "number" && Number.isInteger(v) ? v : null);
+    return {
+      reason: str(proxy?.reason) || (vmm ? "vmm-exited" : "unknown"),
+      event: str(proxy?.event),
+      at: int(vmm?.at) ?? int(proxy?.at),
+      code: int(vmm?.code),
+      signal: int(vmm?.signal) || null,
+    };
   }
 
   /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
@@ -129,7 +210,7 @@ export class QemuBackend implements Backend {
           capabilities: [{ capability: "x-ignore-shared", state: true }],
         });
       }
-      await q.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(file)}` });
+      await startMigrationIn(q, h, file);
       for (;;) {
         const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
         if (mig.status === "failed")
@@ -154,30 +235,6 @@ export class QemuBackend implements Backend {
     }
   }
 
-  /** Migrate to a file and wait for the end. */
-  private async migrateTo(q: QmpClient, file: string): Promise<void> {
-    // QEMU caps migration at 128 MiB/s by default, meant for a live guest on a network; this is a stopped guest
-    // going to a local file
-    await q.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
-    await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
-    for (const deadline = Date.now() + 120_000; ; ) {
-      const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
-      if (mig.status === "completed") {
-        // "completed" is reported a moment before the VM leaves finish-migrate, and until then it refuses `cont`
-        while (((await q.execute("query-status")) as { status: string }).status === "finish-migrate") {
-          if (Date.now() > deadline) throw new SmolVMError("the VM did not leave finish-migrate after saving");
-          await sleep(1);
-        }
-        return;
-      }
-      if (mig.status === "failed" || mig.status === "cancelled") {
-        throw new SmolVMError(`saving the VM's state failed: ${mig["error-desc"] ?? mig.status}`);
-      }
-      if (Date.now() > deadline) throw new SmolVMError("saving the VM's state took over 120 s");
-      await sleep(2);
-    }
-  }
-
   async saveState(h: VMHandle, file: string, ramInFile: boolean): Promise<void> {
     const q = await QmpClient.connect(h.controlSocket);
     try {
@@ -185,7 +242,7 @@ export class QemuBackend implements Backend {
       await q.execute("migrate-set-capabilities", {
         capabilities: [{ capability: "x-ignore-shared", state: ramInFile }],
       });
-      await this.migrateTo(q, file);
+      await migrateTo(q, h, file);
     } finally {
       q.close();
     }
@@ -239,7 +296,7 @@ export class QemuBackend implements Backend {
       await q.execute("blockdev-add", {
         driver: "qcow2",
         "node-name": node,
-        file: { driver: "file", filename: next },
+        file: await newLayerNode(q, h, next),
         backing: null,
       });
       await q.execute("blockdev-snapshot", { node: root["node-name"], overlay: node });
@@ -249,7 +306,7 @@ export class QemuBackend implements Backend {
       await q.execute("migrate-set-capabilities", {
         capabilities: [{ capability: "x-ignore-shared", state: false }],
       });
-      await this.migrateTo(q, memFile);
+      await migrateTo(q, h, memFile);
       return { diskFile, memFile, newDiskPath: next };
     } catch (e) {
       if (moved && !switched) {
@@ -311,6 +368,11 @@ export class QemuBackend implements Backend {
   async kill(h: VMHandle): Promise<void> {
     await killAndWait(h.pid, `smolvm-${h.vmId}`);
     await killAndWait(h.proxyPid, h.agentSocket);
+    // the VMM's supervisor reaps it and removes its cgroups; a cgroup holding a dying process is retried briefly
+    await waitFor(() => {
+      removeCgroups(h.cgroups);
+      return (h.cgroups ?? []).every((d) => !existsSync(d));
+    }, 2000);
     rmSync(h.runDir, { recursive: true, force: true });
   }
 
@@ -319,6 +381,7 @@ export class QemuBackend implements Backend {
   }
 
   agentChannel(h: VMHandle): string {
+    checkPrivateDir(dirname(h.agentSocket)); // nobody else may have swapped the socket
     return h.agentSocket;
   }
 }

@@ -33,3 +33,22 @@ export function qemuAccels(bin: string): string[] {
     .map((s) => s.trim())
     .filter(Boolean);
 }
+
+const features = new Map<string, { rom: boolean; runWith: boolean; version: string | null }>();
+
+/**
+ * What this QEMU build can do, checked once per binary: `rom` (QEMU 8.2+: a memory backend file opened read-only but
+ * mapped writable and private, so a VM never holds a shared RAM file writable) and `runWith` (`-run-with user=`,
+ * the successor of `-runas`, QEMU 8.1+).
+ */
+export function qemuFeatures(bin: string): { rom: boolean; runWith: boolean; version: string | null } {
+  let f = features.get(bin);
+  if (!f) {
+    const help = spawnSync(bin, ["-object", "memory-backend-file,help"], { encoding: "utf8", timeout: 5000 });
+    const version = qemuVersion(bin);
+    const [major = 0, minor = 0] = (version ?? "0.0").split(".").map((n) => Number.parseInt(n, 10));
+    f = { rom: /\brom=/.test(help.stdout), runWith: major > 8 || (major === 8 && minor >= 1), version };
+    features.set(bin, f);
+  }
+  return f;
+}

@@ -1,0 +1,274 @@
+/* smolvm-agent launch: start a VMM the way SmolVM starts every process of a VM, and stay as its parent.
+ *   - no file descriptor of the caller leaks in, except the ones named with --keep-fd (disk images, state files);
+ *   - umask 077, a new session, stdin /dev/null, stdout and stderr to a log file (0600);
+ *   - inside its cgroups from its first instruction (--cgroup DIR, repeatable: the pid is written to
+ *     DIR/cgroup.procs before exec, so no thread ever runs outside them);
+ *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
+ *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
+ * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
+ * VMM's parent: when the VMM ends it reaps it at once (no zombie holds its cgroups), writes how it ended (exit code
+ * or signal) to --status-file, and removes its cgroups. We do not use QEMU's -daemonize: its fork is what
+ * `-sandbox spawn=deny` forbids. */
+#define _GNU_SOURCE
+#include "launch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto.h"
+
+#define MAX_KEEP 16
+#define MAX_CGROUPS 8
+
+static long long now_ms(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+/* Close every fd >= 3 except `keep` (sorted). */
+void close_fds_except(const int *keep, int nkeep) {
+	int sorted[MAX_KEEP];
+	int n = 0;
+	for (int i = 0; i < nkeep && n < MAX_KEEP; i++)
+		if (keep[i] >= 3) sorted[n++] = keep[i];
+	qsort(sorted, (size_t)n, sizeof(int), cmp_int);
+	unsigned lo = 3;
+	for (int i = 0; i <= n; i++) {
+		unsigned hi = i < n ? (unsigned)sorted[i] - 1 : ~0u;
+		if (hi >= lo) {
+			if (syscall(SYS_close_range, lo, hi, 0) < 0) { /* kernels before 5.9 */
+				long max = sysconf(_SC_OPEN_MAX);
+				for (long fd = lo; fd <= (long)hi && fd < (max > 0 ? max : 65536); fd++) close((int)fd);
+			}
+		}
+		if (i < n) lo = (unsigned)sorted[i] + 1;
+	}
+	for (int i = 0; i < n; i++) { /* the child must inherit them */
+		int fl = fcntl(sorted[i], F_GETFD);
+		if (fl >= 0) fcntl(sorted[i], F_SETFD, fl & ~FD_CLOEXEC);
+	}
+}
+
+static int write_file(const char *path, const char *text) {
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0) return -1;
+	int r = write_all(fd, text, strlen(text));
+	if (close(fd) < 0) r = -1;
+	return r;
+}
+
+/* Has the QMP monitor at `path` greeted us? 1 yes, 0 not yet. */
+static int qmp_greets(const char *path, int wait_ms) {
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof a.sun_path) return 0;
+	strcpy(a.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) return 0;
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		close(fd);
+		return 0;
+	}
+	char buf[4096];
+	size_t got = 0;
+	long long deadline = now_ms() + wait_ms;
+	int ok = 0;
+	while (!ok && got < sizeof buf - 1) {
+		int left = (int)(deadline - now_ms());
+		struct pollfd pf = {fd, POLLIN, 0};
+		if (left <= 0 || poll(&pf, 1, left) <= 0) break;
+		ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
+		if (r <= 0) break;
+		got += (size_t)r;
+		buf[got] = 0;
+		ok = strstr(buf, "\"QMP\"") != NULL && memchr(buf, '\n', got) != NULL;
+	}
+	close(fd);
+	return ok;
+}
+
+static void print_log_tail(const char *log) {
+	int fd = open(log, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) return;
+	struct stat st;
+	if (fstat(fd, &st) == 0) {
+		off_t start = st.st_size > 4096 ? st.st_size - 4096 : 0;
+		char buf[4096];
+		ssize_t r = pread(fd, buf, sizeof buf, start);
+		if (r > 0) write_all(2, buf, (size_t)r);
+	}
+	close(fd);
+}
+
+static void write_status(const char *path, int status) {
+	if (!path) return;
+	char tmp[4200], b[128];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int n = snprintf(b, sizeof b, "{\"code\":%d,\"signal\":%d,\"at\":%lld}\n",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
+			 (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) return;
+	if (write_all(fd, b, (size_t)n) == 0 && close(fd) == 0) rename(tmp, path);
+	else close(fd);
+}
+
+int launch_main(int argc, char **argv) {
+	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
+	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, i;
+	for (i = 2; i < argc && strcmp(argv[i], "--"); i++) {
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (!v) goto usage;
+		if (!strcmp(argv[i], "--log")) log = v;
+		else if (!strcmp(argv[i], "--pidfile")) pidfile = v;
+		else if (!strcmp(argv[i], "--qmp")) qmp = v;
+		else if (!strcmp(argv[i], "--status-file")) status_file = v;
+		else if (!strcmp(argv[i], "--timeout")) timeout_ms = atoi(v);
+		else if (!strcmp(argv[i], "--keep-fd") && nkeep < MAX_KEEP) keep[nkeep++] = atoi(v);
+		else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_CGROUPS) cgroups[ncg++] = v;
+		else goto usage;
+		i++;
+	}
+	if (i + 1 >= argc || !log || !qmp) goto usage;
+	char **prog = argv + i + 1;
+	umask(077);
+	close_fds_except(keep, nkeep);
+	if (status_file) unlink(status_file);
+	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	int ready[2];
+	if (logfd < 0 || nul < 0 || pipe2(ready, O_CLOEXEC) < 0) {
+		fprintf(stderr, "launch: cannot open %s: %s\n", log, strerror(errno));
+		return 125;
+	}
+	pid_t sup = fork();
+	if (sup < 0) {
+		perror("launch: fork");
+		return 125;
+	}
+	if (sup == 0) { /* the supervisor */
+		close(ready[0]);
+		setsid();
+		signal(SIGHUP, SIG_IGN);
+		pid_t vmm = fork();
+		if (vmm == 0) {
+			char me[32];
+			snprintf(me, sizeof me, "%d\n", (int)getpid());
+			for (int k = 0; k < ncg; k++) {
+				char path[4200];
+				snprintf(path, sizeof path, "%s/cgroup.procs", cgroups[k]);
+				if (write_file(path, me) < 0) {
+					dprintf(logfd, "launch: cannot join cgroup %s: %s\n", cgroups[k], strerror(errno));
+					_exit(125);
+				}
+			}
+			dup2(nul, 0);
+			dup2(logfd, 1);
+			dup2(logfd, 2);
+			execvp(prog[0], prog);
+			dprintf(2, "launch: cannot run %s: %s\n", prog[0], strerror(errno));
+			_exit(127);
+		}
+		for (int k = 0; k < nkeep; k++) close(keep[k]); /* the VMM has them now */
+		dup2(nul, 0);
+		dup2(nul, 1);
+		dup2(nul, 2);
+		close(logfd);
+		char msg[64];
+		int status = 0, n;
+		if (vmm < 0) {
+			n = snprintf(msg, sizeof msg, "fail fork\n");
+			write_all(ready[1], msg, (size_t)n);
+			_exit(1);
+		}
+		if (pidfile) {
+			char tmp[4200], me[32];
+			snprintf(tmp, sizeof tmp, "%s.tmp", pidfile);
+			snprintf(me, sizeof me, "%d\n", (int)vmm);
+			int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			if (fd < 0 || write_all(fd, me, strlen(me)) < 0 || close(fd) < 0 || rename(tmp, pidfile) < 0) {
+				kill(vmm, SIGKILL);
+				n = snprintf(msg, sizeof msg, "fail pidfile\n");
+				write_all(ready[1], msg, (size_t)n);
+				_exit(1);
+			}
+		}
+		int reported = 0;
+		long long deadline = now_ms() + timeout_ms;
+		for (;;) { /* until the VMM is up (tell the caller) or gone */
+			pid_t w = waitpid(vmm, &status, reported ? 0 : WNOHANG);
+			if (w == vmm) break;
+			if (w < 0 && errno != EINTR) break;
+			if (reported) continue;
+			if (qmp_greets(qmp, 200)) {
+				n = snprintf(msg, sizeof msg, "ok %d\n", (int)vmm);
+				write_all(ready[1], msg, (size_t)n);
+				close(ready[1]);
+				reported = 1;
+			} else if (now_ms() > deadline) {
+				kill(vmm, SIGKILL);
+			} else {
+				usleep(3000);
+			}
+		}
+		if (!reported) {
+			n = snprintf(msg, sizeof msg, "exit %d %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+				     WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+			write_all(ready[1], msg, (size_t)n);
+		}
+		write_status(status_file, status);
+		for (int k = 0; k < ncg; k++) rmdir(cgroups[k]);
+		_exit(0);
+	}
+	close(ready[1]);
+	close(nul);
+	close(logfd);
+	for (int k = 0; k < nkeep; k++) close(keep[k]);
+	char msg[64] = {0};
+	size_t got = 0;
+	while (got < sizeof msg - 1) {
+		struct pollfd pf = {ready[0], POLLIN, 0};
+		if (poll(&pf, 1, timeout_ms + 5000) <= 0) break;
+		ssize_t r = read(ready[0], msg + got, sizeof msg - 1 - got);
+		if (r <= 0) break;
+		got += (size_t)r;
+		if (memchr(msg, '\n', got)) break;
+	}
+	int pid = 0, code = 0, sig = 0;
+	if (sscanf(msg, "ok %d", &pid) == 1) {
+		printf("%d\n", pid);
+		return 0;
+	}
+	print_log_tail(log);
+	if (sscanf(msg, "exit %d %d", &code, &sig) == 2) {
+		if (sig) fprintf(stderr, "\n(the VMM was killed by signal %d)\n", sig);
+		return code > 0 ? code : 1;
+	}
+	if (!got) {
+		kill(sup, SIGKILL);
+		fprintf(stderr, "launch: the VMM did not become ready within %d ms\n", timeout_ms);
+	} else {
+		fprintf(stderr, "launch: %s", msg);
+	}
+	return 1;
+usage:
+	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
+			"[--keep-fd N]... [--cgroup DIR]... -- PROGRAM ARGS...\n");
+	return 2;
+}
