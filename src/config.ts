@@ -62,6 +62,8 @@ export const DEFAULTS = { vcpuCount: 2, memSizeMib: 512, diskMode: "isolated" as
 export const LIMITS = { vcpuCount: [1, 32], memSizeMib: [128, 16384] } as const;
 
 const ID_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** The shape of generated VM ids: names may not take it, so an id never resolves to another VM by name. */
+const GENERATED_ID_RE = /^vm-[a-z0-9]{10}$/;
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const KNOWN = new Set<string>([
   "vmId",
@@ -139,6 +141,9 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
         "name",
         "must be 1-63 lowercase letters, digits or dashes, starting with a letter or digit",
       );
+    }
+    if (GENERATED_ID_RE.test(c.name)) {
+      throw new ConfigError("name", `${JSON.stringify(c.name)} looks like a VM id (vm-xxxxxxxxxx); choose another`);
     }
     name = c.name;
   }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { chmodSync, lstatSync, mkdirSync, realpathSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -126,6 +127,10 @@ function privateBase(dir: string): string {
   const d = resolve(dir);
   return d === root || d.startsWith(`${root}/`) ? root : d;
 }
+
+/** The private folder of one VM's sockets and pid files (short: socket paths are limited to 107 bytes). */
+export const vmRunDir = (vmId: string, state = stateDir()) =>
+  join(runtimeDir(), createHash("sha256").update(`${state}\0${vmId}`).digest("hex").slice(0, 16));
 
 /** The package's root folder (holds guest/, dist/, package.json). */
 export function packageRoot(): string {

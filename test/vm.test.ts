@@ -139,7 +139,7 @@ describe("lifecycle", () => {
     await assert.rejects(SmolVM.fromId(vm.vmId), VMNotFoundError);
   });
 
-  it("reconcile marks a VM whose process was killed as stopped and frees its resources", async () => {
+  it("reconcile marks a VM whose VMM was killed as failed, says why, and frees its resources", async () => {
     const vm = await SmolVM.create({ memSizeMib: 256 });
     const h = StateStore.open().get(vm.vmId)?.handle;
     assert.ok(h);
@@ -147,7 +147,9 @@ describe("lifecycle", () => {
     assert.ok(await waitFor(() => !processAlive(h.pid), 3000));
     const fixed = await reconcile(StateStore.open());
     assert.deepEqual(fixed, [vm.vmId]);
-    assert.equal(StateStore.open().get(vm.vmId)?.status, "stopped");
+    const rec = StateStore.open().get(vm.vmId);
+    assert.equal(rec?.status, "error");
+    assert.match(rec?.error ?? "", /the VMM was killed by SIGKILL/);
     assert.equal(processAlive(h.proxyPid), false);
     assert.equal(existsSync(h.runDir), false);
     await vm.delete();

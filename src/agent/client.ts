@@ -8,13 +8,16 @@ import {
   encodeFrame,
   F,
   FE,
+  FF,
   type Field,
   type Frame,
   FrameDecoder,
   fieldString,
   fieldU32,
   MAX_PAYLOAD,
+  OUTPUT_WINDOW,
   P,
+  ST,
   STDIN_WINDOW,
   T,
   u32,
@@ -48,9 +51,14 @@ export interface ExecExit {
   signal: number | null;
 }
 
+/**
+ * Output handlers. A handler that cannot take more for now returns a promise: the bytes count as consumed (and the
+ * agent may send more) only once it resolves, so a slow consumer slows the command down instead of queueing its
+ * output in memory. A handler that throws fails its stream.
+ */
 export interface ExecHandlers {
-  onStdout?: (chunk: Buffer) => void;
-  onStderr?: (chunk: Buffer) => void;
+  onStdout?: (chunk: Buffer) => void | Promise<void>;
+  onStderr?: (chunk: Buffer) => void | Promise<void>;
 }
 
 /** One stream in flight: a command (ends with EXIT) or an operation (ends with DONE). Any ERROR ends it. */
@@ -64,6 +72,10 @@ interface Pending extends ExecHandlers {
   inflight: number;
   /** writers waiting for the window to open (or the stream to end) */
   waiters: Array<() => void>;
+  /** output window the agent applies to this stream (0: none, from an agent without output flow control) */
+  outWin: number;
+  /** output bytes consumed and not yet acknowledged */
+  credit: number;
 }
 
 /** A stream the host can write to (stdin of a command, content of a file being written). */
@@ -271,10 +283,13 @@ export class AgentClient {
     const p = this.pending.get(f.stream);
     if (!p) return; // late output of a released stream
     switch (f.type) {
-      case T.STARTED:
+      case T.STARTED: {
         p.started = true;
-        p.resolveStarted(this.safeFields(f.payload));
+        const fields = this.safeFields(f.payload);
+        p.outWin = fieldU32(fields, ST.OUTWIN) ?? 0;
+        p.resolveStarted(fields);
         return;
+      }
       case T.WINDOW:
         if (f.payload.length === 4) {
           p.inflight = Math.max(0, p.inflight - f.payload.readUInt32BE(0));
@@ -282,14 +297,24 @@ export class AgentClient {
         }
         return;
       case T.STDOUT:
-      case T.STDERR:
+      case T.STDERR: {
+        let r: void | Promise<void>;
         try {
-          (f.type === T.STDOUT ? p.onStdout : p.onStderr)?.(f.payload);
+          r = (f.type === T.STDOUT ? p.onStdout : p.onStderr)?.(f.payload);
         } catch (e) {
           // a handler refused what the guest sent (malformed, too much): that stream fails, nothing else
           this.abandon(f.stream, e instanceof Error ? e : new AgentError(String(e)));
+          return;
         }
+        const n = f.payload.length;
+        if (r && typeof r.then === "function") {
+          r.then(
+            () => this.consumed(f.stream, p, n),
+            (e: unknown) => this.abandon(f.stream, e instanceof Error ? e : new AgentError(String(e))),
+          );
+        } else this.consumed(f.stream, p, n);
         return;
+      }
       case T.EXIT: {
         this.pending.delete(f.stream);
         this.wake(p);
@@ -318,6 +343,16 @@ export class AgentClient {
         p.rejectEnd(err);
         return;
       }
+    }
+  }
+
+  /** Acknowledge consumed output (in batches of a quarter window), so the agent sends more. */
+  private consumed(stream: number, p: Pending, n: number): void {
+    if (!p.outWin || this.pending.get(stream) !== p) return;
+    p.credit += n;
+    if (p.credit >= p.outWin / 4) {
+      this.send(T.WINDOW, stream, u32(p.credit)).catch(() => {});
+      p.credit = 0;
     }
   }
 
@@ -439,6 +474,7 @@ export class AgentClient {
     if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
     if (req.user !== undefined) fields.push([F.USER, req.user]);
     if (req.keep) fields.push([F.KEEP, Buffer.from([1])]);
+    fields.push([F.OUTWIN, u32(OUTPUT_WINDOW)]);
     if (req.pty) {
       const b = Buffer.alloc(4);
       b.writeUInt16BE(req.pty.cols, 0);
@@ -458,16 +494,26 @@ export class AgentClient {
   attach(pid: number, handlers: ExecHandlers = {}): ExecHandle {
     if (this.closedError) throw this.closedError;
     const { stream, started, ended } = this.register(handlers);
-    this.send(T.CONNECT, stream, encodeFields([[P.PID, u32(pid)]])).catch(() => {});
+    this.send(
+      T.CONNECT,
+      stream,
+      encodeFields([
+        [P.PID, u32(pid)],
+        [P.OUTWIN, u32(OUTPUT_WINDOW)],
+      ]),
+    ).catch(() => {});
     const gotPid = started.then((fields) => fieldU32(fields, 1) ?? 0);
     gotPid.catch(() => {});
     return new ExecHandle(this, stream, gotPid, ended as Promise<ExecExit>);
   }
 
-  /** Start a non-exec operation (files, env). Data frames go to `onData`. */
-  op(type: number, fields: Field[], onData?: (chunk: Buffer) => void): OpHandle {
+  /**
+   * Start a non-exec operation (files, env). Data frames go to `onData` (which may return a promise, as output
+   * handlers do). A file read gets the output window.
+   */
+  op(type: number, fields: Field[], onData?: (chunk: Buffer) => void | Promise<void>): OpHandle {
     if (this.closedError) throw this.closedError;
-    const payload = encodeFields(fields);
+    const payload = encodeFields(type === T.FREAD ? [...fields, [FF.OUTWIN, u32(OUTPUT_WINDOW)]] : fields);
     if (payload.length > MAX_PAYLOAD) throw new AgentError("request exceeds 64 KiB");
     const { stream, started, ended } = this.register({ onStdout: onData });
     this.send(type, stream, payload).catch(() => {});
@@ -492,7 +538,10 @@ export class AgentClient {
     // callers may await only one of the two; neither may become an unhandled rejection
     started.catch(() => {});
     ended.catch(() => {});
-    this.pending.set(stream, Object.assign(d, handlers, { started: false, inflight: 0, waiters: [] }));
+    this.pending.set(
+      stream,
+      Object.assign(d, handlers, { started: false, inflight: 0, waiters: [], outWin: 0, credit: 0 }),
+    );
     return { stream, started, ended };
   }
 

@@ -4,11 +4,16 @@
  */
 import { AgentError } from "../errors.js";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const HEADER_BYTES = 9;
 export const MAX_PAYLOAD = 65536;
 /** Unacknowledged stdin bytes the host may have in flight per stream (the agent acknowledges with WINDOW). */
 export const STDIN_WINDOW = 1 << 20;
+/**
+ * Output bytes the agent may send per stream before the host acknowledges them (with WINDOW, as it consumes them):
+ * a consumer that stops reading (a full pipe, a slow disk) stops the command, never grows the host's memory.
+ */
+export const OUTPUT_WINDOW = 2 << 20;
 
 export const T = {
   PING: 0x01,
@@ -44,12 +49,14 @@ export const T = {
 } as const;
 
 /** Field tags of EXEC payloads. */
-export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7, KEEP: 8 } as const;
+export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7, KEEP: 8, OUTWIN: 9 } as const;
+/** Field tags of STARTED payloads (exec, connect, file read). */
+export const ST = { PID: 1, OUTWIN: 2, SIZE: 3, TYPE: 4 } as const;
 /** Field tags of process list entries (PS) and CONNECT. */
-export const P = { PID: 1, CMD: 2, RUNNING: 3, EXIT: 4, ATTACHED: 5, KEEP: 6 } as const;
+export const P = { PID: 1, CMD: 2, RUNNING: 3, EXIT: 4, ATTACHED: 5, KEEP: 6, OUTWIN: 7 } as const;
 /** Field tags of file operation requests, and their flags. */
-export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5 } as const;
-export const FL = { PARENTS: 1, RECURSIVE: 2 } as const;
+export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5, OUTWIN: 6 } as const;
+export const FL = { PARENTS: 1, RECURSIVE: 2, REGULAR: 4 } as const;
 /** Field tags of stat / list entries. */
 export const E = { PATH: 1, TYPE: 2, SIZE: 3, MODE: 4, MTIME: 5, LINK: 6 } as const;
 /** Field tags of ERROR payloads. */

@@ -69,7 +69,11 @@ export function createVmCgroups(name: string, limits: VmLimits): { dirs: string[
       mkdirSync(dir, { mode: 0o755 });
       made.push(dir);
       writeFileSync(join(dir, "memory.max"), String(limits.memBytes));
-      writeFileSync(join(dir, "memory.swap.max"), "0");
+      try {
+        writeFileSync(join(dir, "memory.swap.max"), "0");
+      } catch {
+        // no swap accounting on this host
+      }
       writeFileSync(join(dir, "pids.max"), String(limits.pids));
       writeFileSync(join(dir, "cpu.max"), `${Math.round(limits.cpus * CPU_PERIOD_US)} ${CPU_PERIOD_US}`);
       return { dirs: made };
@@ -93,6 +97,18 @@ export function createVmCgroups(name: string, limits: VmLimits): { dirs: string[
     removeCgroups(made);
     return { dirs: [], reason: (e as Error).message };
   }
+}
+
+/** The cgroup directories that exist for a VM's cgroup name (to clean up after a VM whose record lost them). */
+export function existingVmCgroups(name: string): string[] {
+  const version = cgroupVersion();
+  const dirs =
+    version === 2
+      ? [join(ROOT, "smolvm", name)]
+      : version === 1
+        ? V1_CONTROLLERS.map((c) => join(ROOT, c, ownV1Path(c), `smolvm-${name}`))
+        : [];
+  return dirs.filter((d) => existsSync(d));
 }
 
 /** Remove a VM's cgroups (once its processes are gone; a cgroup still in use is left and retried later). */

@@ -12,6 +12,18 @@ import { registerPack } from "./pack.js";
 import { registerShell } from "./shell.js";
 import { registerSnapshots } from "./snapshots.js";
 
+/**
+ * A reader that goes away early (`smolvm status x | head -2`) closes our stdout: writing then fails with EPIPE
+ * (Node ignores SIGPIPE), which would be an unhandled 'error' event and a stack trace. Exit quietly instead, with
+ * the exit code set so far. Other stream errors keep their default behaviour.
+ */
+function exitOnClosedPipe(err: NodeJS.ErrnoException): void {
+  if (err.code === "EPIPE" || err.code === "ERR_STREAM_DESTROYED") process.exit(process.exitCode ?? 0);
+  throw err;
+}
+process.stdout.on("error", exitOnClosedPipe);
+process.stderr.on("error", exitOnClosedPipe);
+
 const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
 
 const program = new Command()

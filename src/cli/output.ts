@@ -17,13 +17,35 @@ export function table(rows: Record<string, unknown>[], columns: string[]): strin
   return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join("\n");
 }
 
-/** Parse a numeric option; a bad value becomes a ConfigError naming the config field. */
-export function num(field: string, v: string | undefined): number | undefined {
+/** The longest delay a Node.js timer honours: a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** The range an integer option must lie in; `unit` (e.g. "milliseconds") names what it counts, for messages. */
+export interface IntRange {
+  min: number;
+  max: number;
+  unit?: string;
+}
+
+/**
+ * Parse an integer option: only plain decimal digits (no sign, hex, exponent, fraction, spaces or `_`) giving a
+ * safe integer within [min, max]. Anything else is a ConfigError naming the config field and what is allowed.
+ */
+export function int(field: string, v: string, range: IntRange): number;
+export function int(field: string, v: string | undefined, range: IntRange): number | undefined;
+export function int(field: string, v: string | undefined, { min, max, unit }: IntRange): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n))
-    throw new ConfigError(field, `must be a number, got ${JSON.stringify(v)}`);
+  const n = /^[0-9]+$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const what = unit ? `a whole number of ${unit}` : "a whole number";
+    throw new ConfigError(field, `must be ${what} from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  }
   return n;
+}
+
+/** @deprecated Use `int` with the option's real range. Any safe integer >= 0. */
+export function num(field: string, v: string | undefined): number | undefined {
+  return int(field, v, { min: 0, max: Number.MAX_SAFE_INTEGER });
 }
 
 export function parseEnv(pairs: string[] = []): Record<string, string> {
@@ -39,11 +61,19 @@ export function parseEnv(pairs: string[] = []): Record<string, string> {
 /** One argument is a shell command line (`smolvm run -- 'ls | wc -l'`); several are an argv. */
 export const toCommand = (args: string[]): string | string[] => (args.length === 1 ? (args[0] as string) : args);
 
-/** Print an error the way users should see it and return the process exit code. */
+/**
+ * Print an error the way users should see it and return the process exit code. Never throws, even if `e` is
+ * not an Error or the output stream is closed.
+ */
 export function reportError(e: unknown, json: boolean): number {
-  const err = e as Error;
   const code = e instanceof ConfigError ? 2 : 1;
-  if (json) printJson({ error: { type: err.name, message: err.message } });
-  else process.stderr.write(`smolvm: ${e instanceof SmolVMError ? "" : `${err.name}: `}${err.message}\n`);
+  try {
+    const name = e instanceof Error ? e.name : "Error";
+    const message = e instanceof Error ? e.message : String(e);
+    if (json) printJson({ error: { type: name, message } });
+    else process.stderr.write(`smolvm: ${e instanceof SmolVMError ? "" : `${name}: `}${message}\n`);
+  } catch {
+    // nowhere left to report to
+  }
   return code;
 }

@@ -1,6 +1,5 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
 
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
@@ -12,8 +11,11 @@ import { ConfigError, SmolVMError, VMDiedError, VMNotFoundError, VMStateError } 
 import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { ensureDefaultImage } from "../images/store.js";
-import { runtimeDir, stateDir } from "../paths.js";
-import { reconcile, reconcileVm } from "../state/reconcile.js";
+import { vmRunDir } from "../paths.js";
+import { describeEnd } from "../lifecycle/exit-reason.js";
+import { killByRunDir } from "../lifecycle/recover.js";
+import { beginOp, endOp } from "../state/journal.js";
+import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
 import {
@@ -32,6 +34,7 @@ import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
 import {
   checkSnapshotFiles,
+  checkSnapshotName,
   deleteSnapshot,
   type LaunchPlan,
   newSnapshotId,
@@ -97,8 +100,7 @@ function info(rec: VMRecord): VMInfo {
   };
 }
 
-const runDirFor = (vmId: string) =>
-  join(runtimeDir(), createHash("sha256").update(`${stateDir()}\0${vmId}`).digest("hex").slice(0, 16));
+const runDirFor = (vmId: string) => vmRunDir(vmId);
 
 export class SmolVM implements AsyncDisposable {
   readonly config: ResolvedVMConfig;
@@ -163,13 +165,17 @@ export class SmolVM implements AsyncDisposable {
     return this.config.name;
   }
 
-  /** created | running | paused | stopped | error. A VM whose process died reads as stopped. */
+  /**
+   * created | running | paused | stopped | error. A VM whose VMM died reads as stopped if the guest powered itself
+   * off, else error (`info().error` says why: a crash, a kernel panic, a kill); `list()` and `fromId()` record it.
+   */
   get status(): VMStatus {
     if (!this.rec) return "created";
-    const rec = this.store.get(this.vmId) ?? this.rec; // another process may have paused or stopped it
+    const rec = this.store.getById(this.vmId) ?? this.rec; // another process may have paused or stopped it
     this.rec = rec;
-    if ((rec.status === "running" || rec.status === "paused") && rec.handle && !this.driver().isAlive(rec.handle)) {
-      return "stopped";
+    if ((rec.status === "running" || rec.status === "paused") && rec.handle) {
+      const backend = backendFor(rec.backend);
+      if (!backend.isAlive(rec.handle)) return describeEnd(backend.exitInfo(rec.handle), rec.handle.consoleLog).status;
     }
     return rec.status;
   }
@@ -184,7 +190,7 @@ export class SmolVM implements AsyncDisposable {
 
   /** Re-read this VM's record (another process may have changed it). */
   private refresh(): VMRecord | null {
-    const rec = this.store.get(this.vmId);
+    const rec = this.store.getById(this.vmId);
     if (rec) this.rec = rec;
     return rec;
   }
@@ -241,6 +247,7 @@ export class SmolVM implements AsyncDisposable {
     const backend = this.driver();
     const c = this.config;
     const tImage = performance.now();
+    const op = beginOp(this.store, "create", { vmId: c.vmId, data: { newRecord: !this.rec } });
     if (!this.rec) {
       this.rec = this.store.insert({
         id: c.vmId,
@@ -260,6 +267,7 @@ export class SmolVM implements AsyncDisposable {
     let handle: VMHandle | null = null;
     const logPath = join(rec.vmDir, "console.log");
     try {
+      mkdirSync(rec.vmDir, { recursive: true, mode: 0o700 }); // the console log lives here, whatever the disk mode
       // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
       const disk =
         rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
@@ -319,6 +327,8 @@ export class SmolVM implements AsyncDisposable {
         `VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`,
         { cause: e },
       );
+    } finally {
+      endOp(this.store, op);
     }
   }
 
@@ -334,11 +344,13 @@ export class SmolVM implements AsyncDisposable {
     if (rec.diskFormat !== "qcow2") {
       throw new VMStateError(`VM ${this.vmId} uses diskMode "shared"; snapshots need an isolated disk layer`);
     }
+    if (opts.name !== undefined) checkSnapshotName(opts.name);
     if (opts.name !== undefined && this.store.getSnapshot(opts.name)) {
       throw new ConfigError("name", `${JSON.stringify(opts.name)} is already used by another snapshot`);
     }
     const id = newSnapshotId();
     const dir = join(this.store.dir, "snapshots", id);
+    const op = beginOp(this.store, "snapshot", { vmId: rec.id, path: dir, data: { snapshotId: id, prevDisk: rec.diskPath } });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     let switched = false;
     const handle = rec.handle;
@@ -403,6 +415,8 @@ export class SmolVM implements AsyncDisposable {
       this.store.update(rec.id, { snapshotId: id });
       this.refresh();
       throw e;
+    } finally {
+      endOp(this.store, op);
     }
   }
 
@@ -544,7 +558,14 @@ export class SmolVM implements AsyncDisposable {
     try {
       this.client = await AgentClient.connect(this.driver().agentChannel(rec.handle));
     } catch (e) {
-      throw new VMDiedError(`cannot reach the agent of VM ${this.vmId}: ${(e as Error).message}`);
+      // its proxy may have died: reconcile restarts it (or, if the guest broke the protocol, ends the VM)
+      const after = await reconcileVm(this.store, rec);
+      this.rec = after;
+      if (after.status !== "running" || !after.handle || after.handle === rec.handle) {
+        const why = after.error ? ` (${after.error})` : "";
+        throw new VMDiedError(`cannot reach the agent of VM ${this.vmId}: ${(e as Error).message}${why}`);
+      }
+      this.client = await AgentClient.connect(this.driver().agentChannel(after.handle));
     }
     return this.client;
   }
@@ -663,12 +684,17 @@ export class SmolVM implements AsyncDisposable {
   async delete(): Promise<void> {
     this.client?.close();
     this.client = null;
-    const rec = this.store.get(this.vmId);
+    const rec = this.store.getById(this.vmId);
     if (!rec) return;
-    if (rec.handle) await this.driver().kill(rec.handle);
-    rmSync(runDirFor(rec.id), { recursive: true, force: true });
-    rmSync(rec.vmDir, { recursive: true, force: true }); // the private layer and console log; never the base image
-    this.store.delete(rec.id);
+    const op = beginOp(this.store, "delete", { vmId: rec.id });
+    try {
+      if (rec.handle) await backendFor(rec.backend).kill(rec.handle);
+      await killByRunDir(rec.id, runDirFor(rec.id)); // a start that never recorded its handle
+      rmSync(rec.vmDir, { recursive: true, force: true }); // the private layer and console log; never the base image
+      this.store.delete(rec.id);
+    } finally {
+      endOp(this.store, op);
+    }
     this.rec = { ...rec, status: "stopped", handle: null };
   }
 

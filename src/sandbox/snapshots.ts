@@ -4,7 +4,7 @@ import { existsSync, rmSync, statSync } from "node:fs";
 import type { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import type { AccelName } from "../config.js";
-import { SmolVMError } from "../errors.js";
+import { ConfigError, SmolVMError } from "../errors.js";
 import type { SnapshotRecord, StateStore } from "../state/store.js";
 
 export interface SnapshotInfo {
@@ -53,6 +53,16 @@ export class SnapshotInUseError extends SmolVMError {
   ) {
     const who = [...users.vms.map((v) => `VM ${v}`), ...users.snapshots.map((s) => `snapshot ${s}`)].join(", ");
     super(`snapshot ${snapshotId} is still used by ${who}: delete those first (their disks are layered on it)`);
+  }
+}
+
+/** Snapshot names: like VM names, and never of the shape of a snapshot id (so an id always means one snapshot). */
+export function checkSnapshotName(name: unknown): void {
+  if (typeof name !== "string" || !/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
+    throw new ConfigError("name", "must be 1-63 lowercase letters, digits, dots, dashes or underscores");
+  }
+  if (/^snap-[0-9a-f]{10}$/.test(name)) {
+    throw new ConfigError("name", `${JSON.stringify(name)} looks like a snapshot id (snap-xxxxxxxxxx); choose another`);
   }
 }
 

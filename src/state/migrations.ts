@@ -32,4 +32,14 @@ export const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL
    );
    ALTER TABLE vms ADD COLUMN snapshot_id TEXT;`,
+  `CREATE TABLE ops (
+     id         INTEGER PRIMARY KEY AUTOINCREMENT,
+     kind       TEXT NOT NULL,
+     vm_id      TEXT,
+     path       TEXT,
+     data       TEXT NOT NULL DEFAULT '{}',
+     pid        INTEGER NOT NULL,
+     pid_start  TEXT NOT NULL,
+     started_at TEXT NOT NULL
+   );`,
 ];

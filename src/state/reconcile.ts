@@ -1,11 +1,20 @@
-/** Bring the state store in line with reality: VMs whose process died are marked stopped and their resources freed. */
+/**
+ * Bring the state store in line with reality:
+ *   - a VM whose VMM died is marked stopped (the guest powered off) or error, with the reason (crash, panic, kill,
+ *     a guest that broke the protocol), and its proxy, sockets, cgroups and pid files are freed;
+ *   - a VM whose VMM runs but whose proxy died gets a new proxy, unless the proxy ended because the guest broke
+ *     the protocol: then the VM is stopped and marked error (a guest that sends garbage is not given another go);
+ *   - work that a killed process left half done (the journal) is finished or rolled back.
+ */
 
 import { QemuBackend } from "../backends/qemu/backend.js";
 import { getBackend } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
+import { describeEnd } from "../lifecycle/exit-reason.js";
+import { recoverInterrupted } from "../lifecycle/recover.js";
 import type { StateStore, VMRecord } from "./store.js";
 
-function backendFor(kind: BackendKind): Backend {
+export function backendFor(kind: BackendKind): Backend {
   try {
     return getBackend(kind);
   } catch {
@@ -17,14 +26,33 @@ function backendFor(kind: BackendKind): Backend {
 export async function reconcileVm(store: StateStore, rec: VMRecord): Promise<VMRecord> {
   if ((rec.status !== "running" && rec.status !== "paused") || !rec.handle) return rec;
   const backend = backendFor(rec.backend);
-  if (backend.isAlive(rec.handle)) return rec;
-  await backend.kill(rec.handle); // frees the proxy, sockets and pid files
-  store.update(rec.id, { status: "stopped", handle: null });
-  return { ...rec, status: "stopped", handle: null };
+  const h = rec.handle;
+  if (backend.isAlive(h)) {
+    if (backend.proxyAlive(h)) return rec;
+    const info = backend.exitInfo(h);
+    if (info?.reason !== "guest-protocol") {
+      try {
+        const handle = await backend.restartProxy(h);
+        store.update(rec.id, { handle });
+        return { ...rec, handle };
+      } catch {
+        // fall through: a VM nobody can reach is no use running
+      }
+    }
+    await backend.kill(h);
+    const end = describeEnd(info, h.consoleLog);
+    store.update(rec.id, { status: "error", handle: null, error: end.reason });
+    return { ...rec, status: "error", handle: null, error: end.reason };
+  }
+  const end = describeEnd(backend.exitInfo(h), h.consoleLog);
+  await backend.kill(h); // frees the proxy, sockets, cgroups and pid files
+  store.update(rec.id, { status: end.status, handle: null, error: end.reason });
+  return { ...rec, status: end.status, handle: null, error: end.reason };
 }
 
-/** Reconcile every VM; returns the ids that were found dead and marked stopped. */
+/** Reconcile every VM; returns the ids whose record changed. */
 export async function reconcile(store: StateStore): Promise<string[]> {
+  await recoverInterrupted(store);
   const fixed: string[] = [];
   for (const rec of store.list()) {
     const after = await reconcileVm(store, rec);

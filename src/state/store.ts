@@ -2,12 +2,12 @@
  * SQLite state at `<state>/smolvm.db`. WAL mode and a busy timeout make it safe for several processes creating and
  * deleting VMs at once; migrations run inside an immediate transaction so two first-time processes cannot race.
  */
-import { mkdirSync } from "node:fs";
+import { chmodSync, closeSync, mkdirSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import type { BackendKind, VMHandle } from "../backends/types.js";
 import type { ResolvedVMConfig } from "../config.js";
-import { ConfigError } from "../errors.js";
+import { ConfigError, SmolVMError } from "../errors.js";
 import { stateDir } from "../paths.js";
 import { MIGRATIONS } from "./migrations.js";
 
@@ -118,6 +118,29 @@ function snapFromRow(r: SnapshotRow): SnapshotRecord {
   };
 }
 
+/**
+ * The state dir holds secrets (env values in the database, guest memory in snapshots): it is ours alone, whatever
+ * the umask or however it was created. A pre-existing folder of ours that others may read is tightened; the
+ * database and its journal files are created 0600 (SQLite gives its -wal and -shm files the database's mode).
+ */
+function privateState(dir: string): void {
+  const st = statSync(dir);
+  const me = process.getuid?.();
+  if (me !== undefined && st.uid !== me) {
+    throw new SmolVMError(`state dir ${dir} belongs to uid ${st.uid}, not to this user (${me}): refusing to use it`);
+  }
+  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+  for (const f of ["smolvm.db", "smolvm.db-wal", "smolvm.db-shm"]) {
+    const p = join(dir, f);
+    if (f === "smolvm.db") closeSync(openSync(p, "a", 0o600));
+    try {
+      if ((statSync(p).mode & 0o077) !== 0) chmodSync(p, 0o600);
+    } catch {
+      // not created yet
+    }
+  }
+}
+
 const stores = new Map<string, StateStore>();
 
 export class StateStore {
@@ -125,6 +148,7 @@ export class StateStore {
 
   private constructor(readonly dir: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    privateState(dir);
     this.db = new Database(join(dir, "smolvm.db"), { timeout: 10_000 });
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = NORMAL");
@@ -164,6 +188,14 @@ export class StateStore {
   insert(rec: Omit<VMRecord, "createdAt" | "updatedAt" | "snapshotId"> & { snapshotId?: string | null }): VMRecord {
     const full = { ...rec, snapshotId: rec.snapshotId ?? null };
     const now = new Date().toISOString();
+    // ids and names share one namespace: `smolvm rm X` must mean one VM
+    const clash = this.db
+      .prepare("SELECT id, name FROM vms WHERE name = ? OR (? IS NOT NULL AND id = ?)")
+      .get(rec.id, rec.name, rec.name) as { id: string; name: string | null } | undefined;
+    if (clash) {
+      if (clash.name === rec.id) throw new ConfigError("vmId", `${JSON.stringify(rec.id)} is another VM's name`);
+      throw new ConfigError("name", `${JSON.stringify(rec.name)} is another VM's id`);
+    }
     try {
       this.db
         .prepare(
@@ -215,11 +247,18 @@ export class StateStore {
     this.db.prepare(`UPDATE vms SET ${sets.join(", ")} WHERE id = ?`).run(...vals, id);
   }
 
-  /** A VM by id or by name. */
+  /** A VM by id, else by name (an exact id always wins: a name can never shadow another VM's id). */
   get(idOrName: string): VMRecord | null {
-    const row = this.db.prepare("SELECT * FROM vms WHERE id = ? OR name = ? LIMIT 1").get(idOrName, idOrName) as
-      | Row
-      | undefined;
+    return this.getById(idOrName) ?? this.getByName(idOrName);
+  }
+
+  getById(id: string): VMRecord | null {
+    const row = this.db.prepare("SELECT * FROM vms WHERE id = ?").get(id) as Row | undefined;
+    return row ? fromRow(row) : null;
+  }
+
+  getByName(name: string): VMRecord | null {
+    const row = this.db.prepare("SELECT * FROM vms WHERE name = ?").get(name) as Row | undefined;
     return row ? fromRow(row) : null;
   }
 
@@ -233,6 +272,9 @@ export class StateStore {
 
   insertSnapshot(s: Omit<SnapshotRecord, "createdAt">): SnapshotRecord {
     const createdAt = new Date().toISOString();
+    if (s.name !== null && this.db.prepare("SELECT 1 FROM snapshots WHERE id = ?").get(s.name)) {
+      throw new ConfigError("name", `${JSON.stringify(s.name)} is another snapshot's id`);
+    }
     try {
       this.db
         .prepare(
@@ -265,10 +307,11 @@ export class StateStore {
     return { ...s, createdAt };
   }
 
+  /** A snapshot by id, else by name. */
   getSnapshot(idOrName: string): SnapshotRecord | null {
-    const row = this.db.prepare("SELECT * FROM snapshots WHERE id = ? OR name = ? LIMIT 1").get(idOrName, idOrName) as
-      | SnapshotRow
-      | undefined;
+    const q = (col: string) =>
+      this.db.prepare(`SELECT * FROM snapshots WHERE ${col} = ?`).get(idOrName) as SnapshotRow | undefined;
+    const row = q("id") ?? q("name");
     return row ? snapFromRow(row) : null;
   }
 
