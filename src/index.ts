@@ -25,4 +25,5 @@ export type { Processes, ProcessInfo } from "./sandbox/processes.js";
 export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
 export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
 export { type SnapshotInfo, SnapshotInUseError, SnapshotNotFoundError } from "./sandbox/snapshots.js";
-export { UnsafeArchiveError } from "./sandbox/tar.js";
+export { TransferLimitError, UnsafeArchiveError } from "./sandbox/tar.js";
+export type { TransferOptions } from "./sandbox/transfers.js";

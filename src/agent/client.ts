@@ -57,8 +57,8 @@ export interface ExecExit {
  * output in memory. A handler that throws fails its stream.
  */
 export interface ExecHandlers {
-  onStdout?: (chunk: Buffer) => void | Promise<void>;
-  onStderr?: (chunk: Buffer) => void | Promise<void>;
+  onStdout?: (chunk: Buffer) => unknown;
+  onStderr?: (chunk: Buffer) => unknown;
 }
 
 /** One stream in flight: a command (ends with EXIT) or an operation (ends with DONE). Any ERROR ends it. */
@@ -150,7 +150,14 @@ export interface ConnectOptions {
   timeoutMs?: number;
 }
 
+const isThenable = (v: unknown): v is PromiseLike<unknown> =>
+  typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
+
+/** Output handed to handlers that have not consumed it yet, across streams, above which reading stops. */
+const MAX_UNCONSUMED = 32 << 20;
+
 export class AgentClient {
+  private unconsumed = 0;
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
   private readonly pings = new Map<number, () => void>();
@@ -298,7 +305,7 @@ export class AgentClient {
         return;
       case T.STDOUT:
       case T.STDERR: {
-        let r: void | Promise<void>;
+        let r: unknown;
         try {
           r = (f.type === T.STDOUT ? p.onStdout : p.onStderr)?.(f.payload);
         } catch (e) {
@@ -307,10 +314,23 @@ export class AgentClient {
           return;
         }
         const n = f.payload.length;
-        if (r && typeof r.then === "function") {
+        if (isThenable(r)) {
+          // a guest that ignores its output window cannot grow our memory either: past the mark, stop reading
+          this.unconsumed += n;
+          if (this.unconsumed > MAX_UNCONSUMED && !this.sock.isPaused()) this.sock.pause();
+          const settle = () => {
+            this.unconsumed -= n;
+            if (this.unconsumed <= MAX_UNCONSUMED / 2 && this.sock.isPaused()) this.sock.resume();
+          };
           r.then(
-            () => this.consumed(f.stream, p, n),
-            (e: unknown) => this.abandon(f.stream, e instanceof Error ? e : new AgentError(String(e))),
+            () => {
+              settle();
+              this.consumed(f.stream, p, n);
+            },
+            (e: unknown) => {
+              settle();
+              this.abandon(f.stream, e instanceof Error ? e : new AgentError(String(e)));
+            },
           );
         } else this.consumed(f.stream, p, n);
         return;
@@ -511,7 +531,7 @@ export class AgentClient {
    * Start a non-exec operation (files, env). Data frames go to `onData` (which may return a promise, as output
    * handlers do). A file read gets the output window.
    */
-  op(type: number, fields: Field[], onData?: (chunk: Buffer) => void | Promise<void>): OpHandle {
+  op(type: number, fields: Field[], onData?: (chunk: Buffer) => unknown): OpHandle {
     if (this.closedError) throw this.closedError;
     const payload = encodeFields(type === T.FREAD ? [...fields, [FF.OUTWIN, u32(OUTPUT_WINDOW)]] : fields);
     if (payload.length > MAX_PAYLOAD) throw new AgentError("request exceeds 64 KiB");

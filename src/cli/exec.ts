@@ -2,8 +2,30 @@
 import type { Command } from "commander";
 import type { CommandResult } from "../sandbox/commands.js";
 import { SmolVM } from "../sandbox/smolvm.js";
+import { onInterrupt } from "./cleanup.js";
 import { addVmOptions, type VmOptions, vmConfigFrom } from "./lifecycle.js";
-import { num, parseEnv, printJson, progress, toCommand } from "./output.js";
+import { int, MAX_TIMER_MS, parseEnv, printJson, progress, toCommand } from "./output.js";
+import { guestTextSink } from "./terminal-filter.js";
+
+/**
+ * Guest output to one of our streams: control sequences that could act on the user's terminal are removed when it
+ * is a terminal, and when the stream's buffer is full the returned promise holds the guest back (backpressure all
+ * the way to the command in the guest: `smolvm exec ... | slow-reader` never grows in memory).
+ */
+export function guestOutput(stream: NodeJS.WriteStream): (b: Buffer) => undefined | Promise<void> {
+  const sink = guestTextSink(stream, "interactive");
+  let drained: Promise<void> | null = null; // one wait for all the chunks written while the buffer is full
+  return (b) => {
+    if (sink(b)) return undefined;
+    drained ??= new Promise<void>((resolve) =>
+      stream.once("drain", () => {
+        drained = null;
+        resolve();
+      }),
+    );
+    return drained;
+  };
+}
 
 interface ExecOptions {
   interactive?: boolean;
@@ -27,13 +49,13 @@ async function runStreaming(
   const attach = o.interactive || !process.stdin.isTTY;
   try {
     return await vm.run(toCommand(args), {
-      timeoutMs: num("timeoutMs", o.timeout),
+      timeoutMs: int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }),
       cwd: o.cwd,
       env,
       user: o.user,
       stdin: attach ? process.stdin : undefined,
-      onStdout: o.json ? undefined : (b) => process.stdout.write(b),
-      onStderr: o.json ? undefined : (b) => process.stderr.write(b),
+      onStdout: o.json ? undefined : guestOutput(process.stdout),
+      onStderr: o.json ? undefined : guestOutput(process.stderr),
     });
   } finally {
     if (attach) process.stdin.destroy(); // the command is done: stop waiting for input
@@ -55,18 +77,14 @@ export function registerExec(program: Command): void {
     .option("--json", "print the result as JSON instead of streaming")
     .action(async (args: string[], o: VmOptions & ExecOptions) => {
       const vm = new SmolVM(vmConfigFrom(o));
-      const cleanup = () => {
-        vm.delete().finally(() => process.exit(130));
-      };
-      process.once("SIGINT", cleanup);
-      process.once("SIGTERM", cleanup);
+      int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }); // before anything boots
+      const cancel = onInterrupt(() => vm.delete()); // Ctrl-C, a closed terminal, a reader that went away
       try {
         await vm.start({ onProgress: progress });
         finish(await runStreaming(vm, args, o), o.json);
       } finally {
         await vm.delete();
-        process.off("SIGINT", cleanup);
-        process.off("SIGTERM", cleanup);
+        cancel();
       }
     });
 
@@ -81,6 +99,7 @@ export function registerExec(program: Command): void {
     .option("-i, --interactive", "pass stdin through even when it is a terminal")
     .option("--json", "print the result as JSON instead of streaming")
     .action(async (id: string, args: string[], o: ExecOptions) => {
+      int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" });
       const vm = await SmolVM.fromId(id);
       try {
         finish(await runStreaming(vm, args, o, parseEnv(o.env)), o.json);

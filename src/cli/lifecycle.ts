@@ -1,12 +1,15 @@
 /** create, list, status, logs, stop, rm */
-import { existsSync, readFileSync } from "node:fs";
+import { once } from "node:events";
+import { createReadStream, existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
-import type { BackendName, DiskMode } from "../config.js";
+import { type BackendName, type DiskMode, LIMITS } from "../config.js";
 import { SmolVMError, VMNotFoundError } from "../errors.js";
+import { tailLines } from "../sandbox/console-log.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";
-import { num, parseEnv, printJson, progress, table } from "./output.js";
+import { int, parseEnv, printJson, progress, table } from "./output.js";
+import { guestTextSink } from "./terminal-filter.js";
 
 export interface VmOptions {
   name?: string;
@@ -33,8 +36,8 @@ export function addVmOptions(cmd: Command): Command {
 export function vmConfigFrom(o: VmOptions) {
   return {
     name: o.name,
-    memSizeMib: num("memSizeMib", o.mem),
-    vcpuCount: num("vcpuCount", o.cpus),
+    memSizeMib: int("memSizeMib", o.mem, { min: LIMITS.memSizeMib[0], max: LIMITS.memSizeMib[1], unit: "MiB" }),
+    vcpuCount: int("vcpuCount", o.cpus, { min: LIMITS.vcpuCount[0], max: LIMITS.vcpuCount[1] }),
     backend: o.backend as BackendName | undefined,
     diskMode: o.diskMode as DiskMode | undefined,
     coldBoot: o.coldBoot,
@@ -83,22 +86,21 @@ export function registerLifecycle(program: Command): void {
 
   program
     .command("logs <id>")
-    .description("print a VM's serial console log")
+    .description("print a VM's serial console log (the newest 1 MiB or so is kept)")
     .option("-n, --lines <n>", "only the last n lines")
     .action(async (id: string, o: { lines?: string }) => {
+      const n = int("lines", o.lines, { min: 0, max: 10_000_000 });
       const rec = StateStore.open().get(id);
       if (!rec) throw new VMNotFoundError(id);
       const path = join(rec.vmDir, "console.log");
-      const text = existsSync(path) ? readFileSync(path, "utf8") : "";
-      const n = num("lines", o.lines);
-      process.stdout.write(
-        n === undefined
-          ? text
-          : `${text
-              .split("\n")
-              .slice(-n - 1)
-              .join("\n")}`,
-      );
+      // guest text: on a terminal every control character is shown, never acted on
+      const out = guestTextSink(process.stdout, "log");
+      if (n !== undefined) out(tailLines(path, n));
+      else if (existsSync(path)) {
+        for await (const chunk of createReadStream(path)) {
+          if (!out(chunk as Buffer)) await once(process.stdout, "drain");
+        }
+      }
     });
 
   program

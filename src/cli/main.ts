@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, CommanderError } from "commander";
 import { packageRoot } from "../paths.js";
+import { exitNow, installSignalHandlers } from "./cleanup.js";
 import { registerExec } from "./exec.js";
 import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
@@ -18,11 +19,15 @@ import { registerSnapshots } from "./snapshots.js";
  * the exit code set so far. Other stream errors keep their default behaviour.
  */
 function exitOnClosedPipe(err: NodeJS.ErrnoException): void {
-  if (err.code === "EPIPE" || err.code === "ERR_STREAM_DESTROYED") process.exit(process.exitCode ?? 0);
+  if (err.code === "EPIPE" || err.code === "ERR_STREAM_DESTROYED") {
+    void exitNow(typeof process.exitCode === "number" ? process.exitCode : 0); // after `run` deleted its VM
+    return;
+  }
   throw err;
 }
 process.stdout.on("error", exitOnClosedPipe);
 process.stderr.on("error", exitOnClosedPipe);
+installSignalHandlers();
 
 const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
 

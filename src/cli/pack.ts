@@ -1,6 +1,7 @@
 /** pack create|inspect|run: the .smolmachine file */
 import type { Command } from "commander";
 import { readPackManifest, verifyPack } from "../images/pack.js";
+import { hostSignature } from "../images/pack-key.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { printJson, progress, toCommand } from "./output.js";
 
@@ -26,10 +27,16 @@ export function registerPack(program: Command): void {
     .option("--json", "print JSON")
     .action(async (file: string, o: { verify?: boolean; json?: boolean }) => {
       const m = o.verify ? await verifyPack(file) : readPackManifest(file).manifest;
-      if (o.json) printJson(m);
+      const sig = hostSignature(m);
+      if (o.json) printJson({ ...m, signedByThisHost: sig.signed });
       else {
         process.stdout.write(`format ${m.formatVersion}, ${m.backend} (${m.vmm}), created ${m.createdAt}\n`);
         process.stdout.write(`config: ${m.config.vcpuCount} vCPUs, ${m.config.memSizeMib} MiB\n`);
+        process.stdout.write(
+          sig.signed
+            ? "signature: signed by this host\n"
+            : `signature: not signed by this host: ${sig.why} (its memory is only restored with --trust)\n`,
+        );
         for (const s of m.sections) {
           process.stdout.write(`  ${s.name.padEnd(7)} ${String(s.size).padStart(12)} bytes, ${s.length} stored\n`);
         }
@@ -40,9 +47,10 @@ export function registerPack(program: Command): void {
     .description("start a VM from a file; with a command, run it, stream its output and delete the VM")
     .argument("[cmd...]", "command (one argument: a shell command line; several: an argv)")
     .option("--name <name>", "unique name (without a command)")
+    .option("--trust", "restore its memory state even if this host did not sign the file (trusted sources only)")
     .option("--json", "print JSON")
-    .action(async (file: string, cmd: string[], o: { name?: string; json?: boolean }) => {
-      const vm = await SmolVM.fromPack(file, { name: o.name });
+    .action(async (file: string, cmd: string[], o: { name?: string; trust?: boolean; json?: boolean }) => {
+      const vm = await SmolVM.fromPack(file, { name: o.name, trust: o.trust === true });
       if (!cmd.length) {
         vm.close();
         if (o.json) printJson(vm.info());

@@ -1,6 +1,7 @@
 /** smolvm shell: an interactive terminal in a VM. */
 import type { Command } from "commander";
 import { SmolVM } from "../sandbox/smolvm.js";
+import { guestOutput } from "./exec.js";
 
 export function registerShell(program: Command): void {
   program
@@ -18,13 +19,17 @@ export function registerShell(program: Command): void {
         cmd: cmd.length ? cmd : undefined,
         user: o.user,
         cwd: o.cwd,
-        onData: (b) => out.write(b),
+        onData: guestOutput(out),
       });
       const stdin = process.stdin;
       const raw = stdin.isTTY;
       if (raw) stdin.setRawMode(true);
+      // typing or pasting faster than the guest reads: stop reading our stdin until the write went through
       const onInput = (b: Buffer) => {
-        t.write(b).catch(() => {});
+        stdin.pause();
+        t.write(b)
+          .catch(() => {})
+          .finally(() => stdin.resume());
       };
       const onResize = () => {
         t.resize(size()).catch(() => {});

@@ -1,10 +1,9 @@
 /** pause, resume, snapshot create|list|inspect|rm, fork */
 import type { Command } from "commander";
-import { SmolVMError } from "../errors.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { StateStore } from "../state/store.js";
-import { num, printJson, table } from "./output.js";
+import { int, printJson, table } from "./output.js";
 
 export function registerSnapshots(program: Command): void {
   for (const [name, what] of [
@@ -84,9 +83,8 @@ export function registerSnapshots(program: Command): void {
     .option("--count <n>", "how many", "1")
     .option("--json", "print JSON")
     .action(async (id: string, o: { count: string; json?: boolean }) => {
+      const count = int("count", o.count, { min: 1, max: 64 });
       const vm = await SmolVM.fromId(id);
-      const count = num("count", o.count) as number;
-      if (!Number.isInteger(count)) throw new SmolVMError("--count must be a whole number");
       const clones = await vm.fork(count);
       vm.close();
       const infos = clones.map((c) => {

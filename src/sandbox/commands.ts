@@ -18,10 +18,13 @@ export interface CommandOptions {
 export interface RunOptions extends CommandOptions {
   /** Kill the command (its whole process group) after this many ms and throw `CommandTimeoutError`. */
   timeoutMs?: number;
-  /** Called with each chunk of stdout as it arrives. */
-  onStdout?: (chunk: Buffer) => void;
-  /** Called with each chunk of stderr as it arrives. */
-  onStderr?: (chunk: Buffer) => void;
+  /**
+   * Called with each chunk of stdout as it arrives. Returning a promise holds the command back until it resolves
+   * (backpressure: a slow consumer slows the command instead of queueing its output in memory).
+   */
+  onStdout?: (chunk: Buffer) => unknown;
+  /** Called with each chunk of stderr as it arrives (a returned promise holds the command back, as onStdout). */
+  onStderr?: (chunk: Buffer) => unknown;
   /** Written to the command's stdin, which is then closed. A Readable is streamed. */
   stdin?: string | Buffer | Readable;
   /** Aborting kills the command and rejects with `CommandAbortedError`. */
@@ -140,11 +143,11 @@ export async function runCommand(
   const h = client.exec(req, {
     onStdout: (b) => {
       out.push(b);
-      opts.onStdout?.(b);
+      return opts.onStdout?.(b);
     },
     onStderr: (b) => {
       err.push(b);
-      opts.onStderr?.(b);
+      return opts.onStderr?.(b);
     },
   });
   if (opts.stdin !== undefined) void feedStdin(h, opts.stdin);

@@ -1,22 +1,11 @@
 /** `vm.files`: file operations done by the guest agent itself (any guest image, no shell needed). */
-import {
-  closeSync,
-  createReadStream,
-  existsSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  renameSync,
-  rmSync,
-  statSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { createReadStream, existsSync, statSync } from "node:fs";
 import type { Readable } from "node:stream";
 import type { AgentClient, OpHandle } from "../agent/client.js";
 import { decodeFields, E, FF, type Field, FL, fieldString, fieldU32, fieldU64, T, u32 } from "../agent/codec.js";
-import { AgentError, ConfigError, FileNotFoundError, FileSystemError, SmolVMError } from "../errors.js";
-import { type ExtractStats, extractTar, packDir } from "./tar.js";
+import { AgentError, ConfigError, FileNotFoundError, FileSystemError } from "../errors.js";
+import { type ExtractStats, packDir } from "./tar.js";
+import { downloadFile, downloadFolder, readBounded, type TransferOptions } from "./transfers.js";
 
 export type EntryType = "file" | "dir" | "symlink" | "char" | "block" | "fifo" | "socket" | "unknown";
 
@@ -108,7 +97,12 @@ export interface WriteResult {
 export class Files {
   constructor(private readonly agent: () => Promise<AgentClient>) {}
 
-  private async op(type: number, path: string, fields: Field[], onData?: (b: Buffer) => void): Promise<Field[]> {
+  private async op(
+    type: number,
+    path: string,
+    fields: Field[],
+    onData?: (b: Buffer) => void | Promise<void>,
+  ): Promise<Field[]> {
     const h = (await this.agent()).op(type, [[FF.PATH, path], ...fields], onData);
     try {
       return await h.done;
@@ -117,29 +111,33 @@ export class Files {
     }
   }
 
-  /** Read a whole file: a string (`encoding`, default utf8) or, with `encoding: null`, a Buffer. */
-  async read(path: string, opts?: { encoding?: BufferEncoding; maxBytes?: number }): Promise<string>;
-  async read(path: string, opts: { encoding: null; maxBytes?: number }): Promise<Buffer>;
+  /**
+   * Read a whole file: a string (`encoding`, default utf8) or, with `encoding: null`, a Buffer. At most `maxBytes`
+   * (default 256 MiB): past it the read is stopped in the guest and `FileSystemError` (EFBIG) is thrown. Only
+   * regular files unless `allowSpecial` (a device may never end).
+   */
   async read(
     path: string,
-    opts: { encoding?: BufferEncoding | null; maxBytes?: number } = {},
+    opts?: { encoding?: BufferEncoding; maxBytes?: number; allowSpecial?: boolean },
+  ): Promise<string>;
+  async read(path: string, opts: { encoding: null; maxBytes?: number; allowSpecial?: boolean }): Promise<Buffer>;
+  async read(
+    path: string,
+    opts: { encoding?: BufferEncoding | null; maxBytes?: number; allowSpecial?: boolean } = {},
   ): Promise<string | Buffer> {
     checkPath("path", path);
     const max = opts.maxBytes ?? 256 << 20;
+    if (!Number.isSafeInteger(max) || max < 0) throw new ConfigError("maxBytes", "must be a whole number >= 0");
     const chunks: Buffer[] = [];
-    let size = 0;
-    let tooBig = false;
-    await this.op(T.FREAD, path, [], (b) => {
-      size += b.length;
-      if (size > max) tooBig = true;
-      else chunks.push(b);
-    });
-    if (tooBig) {
-      throw new FileSystemError(
-        path,
-        "EFBIG",
-        `${path} is larger than maxBytes (${max}); use downloadFile to stream it`,
-      );
+    try {
+      await readBounded(await this.agent(), path, max, {
+        allowSpecial: opts.allowSpecial,
+        onData: (b) => chunks.push(b),
+        onOver: () =>
+          new FileSystemError(path, "EFBIG", `${path} is larger than maxBytes (${max}); use downloadFile to stream it`),
+      });
+    } catch (e) {
+      throw fsError(e, path);
     }
     const buf = Buffer.concat(chunks);
     return opts.encoding === null ? buf : buf.toString(opts.encoding ?? "utf8");
@@ -233,29 +231,20 @@ export class Files {
   }
 
   /**
-   * Copy a guest file to the host, streaming. Data is written as it arrives (the socket is not read faster than the
-   * disk takes it), into a temporary file renamed to `localPath` only when complete.
+   * Copy a guest file to the host, streaming: written as it arrives (runs of zeros stay holes), into a temporary
+   * file renamed to `localPath` only when complete. Bounded by `maxBytes` (default: what the destination can take
+   * while keeping a margin free); regular files only unless `allowSpecial`.
    */
-  async download(guestPath: string, localPath: string): Promise<{ path: string; bytes: number }> {
+  async download(
+    guestPath: string,
+    localPath: string,
+    opts: TransferOptions = {},
+  ): Promise<{ path: string; bytes: number }> {
     checkPath("guestPath", guestPath);
-    const tmp = `${localPath}.smolvm-${process.pid}-${Date.now()}.tmp`;
-    const fd = openSync(tmp, "wx", 0o600);
-    let bytes = 0;
     try {
-      await this.op(T.FREAD, guestPath, [], (b) => {
-        writeSync(fd, b);
-        bytes += b.length;
-      });
-      fsyncSync(fd);
-      closeSync(fd);
-      renameSync(tmp, localPath);
-      return { path: localPath, bytes };
+      return await downloadFile(await this.agent(), guestPath, localPath, opts);
     } catch (e) {
-      try {
-        closeSync(fd);
-      } catch {}
-      unlinkSync(tmp);
-      throw e;
+      throw fsError(e, guestPath);
     }
   }
 
@@ -268,7 +257,11 @@ export class Files {
     let stderr = "";
     const h = client.exec(
       { argv: ["tar", "-x", "-f", "-", "-C", guestDir], stdin: true },
-      { onStderr: (b) => (stderr = (stderr + b.toString()).slice(-2000)) },
+      {
+        onStderr: (b) => {
+          stderr = (stderr + b.toString()).slice(-2000);
+        },
+      },
     );
     await h.started;
     await h.writeAllAndClose(packDir(localDir));
@@ -280,82 +273,19 @@ export class Files {
   /**
    * Copy a guest folder to the host. The guest's tar output is treated as hostile: entries with absolute paths,
    * `..`, links pointing outside, hard links or device files are refused (`UnsafeArchiveError`) and nothing is
-   * written outside `localDir`. Extraction goes to a temporary folder renamed to `localDir` only on success.
+   * written outside `localDir`; past `maxBytes` of file data (default: what the destination can take while keeping
+   * a margin free) it stops with `TransferLimitError`. Extraction goes to a temporary folder renamed to `localDir`
+   * only on success.
    */
-  async downloadDir(guestDir: string, localDir: string): Promise<{ path: string } & ExtractStats> {
+  async downloadDir(
+    guestDir: string,
+    localDir: string,
+    opts: { maxBytes?: number } = {},
+  ): Promise<{ path: string } & ExtractStats> {
     checkPath("guestDir", guestDir);
     if (existsSync(localDir)) throw new ConfigError("localDir", `already exists: ${localDir}`);
     const st = await this.stat(guestDir);
     if (st.type !== "dir") throw new FileSystemError(guestDir, "ENOTDIR", `not a directory in the guest: ${guestDir}`);
-    const tmp = `${localDir}.smolvm-${process.pid}-${Date.now()}.tmp`;
-    mkdirSync(tmp, { mode: 0o700 });
-    const client = await this.agent();
-    const queue = new ChunkQueue(64 << 20);
-    let stderr = "";
-    const h = client.exec(
-      { argv: ["tar", "-c", "-f", "-", "-C", guestDir, "."] },
-      { onStdout: (b) => queue.push(b), onStderr: (b) => (stderr = (stderr + b.toString()).slice(-2000)) },
-    );
-    h.exited.then(
-      () => queue.end(),
-      (e) => queue.fail(e),
-    );
-    try {
-      const stats = await extractTar(queue, tmp);
-      const exit = await h.exited;
-      if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
-      renameSync(tmp, localDir);
-      return { path: localDir, ...stats };
-    } catch (e) {
-      queue.fail(e as Error);
-      h.kill(9).catch(() => {});
-      client.abandon(h.streamId, e as Error); // whatever the guest still sends on it is dropped
-      rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
-  }
-}
-
-/** An async-iterable queue of chunks that fails (instead of growing or dropping data) past `cap` bytes. */
-class ChunkQueue implements AsyncIterable<Buffer> {
-  private chunks: Buffer[] = [];
-  private size = 0;
-  private done = false;
-  private error: Error | null = null;
-  private wake: (() => void) | null = null;
-  constructor(private readonly cap: number) {}
-  push(b: Buffer): void {
-    if (this.error) return; // failed: drop, never grow
-    if (this.size + b.length > this.cap) {
-      this.fail(new SmolVMError("download buffer overflow"));
-      return;
-    }
-    this.chunks.push(b);
-    this.size += b.length;
-    this.wake?.();
-  }
-  end(): void {
-    this.done = true;
-    this.wake?.();
-  }
-  fail(e: Error): void {
-    this.error ??= e;
-    this.wake?.();
-  }
-  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
-    for (;;) {
-      if (this.error) throw this.error;
-      const b = this.chunks.shift();
-      if (b) {
-        this.size -= b.length;
-        yield b;
-        continue;
-      }
-      if (this.done) return;
-      await new Promise<void>((r) => {
-        this.wake = r;
-      });
-      this.wake = null;
-    }
+    return downloadFolder(await this.agent(), guestDir, localDir, opts);
   }
 }

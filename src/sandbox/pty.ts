@@ -11,8 +11,8 @@ export interface PtyOptions {
   cwd?: string;
   env?: Record<string, string>;
   user?: string;
-  /** Terminal output (stdout and stderr together), as it arrives. */
-  onData?: (chunk: Buffer) => void;
+  /** Terminal output (stdout and stderr together), as it arrives; a returned promise holds the guest back. */
+  onData?: (chunk: Buffer) => unknown;
 }
 
 function checkSize(s: PtySize): PtySize {

@@ -11,9 +11,9 @@ import { ConfigError, SmolVMError, VMDiedError, VMNotFoundError, VMStateError } 
 import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { ensureDefaultImage } from "../images/store.js";
-import { vmRunDir } from "../paths.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { killByRunDir } from "../lifecycle/recover.js";
+import { vmRunDir } from "../paths.js";
 import { beginOp, endOp } from "../state/journal.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
@@ -44,6 +44,7 @@ import {
   snapshotInfo,
 } from "./snapshots.js";
 import { type FastImage, readFast, snapshotPlan, splitToFast, warmPlan } from "./templates.js";
+import type { TransferOptions } from "./transfers.js";
 
 export type { VMStatus };
 
@@ -350,7 +351,11 @@ export class SmolVM implements AsyncDisposable {
     }
     const id = newSnapshotId();
     const dir = join(this.store.dir, "snapshots", id);
-    const op = beginOp(this.store, "snapshot", { vmId: rec.id, path: dir, data: { snapshotId: id, prevDisk: rec.diskPath } });
+    const op = beginOp(this.store, "snapshot", {
+      vmId: rec.id,
+      path: dir,
+      data: { snapshotId: id, prevDisk: rec.diskPath },
+    });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     let switched = false;
     const handle = rec.handle;
@@ -626,13 +631,17 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /** Copy a guest folder to the host, refusing unsafe archive entries (see `Files.downloadDir`). */
-  downloadDir(guestDir: string, localDir: string) {
-    return this.files.downloadDir(guestDir, localDir);
+  downloadDir(guestDir: string, localDir: string, opts: { maxBytes?: number } = {}) {
+    return this.files.downloadDir(guestDir, localDir, opts);
   }
 
   /** Copy a guest file to the host (streamed; the host file appears only when complete). */
-  downloadFile(guestPath: string, localPath: string): Promise<{ path: string; bytes: number }> {
-    return this.files.download(guestPath, localPath);
+  downloadFile(
+    guestPath: string,
+    localPath: string,
+    opts: TransferOptions = {},
+  ): Promise<{ path: string; bytes: number }> {
+    return this.files.download(guestPath, localPath, opts);
   }
 
   /** Freeze the VM's vCPUs. */
