@@ -160,12 +160,6 @@ describe("snapshot lifetime", () => {
     const rec = StateStore.open().get(s.id) ?? StateStore.open().getSnapshot(s.id);
     assert.ok(rec && "memFile" in rec);
     const before = (await SmolVM.list()).length;
-    const ram = join(rec.dir, "fast", "ram.raw");
-    const ramSize = statSync(ram).size;
-    truncateSync(ram, ramSize - 4096);
-    await assert.rejects(SmolVM.fromSnapshot(s.id), /ram\.raw is damaged: it has \d+ bytes/);
-    assert.equal((await SmolVM.list()).length, before);
-    truncateSync(ram, ramSize);
     // garbage of the right size: only QEMU can tell
     const fd = openSync(rec.memFile, "r+");
     writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, 0);
@@ -175,8 +169,18 @@ describe("snapshot lifetime", () => {
       return true;
     });
     assert.equal((await SmolVM.list()).length, before, "a half-started VM was left behind");
-    truncateSync(rec.memFile, statSync(rec.memFile).size - 1000);
+    const memSize = statSync(rec.memFile).size;
+    truncateSync(rec.memFile, memSize - 1000);
     await assert.rejects(SmolVM.fromSnapshot(s.id), /damaged: .*state\.bin has \d+ bytes/);
+    assert.equal((await SmolVM.list()).length, before);
+    truncateSync(rec.memFile, memSize);
+    const ram = join(rec.dir, "fast", "ram.raw");
+    const ramSize = statSync(ram).size;
+    truncateSync(ram, ramSize - 4096);
+    await assert.rejects(SmolVM.fromSnapshot(s.id), /ram\.raw is damaged: it has \d+ bytes/);
+    // the right size again, but written after the snapshot sealed it: never mapped into a VM
+    truncateSync(ram, ramSize);
+    await assert.rejects(SmolVM.fromSnapshot(s.id), /ram\.raw was modified after it was written/);
     assert.equal((await SmolVM.list()).length, before);
     SmolVM.deleteSnapshot(s.id);
     assert.equal(existsSync(rec.memFile), false);

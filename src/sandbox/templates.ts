@@ -8,7 +8,7 @@
  * Both are immutable once renamed into place; concurrent builders race harmlessly (the loser's copy is dropped).
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
 import type { Backend, BootSpec, SplitInfo } from "../backends/types.js";
@@ -27,6 +27,11 @@ const MIB = 1024 * 1024;
 interface FastMeta {
   ramBytes: number;
   stateBytes: number;
+  /**
+   * The RAM file as written (inode, change time): every VM restored from it maps it, so a change afterwards (a VMM
+   * that escaped its sandbox writing through its descriptor) must never reach the next VM. Absent in old images.
+   */
+  ramSeal?: string;
   /**
    * device-state: the state file holds device state alone, saved with the RAM file shared (x-ignore-shared);
    * split: the state file is the full state minus the RAM the RAM file holds (`Backend.splitState`).
@@ -50,6 +55,12 @@ const fastFiles = (dir: string) => ({
   meta: join(dir, "meta.json"),
 });
 
+/** What changes whenever a file's content is written: its inode and change time (which no user can set back). */
+function seal(file: string): string {
+  const st = statSync(file, { bigint: true });
+  return `${st.dev}:${st.ino}:${st.ctimeNs}:${st.size}`;
+}
+
 /** The fast image in `dir` if it is complete and unaltered (sizes as written), else null. */
 export function readFast(dir: string): FastImage | null {
   const f = fastFiles(dir);
@@ -70,7 +81,23 @@ export function readFast(dir: string): FastImage | null {
       );
     }
   }
+  if (meta.ramSeal !== undefined && seal(f.ram) !== meta.ramSeal) {
+    throw new TamperedImageError(f.ram);
+  }
   return { ram: f.ram, state: f.state, ignoreShared: meta.format !== "split", meta };
+}
+
+/** A fast image's RAM file changed after it was written: it is not used (a warm template is rebuilt). */
+export class TamperedImageError extends SmolVMError {
+  constructor(readonly file: string) {
+    super(`${file} was modified after it was written (by a VM that escaped its sandbox?): refusing to restore from it`);
+  }
+}
+
+/** Write the meta file last: the seal covers the RAM file as it is now, read-only from here on. */
+function writeMeta(metaPath: string, ram: string, meta: FastMeta): void {
+  chmodSync(ram, 0o400);
+  writeFileSync(metaPath, JSON.stringify({ ...meta, ramSeal: seal(ram) }), { mode: 0o600 });
 }
 
 /**
@@ -92,13 +119,12 @@ export async function splitToFast(
       rmSync(tmp, { recursive: true, force: true });
       return false;
     }
-    const meta: FastMeta = {
+    writeMeta(f.meta, f.ram, {
       ramBytes: statSync(f.ram).size,
       stateBytes: statSync(f.state).size,
       format: "split",
       split: info,
-    };
-    writeFileSync(f.meta, JSON.stringify(meta));
+    });
     try {
       renameSync(tmp, dir);
     } catch {
@@ -165,12 +191,11 @@ async function capture(
     await backend.saveState(h, f.state, true);
     await backend.kill(h);
     h = null;
-    const meta: FastMeta = {
+    writeMeta(f.meta, f.ram, {
       ramBytes: statSync(f.ram).size,
       stateBytes: statSync(f.state).size,
       format: "device-state",
-    };
-    writeFileSync(f.meta, JSON.stringify(meta));
+    });
     try {
       renameSync(tmp, dir);
     } catch {
@@ -209,10 +234,18 @@ export async function warmPlan(
 ): Promise<LaunchPlan> {
   const dir = join(dataDir(), "warm", warmKey(w, vmmIdentity));
   const disk = join(dir, "disk.qcow2");
-  let fast = readFast(dir);
+  let fast: FastImage | null;
+  try {
+    fast = readFast(dir);
+  } catch (e) {
+    if (!(e instanceof TamperedImageError)) throw e;
+    progress(`${e.message}; building it again`);
+    rmSync(dir, { recursive: true, force: true });
+    fast = null;
+  }
   if (!fast) {
     progress("building the warm-start snapshot for this image and size (once)");
-    mkdirSync(join(dir, ".."), { recursive: true });
+    mkdirSync(join(dir, ".."), { recursive: true, mode: 0o700 });
     await capture(
       backend,
       {

@@ -149,8 +149,8 @@ export function splitRam(
   out: { block: string; ramPath: string; ramBytes: number; strippedPath: string },
 ): RamSplitResult {
   const inFd = openSync(streamPath, "r");
-  const ramFd = openSync(out.ramPath, "w", 0o640);
-  const outFd = openSync(out.strippedPath, "w", 0o640);
+  const ramFd = openSync(out.ramPath, "w", 0o600);
+  const outFd = openSync(out.strippedPath, "w", 0o600);
   try {
     ftruncateSync(ramFd, out.ramBytes);
     return split(new Reader(inFd), new Writer(outFd), ramFd, out);
@@ -326,7 +326,7 @@ export function joinRam(
 ): void {
   const inFd = openSync(strippedPath, "r");
   const ramFd = openSync(ram.path, "r");
-  const outFd = openSync(outPath, "w", 0o640);
+  const outFd = openSync(outPath, "w", 0o600);
   try {
     const r = new Reader(inFd);
     const w = new Writer(outFd);
