@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { PackError, SmolVM } from "../src/index.js";
 import { cli, isolatedState } from "./helpers.js";
+import { rewriteManifest } from "./pack-builder.js";
 
 isolatedState();
 const dir = mkdtempSync(join(tmpdir(), "smolvm-pack-test-"));
@@ -48,8 +49,14 @@ describe(".smolmachine", () => {
     const inspect = await cli(["pack", "inspect", withMem, "--verify"]);
     assert.equal(inspect.code, 0, inspect.stderr);
     assert.match(inspect.stdout, /256 MiB/);
-    await using vm = await SmolVM.fromPack(withMem);
-    assert.equal(vm.startTimings?.from, "snapshot");
+    assert.match(inspect.stdout, /signed by this host/);
+    const json = await cli(["pack", "inspect", withMem, "--json"]);
+    assert.equal((JSON.parse(json.stdout) as { signedByThisHost: boolean }).signedByThisHost, true);
+    assert.equal(statSync(withMem).mode & 0o777, 0o600);
+    const notices: string[] = [];
+    await using vm = await SmolVM.fromPack(withMem, { notice: (n) => notices.push(n) });
+    assert.equal(vm.startTimings?.from, "snapshot", "signed by this host: restored without trust");
+    assert.deepEqual(notices, []);
     assert.equal((await vm.run("cat /root/in-pack")).output, "packed");
     assert.equal((await vm.run("echo $PACKED_ENV")).output, "yes");
     assert.ok((await vm.processes.list()).some((p) => p.running && p.command.includes("sleep 1")));
@@ -75,7 +82,46 @@ describe(".smolmachine", () => {
     assert.equal(vm.startTimings?.from, "boot");
     assert.equal(notices.length, 1);
     assert.match(notices[0] as string, /memory state for qemu.*cold-booting its disk/);
+    assert.doesNotMatch(notices[0] as string, /\n/);
     assert.equal((await vm.run("cat /root/in-pack")).output, "packed");
+  });
+
+  it("memory of a pack this host did not sign is not restored without trust; with trust it is", async () => {
+    const unsigned = join(dir, "unsigned.smolmachine");
+    writeFileSync(
+      unsigned,
+      rewriteManifest(readFileSync(withMem), (m) => {
+        delete m.signature;
+      }),
+    );
+    const inspect = await cli(["pack", "inspect", unsigned, "--verify", "--json"]);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    assert.equal((JSON.parse(inspect.stdout) as { signedByThisHost: boolean }).signedByThisHost, false);
+    const notices: string[] = [];
+    {
+      await using vm = await SmolVM.fromPack(unsigned, { notice: (n) => notices.push(n) });
+      assert.equal(vm.startTimings?.from, "boot");
+      assert.equal(notices.length, 1);
+      assert.match(notices[0] as string, /memory state.*not signed.*cold-booting its disk.*--trust/);
+      assert.doesNotMatch(notices[0] as string, /\n/);
+      assert.equal((await vm.run("cat /root/in-pack")).output, "packed");
+    }
+    {
+      await using vm = await SmolVM.fromPack(unsigned, { trust: true, notice: (n) => notices.push(n) });
+      assert.equal(vm.startTimings?.from, "snapshot");
+      assert.equal(notices.length, 1, "a trusted pack gave a notice");
+      assert.ok((await vm.processes.list()).some((p) => p.running && p.command.includes("sleep 1")));
+    }
+    // the CLI: --trust restores it too (a command run in the restored VM sees the running process)
+    const probe = "grep -qs '[w]hile true' /proc/[0-9]*/cmdline && echo restored || echo cold";
+    const r = await cli(["pack", "run", unsigned, "--trust", "--", probe]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "restored\n");
+    assert.doesNotMatch(r.stderr, /--trust/);
+    const cold = await cli(["pack", "run", unsigned, "--", probe]);
+    assert.equal(cold.code, 0, cold.stderr);
+    assert.equal(cold.stdout, "cold\n");
+    assert.match(cold.stderr, /not signed.*--trust/);
   });
 
   it("a truncated or corrupted file is refused, naming the file, before anything boots", async () => {

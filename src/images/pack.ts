@@ -9,236 +9,310 @@
  *
  * Sections: kernel, initrd, disk (the VM's disk flattened to one sparse qcow2), and optionally mem (the QEMU
  * migration stream). Each is zstd-compressed and carries the sha256 of its stored bytes, checked before anything
- * boots, so a truncated or corrupted file is refused with the section named.
+ * boots, so a truncated or corrupted file is refused with the section named. The manifest is signed with this
+ * host's pack key (pack-key.ts).
+ *
+ * Every pack is read as hostile input: the manifest is validated field by field (pack-manifest.ts), sections are
+ * extracted under fixed names into a fresh private directory with O_EXCL, decompression is bounded by the declared
+ * sizes (pack-io.ts), and the disk must be a self-contained qcow2 (qcow2.ts).
  */
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   closeSync,
+  constants,
   createReadStream,
   createWriteStream,
+  fstatSync,
+  lstatSync,
   mkdirSync,
+  mkdtempSync,
   openSync,
   readSync,
   renameSync,
   rmSync,
+  type Stats,
+  statfsSync,
   statSync,
+  type WriteStream,
 } from "node:fs";
-import { join } from "node:path";
+import { type FileHandle, open } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { SmolVMError } from "../errors.js";
-import { which } from "../util/run.js";
+import { readRange, sha256Range, unzstdToFile, zstdCompress } from "./pack-io.js";
+import { hostPackKey, signManifest } from "./pack-key.js";
+import {
+  checkSectionsFit,
+  MAX_MANIFEST,
+  PACK_VERSION,
+  PackError,
+  type PackManifest,
+  type PackSection,
+  SECTION_FILES,
+  SECTION_NAMES,
+  type SectionName,
+  validateManifest,
+} from "./pack-manifest.js";
+import { checkSelfContainedQcow2, UnsafeQcow2Error } from "./qcow2.js";
+
+export {
+  PACK_VERSION,
+  PackError,
+  type PackManifest,
+  type PackSection,
+  type PackSignature,
+  SECTION_FILES,
+  SECTION_MAX_SIZE,
+  SECTION_NAMES,
+  type SectionName,
+} from "./pack-manifest.js";
 
 export const PACK_MAGIC = Buffer.from("SMOLMACHINE\0", "latin1");
-export const PACK_VERSION = 1;
-const MAX_MANIFEST = 1 << 20;
+const HEAD = 20;
+/** Free space left over on the destination after extracting. */
+const FREE_MARGIN = 512 * 1024 * 1024;
 
-export type SectionName = "kernel" | "initrd" | "disk" | "mem";
-
-export interface PackSection {
-  name: SectionName;
-  /** Offset of the stored bytes, counted from the end of the manifest. */
-  offset: number;
-  /** Stored (compressed) length. */
-  length: number;
-  /** Original length. */
-  size: number;
-  sha256: string;
-  compression: "zstd";
-}
-
-export interface PackManifest {
-  formatVersion: number;
-  createdAt: string;
-  config: { vcpuCount: number; memSizeMib: number; bootArgs: string; env: Record<string, string> };
-  backend: string;
-  /** Identity of the VMM that wrote `mem`; memory is only restored by the same one. */
-  vmm: string;
-  accel: string;
-  /** Kernel command-line hostname the memory state was captured with. */
-  hostname: string;
-  diskFormat: "qcow2";
-  sections: PackSection[];
-}
-
-export class PackError extends SmolVMError {
-  constructor(
-    readonly file: string,
-    reason: string,
-  ) {
-    super(`${file}: not a usable .smolmachine file: ${reason}`);
-  }
-}
-
-function zstdBin(): string {
-  const z = which("zstd");
-  if (!z) throw new SmolVMError("zstd is needed for .smolmachine files; run 'npx smolvm setup' (package zstd)");
-  return z;
-}
-
-/** Run zstd on a file, writing `out`; resolves when it exited 0 and everything is written. */
-async function zstd(args: string[], input: string, out: string): Promise<void> {
-  const child = spawn(zstdBin(), [...args, "-c", input], { stdio: ["ignore", "pipe", "pipe"] });
-  let err = "";
-  child.stderr.on("data", (d) => {
-    err += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
-  await pipeline(child.stdout, createWriteStream(out));
-  const code = await exited;
-  if (code !== 0) throw new SmolVMError(`zstd failed: ${err.trim()}`);
-}
-
-async function sha256File(path: string, start = 0, length?: number): Promise<string> {
-  const h = createHash("sha256");
-  if (length === 0) return h.digest("hex");
-  const end = length === undefined ? undefined : start + length - 1;
-  await pipeline(createReadStream(path, { start, end }), async (src: AsyncIterable<Buffer>) => {
-    for await (const chunk of src) h.update(chunk);
-  });
-  return h.digest("hex");
-}
-
-/** Write a pack from plain files. Written to a temporary name and renamed, so `out` is never half a file. */
+/**
+ * Write a pack from plain files, signed with `signWith` (default: this host's pack key; null: unsigned). Written to
+ * a private temporary file (mode 0600) and renamed, so `out` is never half a file.
+ */
 export async function writePack(
   out: string,
   files: Partial<Record<SectionName, string>>,
-  meta: Omit<PackManifest, "formatVersion" | "createdAt" | "sections" | "diskFormat">,
+  meta: Omit<PackManifest, "formatVersion" | "createdAt" | "sections" | "diskFormat" | "signature">,
   workDir: string,
+  signWith: Buffer | null = hostPackKey(),
 ): Promise<PackManifest> {
   const sections: PackSection[] = [];
   const stored: string[] = [];
   let offset = 0;
-  for (const name of ["kernel", "initrd", "disk", "mem"] as SectionName[]) {
+  for (const name of SECTION_NAMES) {
     const src = files[name];
     if (!src) continue;
     const z = join(workDir, `${name}.zst`);
-    await zstd(["-q", "-T0", "-3"], src, z);
+    const hash = createHash("sha256");
+    await zstdCompress(src, z);
+    await pipeline(createReadStream(z), async (chunks: AsyncIterable<Buffer>) => {
+      for await (const c of chunks) hash.update(c);
+    });
     const length = statSync(z).size;
-    sections.push({ name, offset, length, size: statSync(src).size, sha256: await sha256File(z), compression: "zstd" });
+    sections.push({ name, offset, length, size: statSync(src).size, sha256: hash.digest("hex"), compression: "zstd" });
     stored.push(z);
     offset += length;
   }
-  const manifest: PackManifest = {
+  const unsigned = {
     ...meta,
     formatVersion: PACK_VERSION,
     createdAt: new Date().toISOString(),
     diskFormat: "qcow2",
     sections,
   };
+  // The same checks a reader makes, on a JSON round trip: what is signed is exactly what a reader gets back.
+  const manifest = validateManifest(out, JSON.parse(JSON.stringify(unsigned)));
+  if (signWith) manifest.signature = signManifest(manifest, signWith);
   const json = Buffer.from(JSON.stringify(manifest, null, 2));
-  const head = Buffer.alloc(20);
+  if (json.length > MAX_MANIFEST) throw new PackError(out, `manifest of ${json.length} bytes is too large`);
+  const head = Buffer.alloc(HEAD);
   PACK_MAGIC.copy(head, 0);
   head.writeUInt32BE(PACK_VERSION, 12);
   head.writeUInt32BE(json.length, 16);
-  const tmp = `${out}.tmp-${process.pid}`;
-  const sink = createWriteStream(tmp);
+  const tmpDir = mkdtempSync(join(dirname(out), ".smolmachine-"));
+  const tmp = join(tmpDir, basename(out));
+  let sink: WriteStream | null = null;
   try {
+    sink = createWriteStream(tmp, { fd: openSync(tmp, "wx", 0o600) });
+    sink.on("error", () => {}); // seen by the pipelines and end() below
     sink.write(head);
     sink.write(json);
     for (const z of stored) {
       await pipeline(createReadStream(z), sink, { end: false });
     }
-    await new Promise<void>((resolve, reject) => sink.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    const done = sink;
+    await new Promise<void>((resolve, reject) => done.end((e?: Error | null) => (e ? reject(e) : resolve())));
     renameSync(tmp, out);
   } catch (e) {
-    sink.destroy();
-    rmSync(tmp, { force: true });
+    sink?.destroy();
     throw e;
+  } finally {
+    rmSync(tmpDir, { recursive: true, force: true });
   }
   return manifest;
+}
+
+function readFully(fd: number, pos: number, len: number): Buffer {
+  const buf = Buffer.alloc(len);
+  let got = 0;
+  while (got < len) {
+    const n = readSync(fd, buf, got, len - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return buf.subarray(0, got);
+}
+
+/** Header and manifest of an open pack, every field checked; where sections start in the file. */
+function readHead(file: string, fd: number, st: Stats): { manifest: PackManifest; dataStart: number } {
+  if (!st.isFile()) throw new PackError(file, "not a regular file");
+  const head = readFully(fd, 0, HEAD);
+  if (head.length < HEAD || !head.subarray(0, 12).equals(PACK_MAGIC)) {
+    throw new PackError(file, "bad magic (not a .smolmachine file)");
+  }
+  const version = head.readUInt32BE(12);
+  if (version !== PACK_VERSION)
+    throw new PackError(file, `format version ${version}, this SmolVM reads ${PACK_VERSION}`);
+  const mlen = head.readUInt32BE(16);
+  if (mlen > MAX_MANIFEST || HEAD + mlen > st.size) {
+    throw new PackError(file, "manifest length out of range (truncated?)");
+  }
+  const json = readFully(fd, HEAD, mlen);
+  if (json.length < mlen) throw new PackError(file, "manifest runs past the end of the file (truncated?)");
+  let raw: unknown;
+  try {
+    raw = JSON.parse(json.toString("utf8"));
+  } catch {
+    throw new PackError(file, "manifest is not valid JSON (corrupted)");
+  }
+  const manifest = validateManifest(file, raw);
+  const dataStart = HEAD + mlen;
+  checkSectionsFit(file, manifest, dataStart, st.size);
+  return { manifest, dataStart };
 }
 
 /** Read and check the header and manifest (no section checksums); where sections start in the file. */
 export function readPackManifest(file: string): { manifest: PackManifest; dataStart: number } {
   let fd: number;
   try {
-    fd = openSync(file, "r");
+    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK); // O_NONBLOCK: a FIFO cannot block us
   } catch (e) {
     throw new PackError(file, (e as Error).message);
   }
   try {
-    const size = statSync(file).size;
-    const head = Buffer.alloc(20);
-    if (readSync(fd, head, 0, 20, 0) < 20 || !head.subarray(0, 12).equals(PACK_MAGIC)) {
-      throw new PackError(file, "bad magic (not a .smolmachine file)");
-    }
-    const version = head.readUInt32BE(12);
-    if (version !== PACK_VERSION)
-      throw new PackError(file, `format version ${version}, this SmolVM reads ${PACK_VERSION}`);
-    const mlen = head.readUInt32BE(16);
-    if (mlen > MAX_MANIFEST || 20 + mlen > size) throw new PackError(file, "manifest length out of range (truncated?)");
-    const json = Buffer.alloc(mlen);
-    readSync(fd, json, 0, mlen, 20);
-    let manifest: PackManifest;
-    try {
-      manifest = JSON.parse(json.toString("utf8"));
-    } catch {
-      throw new PackError(file, "manifest is not valid JSON (corrupted)");
-    }
-    const dataStart = 20 + mlen;
-    if (!Array.isArray(manifest.sections)) throw new PackError(file, "manifest has no sections");
-    for (const need of ["kernel", "initrd", "disk"]) {
-      if (!manifest.sections.some((s) => s.name === need)) throw new PackError(file, `missing section ${need}`);
-    }
-    for (const s of manifest.sections) {
-      const ok = [s.offset, s.length, s.size].every((n) => Number.isSafeInteger(n) && n >= 0);
-      if (!ok || dataStart + s.offset + s.length > size) {
-        throw new PackError(file, `section ${s.name} runs past the end of the file (truncated?)`);
-      }
-      if (!/^[0-9a-f]{64}$/.test(s.sha256)) throw new PackError(file, `section ${s.name} has no valid checksum`);
-    }
-    const c = manifest.config;
-    if (!c || !Number.isInteger(c.vcpuCount) || !Number.isInteger(c.memSizeMib)) {
-      throw new PackError(file, "manifest config is incomplete");
-    }
-    return { manifest, dataStart };
+    return readHead(file, fd, fstatSync(fd));
   } finally {
     closeSync(fd);
   }
 }
 
-/** Verify every section's checksum. */
-export async function verifyPack(file: string): Promise<PackManifest> {
-  const { manifest, dataStart } = readPackManifest(file);
-  for (const s of manifest.sections) {
-    const got = await sha256File(file, dataStart + s.offset, s.length);
-    if (got !== s.sha256) throw new PackError(file, `section ${s.name} is corrupted (sha256 mismatch)`);
+async function openPack(file: string): Promise<{ h: FileHandle; manifest: PackManifest; dataStart: number }> {
+  let h: FileHandle;
+  try {
+    h = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new PackError(file, (e as Error).message);
   }
-  return manifest;
+  try {
+    return { h, ...readHead(file, h.fd, fstatSync(h.fd)) };
+  } catch (e) {
+    await h.close();
+    throw e;
+  }
 }
 
-/** Decompress the sections into `dir` (verifying first); returns the paths. */
+const runsPast = (file: string, s: PackSection) => () =>
+  new PackError(file, `section ${s.name} runs past the end of the file (truncated?)`);
+
+async function verifySections(file: string, h: FileHandle, m: PackManifest, dataStart: number): Promise<void> {
+  for (const s of m.sections) {
+    const got = await sha256Range(h, dataStart + s.offset, s.length, runsPast(file, s));
+    if (got !== s.sha256) throw new PackError(file, `section ${s.name} is corrupted (sha256 mismatch)`);
+  }
+}
+
+/** Verify the manifest and every section's checksum. */
+export async function verifyPack(file: string): Promise<PackManifest> {
+  const { h, manifest, dataStart } = await openPack(file);
+  try {
+    await verifySections(file, h, manifest, dataStart);
+    return manifest;
+  } finally {
+    await h.close();
+  }
+}
+
+/** Refuse a pack whose extracted disk is not a self-contained qcow2 (a backing or data file would be host files). */
+export async function checkPackDisk(file: string, disk: string): Promise<void> {
+  try {
+    await checkSelfContainedQcow2(disk);
+  } catch (e) {
+    if (!(e instanceof UnsafeQcow2Error)) throw e;
+    const tail = e.reason.startsWith("names") ? ": packs must be self-contained" : "";
+    throw new PackError(file, `its disk ${e.reason}${tail}`);
+  }
+}
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Verify a pack and decompress its sections into the new directory `dir` (which must not exist), then check its
+ * disk is self-contained. Sections are written under fixed names into a fresh private directory next to `dir`,
+ * renamed into place when all is well and removed when not. If another process extracted the same pack to `dir`
+ * meanwhile, its copy is kept. With `expect`, the file's manifest must be that one (read earlier by the caller, who
+ * chose `dir` by it). Returns the paths.
+ */
 export async function extractPack(
   file: string,
   dir: string,
+  expect?: PackManifest,
 ): Promise<{ manifest: PackManifest } & Partial<Record<SectionName, string>>> {
-  const manifest = await verifyPack(file);
-  const { dataStart } = readPackManifest(file);
-  const tmp = `${dir}.tmp-${process.pid}`;
-  mkdirSync(tmp, { recursive: true, mode: 0o700 });
-  const out: Partial<Record<SectionName, string>> = {};
+  const { h, manifest, dataStart } = await openPack(file);
   try {
-    for (const s of manifest.sections) {
-      const dest = join(tmp, s.name === "disk" ? "disk.qcow2" : s.name);
-      const child = spawn(zstdBin(), ["-d", "-q", "-c"], { stdio: ["pipe", "pipe", "inherit"] });
-      const done = pipeline(child.stdout, createWriteStream(dest));
-      await pipeline(
-        createReadStream(file, { start: dataStart + s.offset, end: dataStart + s.offset + s.length - 1 }),
-        child.stdin,
+    if (expect && JSON.stringify(expect) !== JSON.stringify(manifest)) {
+      throw new PackError(file, "it changed while being read");
+    }
+    await verifySections(file, h, manifest, dataStart);
+    if (lstatOrNull(dir)) throw new PackError(file, `cannot extract into ${dir}: it already exists`);
+    const parent = dirname(dir);
+    mkdirSync(parent, { recursive: true, mode: 0o700 });
+    const need = manifest.sections.reduce((n, s) => n + s.size, 0);
+    const fs = statfsSync(parent);
+    const free = fs.bavail * fs.bsize;
+    if (need + FREE_MARGIN > free) {
+      throw new PackError(
+        file,
+        `its sections need ${need} bytes, but ${parent} has ${free} bytes free (keeping ${FREE_MARGIN} spare)`,
       );
-      await done;
-      if (statSync(dest).size !== s.size) throw new PackError(file, `section ${s.name} did not decompress to its size`);
-      out[s.name] = join(dir, s.name === "disk" ? "disk.qcow2" : s.name);
     }
+    const tmp = mkdtempSync(join(parent, `.${basename(dir)}.extract-`));
     try {
-      renameSync(tmp, dir);
-    } catch {
-      rmSync(tmp, { recursive: true, force: true }); // extracted by another process meanwhile
+      for (const s of manifest.sections) {
+        const hash = createHash("sha256");
+        const bytes = readRange(h, dataStart + s.offset, s.length, runsPast(file, s));
+        const hashed = (async function* () {
+          for await (const b of bytes) {
+            hash.update(b);
+            yield b;
+          }
+        })();
+        const fail = (why: string) => new PackError(file, `section ${s.name}: ${why}`);
+        await unzstdToFile(hashed, join(tmp, SECTION_FILES[s.name]), s.size, fail);
+        // Checked again while extracting: the file may have changed since it was verified.
+        if (hash.digest("hex") !== s.sha256)
+          throw new PackError(file, `section ${s.name} is corrupted (sha256 mismatch)`);
+      }
+      await checkPackDisk(file, join(tmp, SECTION_FILES.disk));
+      try {
+        renameSync(tmp, dir);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        const there = lstatOrNull(dir);
+        if (!(there?.isDirectory() && (code === "ENOTEMPTY" || code === "EEXIST"))) {
+          throw new PackError(file, `cannot extract into ${dir}: ${code ?? (e as Error).message}`);
+        }
+        rmSync(tmp, { recursive: true, force: true }); // extracted by another process meanwhile
+      }
+    } catch (e) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
     }
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw e;
+  } finally {
+    await h.close();
   }
+  const out: Partial<Record<SectionName, string>> = {};
+  for (const s of manifest.sections) out[s.name] = join(dir, SECTION_FILES[s.name]);
   return { manifest, ...out };
 }

@@ -1,13 +1,23 @@
 /** Making and opening `.smolmachine` files for the SmolVM facade. */
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { lstatSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
 import type { Backend } from "../backends/types.js";
 import type { AccelName } from "../config.js";
 import { SmolVMError } from "../errors.js";
-import { extractPack, type PackManifest, readPackManifest, verifyPack, writePack } from "../images/pack.js";
+import {
+  checkPackDisk,
+  extractPack,
+  PackError,
+  type PackManifest,
+  readPackManifest,
+  SECTION_FILES,
+  verifyPack,
+  writePack,
+} from "../images/pack.js";
+import { hostSignature } from "../images/pack-key.js";
 import type { SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
@@ -63,9 +73,24 @@ export async function packSnapshot(
   }
 }
 
+/** Whether `dir` holds a complete extraction of `manifest` (real files of the declared sizes, no symlinks). */
+function extracted(dir: string, manifest: PackManifest): boolean {
+  try {
+    if (!lstatSync(dir).isDirectory()) return false;
+    return manifest.sections.every((s) => {
+      const st = lstatSync(join(dir, SECTION_FILES[s.name]));
+      return st.isFile() && st.size === s.size;
+    });
+  } catch {
+    return false;
+  }
+}
+
 /**
- * Check a pack (every checksum, before anything boots), extract it once into the state dir (content-addressed),
- * and plan its start: restore its memory when this VMM can, else cold-boot its disk with a one-line notice.
+ * Check a pack (manifest, every checksum, a self-contained disk: before anything boots), extract it once into the
+ * state dir (content-addressed), and plan its start. Its memory state (a QEMU migration stream: input to a large
+ * parser) is restored only when this VMM wrote it AND this host signed the pack or the caller trusts it; otherwise
+ * the disk is cold-booted with a one-line notice saying why.
  */
 export async function packPlan(
   file: string,
@@ -73,35 +98,57 @@ export async function packPlan(
   backend: Backend,
   agentBinary: string,
   notice: (m: string) => void,
-  _opts: { trust: boolean } = { trust: false },
+  opts: { trust: boolean } = { trust: false },
 ): Promise<{ plan: LaunchPlan; manifest: PackManifest }> {
   const { manifest } = readPackManifest(file);
   const key = createHash("sha256")
-    .update(manifest.sections.map((s) => s.sha256).join(","))
+    .update(manifest.sections.map((s) => `${s.name}:${s.size}:${s.sha256}`).join(","))
     .digest("hex")
     .slice(0, 16);
   const dir = join(store.dir, "packs", key);
-  if (existsSync(join(dir, "disk.qcow2"))) await verifyPack(file);
-  else await extractPack(file, dir);
+  let checked: PackManifest | null = null;
+  if (!extracted(dir, manifest)) {
+    try {
+      checked = (await extractPack(file, dir, manifest)).manifest; // checks everything, the disk included
+    } catch (e) {
+      if (!extracted(dir, manifest)) throw e; // else another process extracted it meanwhile
+    }
+  }
+  if (!checked) {
+    checked = await verifyPack(file);
+    await checkPackDisk(file, join(dir, SECTION_FILES.disk));
+  }
+  // What was verified (and extracted) is what decides: a file rewritten between the reads is refused.
+  if (JSON.stringify(checked) !== JSON.stringify(manifest)) throw new PackError(file, "it changed while being read");
   const hasMem = manifest.sections.some((s) => s.name === "mem");
-  const memOk = hasMem && manifest.backend === backend.kind && manifest.vmm === vmmVersion(backend.kind);
-  if (hasMem && !memOk) {
+  const vmmOk = manifest.backend === backend.kind && manifest.vmm === vmmVersion(backend.kind);
+  let memOk = false;
+  if (hasMem && !vmmOk) {
     notice(
       `smolvm: ${file} holds memory state for ${manifest.backend} (${manifest.vmm}); this host runs ` +
         `${backend.kind} (${vmmVersion(backend.kind)}): cold-booting its disk instead`,
     );
+  } else if (hasMem) {
+    const sig = hostSignature(manifest);
+    memOk = sig.signed || opts.trust === true;
+    if (!memOk) {
+      notice(
+        `smolvm: ${file} holds memory state, but this host did not sign it (${sig.why}): cold-booting its disk ` +
+          "instead; to restore its memory, use --trust (SmolVM.fromPack(file, { trust: true })) if you trust its source",
+      );
+    }
   }
   const plan: LaunchPlan = {
-    kernelPath: join(dir, "kernel"),
-    initrdPath: join(dir, "initrd"),
+    kernelPath: join(dir, SECTION_FILES.kernel),
+    initrdPath: join(dir, SECTION_FILES.initrd),
     hostname: manifest.hostname,
     bootArgs: manifest.config.bootArgs,
-    diskBase: join(dir, "disk.qcow2"),
+    diskBase: join(dir, SECTION_FILES.disk),
     diskBaseFormat: "qcow2",
     accel: (memOk ? manifest.accel : "auto") as AccelName,
     agentBinary,
     from: memOk ? "snapshot" : "boot",
-    ...(memOk ? { incoming: join(dir, "mem") } : {}),
+    ...(memOk ? { incoming: join(dir, SECTION_FILES.mem) } : {}),
   };
   return { plan, manifest };
 }
