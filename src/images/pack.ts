@@ -81,6 +81,8 @@ export async function writePack(
   meta: Omit<PackManifest, "formatVersion" | "createdAt" | "sections" | "diskFormat" | "signature">,
   workDir: string,
   signWith: Buffer | null = hostPackKey(),
+  /** Told about each temporary folder before it is filled; the function it returns is called once it is gone. */
+  recordTemp: TempRecorder = () => () => {},
 ): Promise<PackManifest> {
   const sections: PackSection[] = [];
   const stored: string[] = [];
@@ -116,6 +118,7 @@ export async function writePack(
   head.writeUInt32BE(PACK_VERSION, 12);
   head.writeUInt32BE(json.length, 16);
   const tmpDir = mkdtempSync(join(dirname(out), ".smolmachine-"));
+  const forget = recordTemp(tmpDir);
   const tmp = join(tmpDir, basename(out));
   let sink: WriteStream | null = null;
   try {
@@ -134,9 +137,13 @@ export async function writePack(
     throw e;
   } finally {
     rmSync(tmpDir, { recursive: true, force: true });
+    forget();
   }
   return manifest;
 }
+
+/** Records a temporary path (so that it is removed even if this process is killed); returns "it is gone now". */
+export type TempRecorder = (path: string) => () => void;
 
 function readFully(fd: number, pos: number, len: number): Buffer {
   const buf = Buffer.alloc(len);
@@ -258,6 +265,7 @@ export async function extractPack(
   file: string,
   dir: string,
   expect?: PackManifest,
+  recordTemp: TempRecorder = () => () => {},
 ): Promise<{ manifest: PackManifest } & Partial<Record<SectionName, string>>> {
   const { h, manifest, dataStart } = await openPack(file);
   try {
@@ -278,6 +286,7 @@ export async function extractPack(
       );
     }
     const tmp = mkdtempSync(join(parent, `.${basename(dir)}.extract-`));
+    const forget = recordTemp(tmp);
     try {
       for (const s of manifest.sections) {
         const hash = createHash("sha256");
@@ -305,8 +314,10 @@ export async function extractPack(
         }
         rmSync(tmp, { recursive: true, force: true }); // extracted by another process meanwhile
       }
+      forget();
     } catch (e) {
       rmSync(tmp, { recursive: true, force: true });
+      forget();
       throw e;
     }
   } finally {

@@ -98,7 +98,11 @@ export async function recoverInterrupted(store: StateStore): Promise<number> {
   for (const op of listOps(store)) {
     if (!abandoned(op) || !claimOp(store, op.id)) continue;
     n++;
-    if (op.kind === "temp" && op.path) rmSync(op.path, { recursive: true, force: true });
+    if (op.kind === "temp" && op.path) {
+      const { vmId, runDir } = op.data;
+      if (typeof vmId === "string" && typeof runDir === "string") await killByRunDir(vmId, runDir);
+      rmSync(op.path, { recursive: true, force: true });
+    }
     else if (op.kind === "create") await recoverCreate(store, op);
     else if (op.kind === "snapshot") await recoverSnapshot(store, op);
     else if (op.kind === "delete" && op.vmId) {

@@ -1,6 +1,6 @@
 /** Making and opening `.smolmachine` files for the SmolVM facade. */
 import { createHash } from "node:crypto";
-import { lstatSync, mkdtempSync, rmSync } from "node:fs";
+import { lstatSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
@@ -18,7 +18,8 @@ import {
   writePack,
 } from "../images/pack.js";
 import { hostSignature } from "../images/pack-key.js";
-import type { SnapshotRecord, StateStore } from "../state/store.js";
+import { tempPath } from "../state/journal.js";
+import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 import { fullStateFile } from "./templates.js";
@@ -40,6 +41,7 @@ export async function packSnapshot(
   const qemuImg = which("qemu-img");
   if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup'");
   const work = mkdtempSync(join(tmpdir(), "smolvm-pack-"));
+  const workTemp = tempPath(StateStore.open(), work);
   try {
     progress("flattening the disk");
     const flat = join(work, "disk.qcow2");
@@ -67,11 +69,16 @@ export async function packSnapshot(
         hostname: snap.boot.hostname,
       },
       work,
+      undefined,
+      recordTemp,
     );
   } finally {
-    rmSync(work, { recursive: true, force: true });
+    workTemp.discard();
   }
 }
+
+/** Journal a temporary path of a pack being written or opened (see state/journal.ts). */
+const recordTemp = (path: string) => tempPath(StateStore.open(), path).done;
 
 /** Whether `dir` holds a complete extraction of `manifest` (real files of the declared sizes, no symlinks). */
 function extracted(dir: string, manifest: PackManifest): boolean {
@@ -109,7 +116,7 @@ export async function packPlan(
   let checked: PackManifest | null = null;
   if (!extracted(dir, manifest)) {
     try {
-      checked = (await extractPack(file, dir, manifest)).manifest; // checks everything, the disk included
+      checked = (await extractPack(file, dir, manifest, recordTemp)).manifest; // checks everything, the disk too
     } catch (e) {
       if (!extracted(dir, manifest)) throw e; // else another process extracted it meanwhile
     }

@@ -15,7 +15,8 @@ import type { Backend, BootSpec, SplitInfo } from "../backends/types.js";
 import type { AccelName, ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { dataDir, runtimeDir } from "../paths.js";
-import type { SnapshotRecord } from "../state/store.js";
+import { tempPath } from "../state/journal.js";
+import { type SnapshotRecord, StateStore } from "../state/store.js";
 import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
@@ -111,12 +112,13 @@ export async function splitToFast(
   memSizeMib: number,
 ): Promise<boolean> {
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  const temp = tempPath(StateStore.open(), tmp);
   mkdirSync(tmp, { recursive: true, mode: 0o700 });
   const f = fastFiles(tmp);
   try {
     const info = await backend.splitState(stateFile, { ramPath: f.ram, ramBytes: memSizeMib * MIB, restPath: f.state });
     if (!info) {
-      rmSync(tmp, { recursive: true, force: true });
+      temp.discard();
       return false;
     }
     writeMeta(f.meta, f.ram, {
@@ -130,9 +132,10 @@ export async function splitToFast(
     } catch {
       rmSync(tmp, { recursive: true, force: true }); // another process finished first: use theirs
     }
+    temp.done();
     return true;
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
+    temp.discard();
     throw e;
   }
 }
@@ -167,9 +170,10 @@ async function capture(
   ready: (agentSocket: string) => Promise<void>,
 ): Promise<void> {
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  const runDir = join(runtimeDir(), `capture-${createHash("sha256").update(tmp).digest("hex").slice(0, 12)}`);
+  const temp = tempPath(StateStore.open(), tmp, { vmId: spec.vmId, runDir });
   mkdirSync(tmp, { recursive: true, mode: 0o700 });
   const f = fastFiles(tmp);
-  const runDir = join(runtimeDir(), `capture-${createHash("sha256").update(tmp).digest("hex").slice(0, 12)}`);
   let h: Awaited<ReturnType<Backend["boot"]>> | null = null;
   try {
     // the disk layer the capture runs on is created inside tmp, so RAM, state and disk are renamed in together
@@ -201,9 +205,10 @@ async function capture(
     } catch {
       rmSync(tmp, { recursive: true, force: true }); // another process finished first: use theirs
     }
+    temp.done();
   } catch (e) {
     if (h) await backend.kill(h);
-    rmSync(tmp, { recursive: true, force: true });
+    temp.discard();
     throw e;
   }
 }

@@ -40,9 +40,7 @@ export function beginOp(
   f: { vmId?: string | null; path?: string | null; data?: Record<string, unknown> } = {},
 ): number {
   const r = store.db
-    .prepare(
-      "INSERT INTO ops (kind, vm_id, path, data, pid, pid_start, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
+    .prepare("INSERT INTO ops (kind, vm_id, path, data, pid, pid_start, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
     .run(
       kind,
       f.vmId ?? null,
@@ -102,8 +100,13 @@ export function abandoned(op: Op): boolean {
  * so that it is removed even if this process is killed, by the next `reconcile`. Call `done()` once it has been
  * renamed into place or removed.
  */
-export function tempPath(store: StateStore, path: string): { path: string; done: () => void; discard: () => void } {
-  const id = beginOp(store, "temp", { path });
+export function tempPath(
+  store: StateStore,
+  path: string,
+  /** A VM that works in this folder (a template being captured): its processes are killed too. */
+  vm?: { vmId: string; runDir: string },
+): { path: string; done: () => void; discard: () => void } {
+  const id = beginOp(store, "temp", { path, data: vm ? { ...vm } : {} });
   return {
     path,
     done: () => endOp(store, id),
