@@ -15,6 +15,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  readSync,
   rmSync,
   writeSync,
 } from "node:fs";
@@ -153,7 +154,8 @@ describe("the VMM is confined", () => {
     // what an escaped VMM could do through its descriptor: write the file (here: the same bytes, enough to tell)
     const fd = openSync(ram, "r+");
     const page = Buffer.alloc(4096);
-    writeSync(fd, page, 0, 0, 0);
+    readSync(fd, page, 0, 4096, 0);
+    writeSync(fd, page, 0, 4096, 0);
     closeSync(fd);
     const notes: string[] = [];
     await using second = await SmolVM.create({ memSizeMib: 192 }, { onProgress: (m) => notes.push(m) });

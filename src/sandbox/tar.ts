@@ -2,11 +2,11 @@
  * Minimal tar (ustar + pax path records) for directory transfers. The writer packs a host folder for the guest; the
  * reader extracts what a (possibly hostile) guest sent, refusing anything that could write outside the destination:
  * absolute names, `..` components, links pointing outside, writes through symlinks, hard links and device files.
+ * File data is written sparsely (all-zero 4 KiB blocks become holes) and can be capped with `maxBytes`.
  */
 import {
   closeSync,
   createReadStream,
-  existsSync,
   lstatSync,
   mkdirSync,
   openSync,
@@ -14,10 +14,10 @@ import {
   readlinkSync,
   realpathSync,
   symlinkSync,
-  writeSync,
 } from "node:fs";
-import { basename, dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
-import { SmolVMError } from "../errors.js";
+import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
+import { ConfigError, SmolVMError } from "../errors.js";
+import { SparseWriter } from "../util/sparse.js";
 
 /** A tar entry from the guest was refused; nothing was written outside the destination. */
 export class UnsafeArchiveError extends SmolVMError {
@@ -26,6 +26,21 @@ export class UnsafeArchiveError extends SmolVMError {
     reason: string,
   ) {
     super(`refused archive entry ${JSON.stringify(entry.slice(0, 200))}: ${reason}`);
+  }
+}
+
+/**
+ * A transfer from the guest went past its byte limit (`maxBytes`) and was stopped before anything beyond the limit
+ * was written; the caller discards what was received. `path` is the entry being received.
+ */
+export class TransferLimitError extends SmolVMError {
+  constructor(
+    readonly limit: number,
+    readonly path: string,
+  ) {
+    super(
+      `transfer stopped at the limit of ${limit} bytes (maxBytes) while receiving ${JSON.stringify(path.slice(0, 200))}; nothing was kept`,
+    );
   }
 }
 
@@ -135,22 +150,52 @@ function num(b: Buffer, off: number, len: number): number {
 
 const inside = (root: string, p: string) => p === root || p.startsWith(root + sep);
 
+/** Symlinks followed while resolving one path before giving up, as the kernel does (ELOOP). */
+const MAX_HOPS = 40;
+
 /**
- * Where a symlink really leads once every link on the way is followed (for a dangling one: its longest existing
- * prefix, resolved, plus the rest). Lexical checks cannot see chains like `y -> .`, `x -> y/..`.
+ * Where a symlink really leads once every link on the way is followed. Lexical checks cannot see chains like
+ * `y -> .`, `x -> y/..`. For a dangling or looping one the walk is done here the way the kernel would: components
+ * left to right, following links (never collapsing `y/..` before `y` is known); once a component does not exist, the
+ * rest is applied to the real path reached so far (that is where it would be created later). A chain too long to
+ * resolve yields `null`.
  */
-function resolvedTarget(link: string): string {
+function resolvedTarget(link: string): string | null {
   try {
     return realpathSync.native(link);
   } catch {
-    let base = resolve(dirname(link), readlinkSync(link));
-    const rest: string[] = [];
-    for (let i = 0; i < 4096 && !existsSync(base); i++) {
-      rest.unshift(basename(base));
-      base = dirname(base);
-    }
-    return join(realpathSync.native(base), ...rest);
+    // dangling, looping or through a file: walk it by hand
   }
+  let hops = 0;
+  const walk = (start: string, path: string): string | null => {
+    let cur = isAbsolute(path) ? "/" : start;
+    const parts = path.split("/");
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i] as string;
+      if (p === "" || p === ".") continue;
+      if (p === "..") {
+        cur = dirname(cur);
+        continue;
+      }
+      const next = join(cur, p);
+      let st: ReturnType<typeof lstatSync>;
+      try {
+        st = lstatSync(next);
+      } catch {
+        return resolve(cur, ...parts.slice(i)); // does not exist (yet): the rest is plain directories
+      }
+      if (!st.isSymbolicLink()) {
+        cur = next;
+        continue;
+      }
+      if (++hops > MAX_HOPS) return null;
+      const via = walk(cur, readlinkSync(next));
+      if (via === null) return null;
+      cur = via;
+    }
+    return cur;
+  };
+  return walk(realpathSync.native(dirname(link)), readlinkSync(link));
 }
 
 function checksumOk(h: Buffer): boolean {
@@ -175,12 +220,16 @@ function parsePax(body: Buffer): Record<string, string> {
   return out;
 }
 
-/** The safe absolute path of `name` inside `dest`, or a thrown UnsafeArchiveError. */
-function safePath(dest: string, name: string): string {
+/**
+ * The safe absolute path of `name` inside `dest`, or a thrown UnsafeArchiveError. `dest` itself (a name with no
+ * components, like `./.`) is only returned for a directory entry.
+ */
+function safePath(dest: string, name: string, dir: boolean): string {
   if (!name || name.length > MAX_NAME || name.includes("\0")) throw new UnsafeArchiveError(name, "invalid name");
   if (isAbsolute(name)) throw new UnsafeArchiveError(name, "absolute path");
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
   if (parts.includes("..")) throw new UnsafeArchiveError(name, "'..' in path");
+  if (parts.length === 0 && !dir) throw new UnsafeArchiveError(name, "names the destination itself");
   const full = join(dest, ...parts);
   // never write through a symlink: every existing parent must be a real directory
   let cur = dest;
@@ -197,44 +246,74 @@ function safePath(dest: string, name: string): string {
   return full;
 }
 
+/** A host file system failure (duplicate entry, name too long, disk full, ...) as a SmolVMError naming the entry. */
+function fsFailure(e: unknown, entry: string): unknown {
+  if (e instanceof SmolVMError || !(e instanceof Error) || typeof (e as NodeJS.ErrnoException).code !== "string") {
+    return e;
+  }
+  return new SmolVMError(`cannot extract archive entry ${JSON.stringify(entry.slice(0, 200))}: ${e.message}`, {
+    cause: e,
+  });
+}
+
 export interface ExtractStats {
   files: number;
   dirs: number;
   symlinks: number;
+  /** Bytes of file data received (holes included). */
   bytes: number;
 }
 
+export interface ExtractOptions {
+  /**
+   * Cap on the total bytes of file data accepted (holes count: it is the sum of the files' sizes). An entry that
+   * would take the total past it stops the extraction with `TransferLimitError` before any of it is written.
+   * Default: unlimited.
+   */
+  maxBytes?: number;
+}
+
 /**
- * Extract a tar stream into `dest` (which must exist and be empty), writing file data as it arrives. Throws
- * `UnsafeArchiveError` at the first refused entry.
+ * Extract a tar stream into `dest` (which must exist and be empty), writing file data as it arrives (all-zero 4 KiB
+ * blocks become holes). Throws `UnsafeArchiveError` at the first refused entry, `TransferLimitError` past
+ * `maxBytes`, and `SmolVMError` for a corrupt archive or a host file system failure. On any error `dest` may hold a
+ * partial tree (nothing outside it is touched): the caller removes it.
  */
 export async function extractTar(
   source: AsyncIterable<Buffer> | Iterable<Buffer>,
   dest: string,
+  opts: ExtractOptions = {},
 ): Promise<ExtractStats> {
+  const maxBytes = opts.maxBytes ?? Number.POSITIVE_INFINITY;
+  if (typeof maxBytes !== "number" || !(maxBytes >= 0)) {
+    throw new ConfigError("maxBytes", `must be a number >= 0, got ${String(opts.maxBytes)}`);
+  }
   const root = resolve(dest);
   const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
   const links: string[] = [];
   let buf: Buffer = Buffer.alloc(0);
   // parser state lives in one object: startEntry (a closure) changes it
-  const cur: { state: "header" | "data" | "pad" | "pax" | "end"; paxNext: "x" | "L" } = {
+  const cur: { state: "header" | "data" | "pad" | "pax" | "end"; paxNext: "x" | "L"; entry: string } = {
     state: "header",
     paxNext: "x",
+    entry: "",
   };
   let remaining = 0;
   let pad = 0;
   let fd: number | null = null;
+  let out: SparseWriter | null = null;
   let pax: Record<string, string> = {};
   let paxBody: Buffer[] = [];
   let zeroBlocks = 0;
 
   const startEntry = (h: Buffer) => {
-    const type = String.fromCharCode(h[156] as number) || "0";
+    const type = String.fromCharCode(h[156] as number);
     const size = num(h, 124, 12);
     const prefix = str(h, 345, 155);
     let name = pax.path ?? (prefix ? `${prefix}/${str(h, 0, 100)}` : str(h, 0, 100));
     const link = pax.linkpath ?? str(h, 157, 100);
     pax = {};
+    cur.entry = name;
     const mode = num(h, 100, 8) & 0o777;
     if (type === "x" || type === "L" || type === "g") {
       if (size > MAX_PAX) throw new UnsafeArchiveError(name, "oversized extended header");
@@ -251,13 +330,16 @@ export async function extractTar(
       cur.state = "header";
       return;
     }
-    const full = safePath(root, name);
+    const full = safePath(root, name, type === "5");
     if (type === "5") {
       mkdirSync(full, { recursive: true, mode: mode | 0o700 });
       stats.dirs++;
     } else if (type === "0" || type === "\0" || type === "7") {
+      // the size is known up front: refuse the whole entry rather than write part of it
+      if (stats.bytes + size > maxBytes) throw new TransferLimitError(maxBytes, name);
       mkdirSync(join(full, ".."), { recursive: true });
       fd = openSync(full, "wx", mode | 0o600);
+      out = new SparseWriter(fd);
       stats.files++;
       remaining = size;
       pad = (BLOCK - (size % BLOCK)) % BLOCK;
@@ -265,6 +347,7 @@ export async function extractTar(
       return;
     } else if (type === "2") {
       if (!link || isAbsolute(link)) throw new UnsafeArchiveError(name, `symlink to absolute path ${link}`);
+      if (link.length > MAX_NAME || link.includes("\0")) throw new UnsafeArchiveError(name, "invalid symlink target");
       const target = normalize(join(full, "..", link));
       if (!inside(root, target)) {
         throw new UnsafeArchiveError(name, `symlink points outside the destination (${link})`);
@@ -285,64 +368,84 @@ export async function extractTar(
     } else cur.state = "header";
   };
 
+  // one chunk through the state machine; returns the offset up to which `buf` was consumed
+  const consume = (): number => {
+    let off = 0;
+    for (;;) {
+      if (cur.state === "end") return buf.length; // whatever follows the end marker is ignored
+      if (cur.state === "header") {
+        if (buf.length - off < BLOCK) break;
+        const h = buf.subarray(off, off + BLOCK);
+        off += BLOCK;
+        if (h.every((b) => b === 0)) {
+          if (++zeroBlocks === 2) cur.state = "end";
+          continue;
+        }
+        zeroBlocks = 0;
+        cur.entry = str(h, 0, 100);
+        if (!checksumOk(h)) throw new UnsafeArchiveError(cur.entry, "bad header checksum (corrupt archive)");
+        startEntry(h);
+      } else if (cur.state === "data" || cur.state === "pax") {
+        const take = Math.min(remaining, buf.length - off);
+        if (take === 0 && remaining > 0) break;
+        const part = buf.subarray(off, off + take);
+        if (cur.state === "pax") paxBody.push(Buffer.from(part));
+        else if (out !== null) {
+          if (stats.bytes + take > maxBytes) throw new TransferLimitError(maxBytes, cur.entry);
+          out.write(part);
+          stats.bytes += take;
+        }
+        off += take;
+        remaining -= take;
+        if (remaining === 0) {
+          if (out !== null && fd !== null) {
+            out.finish();
+            out = null;
+            closeSync(fd);
+            fd = null;
+          }
+          if (cur.state === "pax") {
+            const body = Buffer.concat(paxBody);
+            paxBody = [];
+            pax = cur.paxNext === "L" ? { path: str(body, 0, body.length) } : parsePax(body);
+          }
+          cur.state = "pad";
+        }
+      } else if (cur.state === "pad") {
+        const take = Math.min(pad, buf.length - off);
+        off += take;
+        pad -= take;
+        if (pad > 0) break;
+        cur.state = "header";
+      }
+    }
+    return off;
+  };
+
   try {
     for await (const chunk of source) {
+      if (cur.state === "end") continue; // drained, never buffered
       buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
-      let off = 0;
-      for (;;) {
-        if (cur.state === "end") break;
-        if (cur.state === "header") {
-          if (buf.length - off < BLOCK) break;
-          const h = buf.subarray(off, off + BLOCK);
-          off += BLOCK;
-          if (h.every((b) => b === 0)) {
-            if (++zeroBlocks === 2) cur.state = "end";
-            continue;
-          }
-          zeroBlocks = 0;
-          if (!checksumOk(h)) throw new UnsafeArchiveError(str(h, 0, 100), "bad header checksum (corrupt archive)");
-          startEntry(h);
-        } else if (cur.state === "data" || cur.state === "pax") {
-          const take = Math.min(remaining, buf.length - off);
-          if (take === 0 && remaining > 0) break;
-          const part = buf.subarray(off, off + take);
-          if (cur.state === "pax") paxBody.push(Buffer.from(part));
-          else if (fd !== null) {
-            writeSync(fd, part);
-            stats.bytes += part.length;
-          }
-          off += take;
-          remaining -= take;
-          if (remaining === 0) {
-            if (fd !== null) {
-              closeSync(fd);
-              fd = null;
-            }
-            if (cur.state === "pax") {
-              const body = Buffer.concat(paxBody);
-              pax = cur.paxNext === "L" ? { path: str(body, 0, body.length) } : parsePax(body);
-            }
-            cur.state = "pad";
-          }
-        } else if (cur.state === "pad") {
-          const take = Math.min(pad, buf.length - off);
-          off += take;
-          pad -= take;
-          if (pad > 0) break;
-          cur.state = "header";
-        }
+      let off: number;
+      try {
+        off = consume();
+      } catch (e) {
+        throw fsFailure(e, cur.entry);
       }
       buf = off >= buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(off));
-      if (buf.length > BLOCK * 2 && cur.state === "header") throw new SmolVMError("tar parser stalled");
+      if (buf.length >= BLOCK && cur.state === "header") throw new SmolVMError("tar parser stalled");
     }
   } finally {
     if (fd !== null) closeSync(fd);
   }
+  if (cur.state === "header" && buf.length > 0) throw new SmolVMError("archive ended in the middle of a header");
   if (cur.state !== "end" && cur.state !== "header") throw new SmolVMError("archive ended in the middle of an entry");
   // only now is the tree final: every link must still lead inside it, whatever other links it passes through
   const realRoot = realpathSync.native(root);
   for (const l of links) {
-    if (!inside(realRoot, resolvedTarget(l))) {
+    const target = resolvedTarget(l);
+    if (target === null) throw new UnsafeArchiveError(relative(root, l), "symlink chain too long or looping");
+    if (!inside(realRoot, target)) {
       throw new UnsafeArchiveError(relative(root, l), "symlink resolves outside the destination (through other links)");
     }
   }
