@@ -28,22 +28,24 @@ export function runHost(
   opts: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
-    const child = withPrivateUmask(() => execFile(
-      file,
-      args,
-      {
-        timeout: opts.timeoutMs ?? 120_000,
-        killSignal: "SIGKILL",
-        cwd: opts.cwd,
-        env: opts.env,
-        maxBuffer: 64 << 20,
-        encoding: "utf8",
-      },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === "number" ? err.code : null) : 0;
-        resolve({ stdout, stderr: stderr || (err && code === null ? err.message : ""), code });
-      },
-    ));
+    const child = withPrivateUmask(() =>
+      execFile(
+        file,
+        args,
+        {
+          timeout: opts.timeoutMs ?? 120_000,
+          killSignal: "SIGKILL",
+          cwd: opts.cwd,
+          env: opts.env,
+          maxBuffer: 64 << 20,
+          encoding: "utf8",
+        },
+        (err, stdout, stderr) => {
+          const code = err ? (typeof err.code === "number" ? err.code : null) : 0;
+          resolve({ stdout, stderr: stderr || (err && code === null ? err.message : ""), code });
+        },
+      ),
+    );
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }

@@ -11,8 +11,7 @@ import { join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { ConfigError } from "../../errors.js";
 import { dataDir } from "../../paths.js";
-import { accelArgs } from "./args.js";
-import { sandboxArg } from "./args.js";
+import { accelArgs, sandboxArg } from "./args.js";
 import { qemuAccels } from "./binary.js";
 
 export interface KvmVerdict {

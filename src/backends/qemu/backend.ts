@@ -13,8 +13,8 @@ import { buildQemuArgs, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
 import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
-import { vmmIdentity } from "./vmm-user.js";
 import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
+import { vmmIdentity } from "./vmm-user.js";
 
 function readPid(file: string): number | null {
   try {
@@ -151,7 +151,14 @@ export class QemuBackend implements Backend {
         ...["--upstream", paths.channelSocket, "--listen", h.agentSocket, "--pidfile", proxyPidFile],
         ...["--log", join(h.runDir, "proxy.log"), "--daemon"],
         ...(h.consoleLog
-          ? ["--console", paths.consoleSocket, "--console-log", h.consoleLog, "--console-max", String(CONSOLE_MAX_BYTES)]
+          ? [
+              "--console",
+              paths.consoleSocket,
+              "--console-log",
+              h.consoleLog,
+              "--console-max",
+              String(CONSOLE_MAX_BYTES),
+            ]
           : []),
         ...(h.exitPath ? ["--events", paths.eventsSocket, "--exit-file", h.exitPath] : []),
         ...(h.uid !== undefined && h.gid !== undefined ? ["--runas", `${h.uid}:${h.gid}`] : []),

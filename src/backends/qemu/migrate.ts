@@ -8,8 +8,8 @@ import { SmolVMError } from "../../errors.js";
 import { agentPath } from "../../images/agent-build.js";
 import { sleep } from "../../util/proc.js";
 import type { VMHandle } from "../types.js";
-import { qmpWithFds } from "./qmp-fd.js";
 import type { QmpClient } from "./qmp.js";
+import { qmpWithFds } from "./qmp-fd.js";
 
 const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 const agentOf = (h: VMHandle) => h.agentBinary ?? agentPath();
