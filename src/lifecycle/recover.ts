@@ -102,8 +102,7 @@ export async function recoverInterrupted(store: StateStore): Promise<number> {
       const { vmId, runDir } = op.data;
       if (typeof vmId === "string" && typeof runDir === "string") await killByRunDir(vmId, runDir);
       rmSync(op.path, { recursive: true, force: true });
-    }
-    else if (op.kind === "create") await recoverCreate(store, op);
+    } else if (op.kind === "create") await recoverCreate(store, op);
     else if (op.kind === "snapshot") await recoverSnapshot(store, op);
     else if (op.kind === "delete" && op.vmId) {
       const rec = store.get(op.vmId);
