@@ -163,13 +163,21 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
   if (c.bootArgs !== undefined && (typeof c.bootArgs !== "string" || /[\0\n]/.test(c.bootArgs))) {
     throw new ConfigError("bootArgs", "must be a single-line string");
   }
+  const diskMode = c.diskMode === undefined ? DEFAULTS.diskMode : oneOf("diskMode", c.diskMode, DISK_MODES);
+  if (diskMode === "shared" && (c.rootfsPath === undefined || c.rootfsPath === null)) {
+    throw new ConfigError(
+      "diskMode",
+      '"shared" writes the image in place; the built-in image is shared by every VM and warm template: ' +
+        "pass rootfsPath with an image of your own",
+    );
+  }
   return {
     vmId,
     name,
     backend: c.backend === undefined ? "auto" : oneOf("backend", c.backend, BACKENDS),
     vcpuCount: c.vcpuCount === undefined ? DEFAULTS.vcpuCount : intIn("vcpuCount", c.vcpuCount, LIMITS.vcpuCount),
     memSizeMib: c.memSizeMib === undefined ? DEFAULTS.memSizeMib : intIn("memSizeMib", c.memSizeMib, LIMITS.memSizeMib),
-    diskMode: c.diskMode === undefined ? DEFAULTS.diskMode : oneOf("diskMode", c.diskMode, DISK_MODES),
+    diskMode,
     kernelPath: filePath("kernelPath", c.kernelPath),
     initrdPath: filePath("initrdPath", c.initrdPath),
     rootfsPath: filePath("rootfsPath", c.rootfsPath),

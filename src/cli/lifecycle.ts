@@ -17,6 +17,7 @@ export interface VmOptions {
   cpus?: string;
   backend?: string;
   diskMode?: string;
+  rootfs?: string;
   coldBoot?: boolean;
   env?: string[];
   json?: boolean;
@@ -28,7 +29,8 @@ export function addVmOptions(cmd: Command): Command {
     .option("--mem <mib>", "guest memory in MiB (128-16384, default 512)")
     .option("--cpus <n>", "virtual CPUs (1-32, default 2)")
     .option("--backend <name>", "auto | firecracker | qemu")
-    .option("--disk-mode <mode>", "isolated (default) | shared")
+    .option("--disk-mode <mode>", "isolated (default) | shared (writes --rootfs in place)")
+    .option("--rootfs <file>", "ext4 root file system image (default: the built-in one)")
     .option("--cold-boot", "boot the kernel instead of restoring the warm-start snapshot")
     .option("-e, --env <KEY=VALUE...>", "environment for every command");
 }
@@ -40,6 +42,7 @@ export function vmConfigFrom(o: VmOptions) {
     vcpuCount: int("vcpuCount", o.cpus, { min: LIMITS.vcpuCount[0], max: LIMITS.vcpuCount[1] }),
     backend: o.backend as BackendName | undefined,
     diskMode: o.diskMode as DiskMode | undefined,
+    rootfsPath: o.rootfs,
     coldBoot: o.coldBoot,
     env: parseEnv(o.env),
   };
