@@ -3,6 +3,7 @@
  *   - umask 077, a new session, stdin /dev/null, stdout and stderr to a log file (0600);
  *   - inside its cgroups from its first instruction (--cgroup DIR, repeatable: the pid is written to
  *     DIR/cgroup.procs before exec, so no thread ever runs outside them);
+ *   - with --isolate, in network and IPC namespaces of its own (needs root);
  *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
  *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -131,8 +133,12 @@ static void write_status(const char *path, int status) {
 
 int launch_main(int argc, char **argv) {
 	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
-	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, i;
+	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i;
 	for (i = 2; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--isolate")) { /* flag: no value */
+			isolate = 1;
+			continue;
+		}
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!v) goto usage;
 		if (!strcmp(argv[i], "--log")) log = v;
@@ -177,6 +183,12 @@ int launch_main(int argc, char **argv) {
 					dprintf(logfd, "launch: cannot join cgroup %s: %s\n", cgroups[k], strerror(errno));
 					_exit(125);
 				}
+			}
+			/* a network and IPC namespace of its own: an escaped VMM reaches no network, no host service on
+			 * loopback, no SysV IPC; its disk, RAM and sockets are already open */
+			if (isolate && unshare(CLONE_NEWNET | CLONE_NEWIPC) < 0) {
+				dprintf(logfd, "launch: cannot isolate the VMM (unshare): %s\n", strerror(errno));
+				_exit(125);
 			}
 			dup2(nul, 0);
 			dup2(logfd, 1);
@@ -269,6 +281,6 @@ int launch_main(int argc, char **argv) {
 	return 1;
 usage:
 	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
-			"[--keep-fd N]... [--cgroup DIR]... -- PROGRAM ARGS...\n");
+			"[--keep-fd N]... [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;
 }

@@ -15,7 +15,7 @@ import { vmRunDir } from "../paths.js";
 import { abandoned, claimOp, listOps, type Op } from "../state/journal.js";
 import { backendFor } from "../state/reconcile.js";
 import type { StateStore, VMRecord } from "../state/store.js";
-import { killAndWait } from "../util/proc.js";
+import { killAllMatching, killAndWait } from "../util/proc.js";
 
 function readPid(file: string): number | null {
   try {
@@ -30,6 +30,7 @@ function readPid(file: string): number | null {
 export async function killByRunDir(vmId: string, runDir: string): Promise<void> {
   await killAndWait(readPid(join(runDir, "qemu.pid")), `smolvm-${vmId}`);
   await killAndWait(readPid(join(runDir, "proxy.pid")), join(runDir, "agent.sock"));
+  await killAllMatching(`${runDir}/`); // a launcher still waiting for a VMM whose pid was never recorded
   removeCgroups(existingVmCgroups(basename(runDir)));
   rmSync(runDir, { recursive: true, force: true });
 }

@@ -698,7 +698,7 @@ export class SmolVM implements AsyncDisposable {
     const op = beginOp(this.store, "delete", { vmId: rec.id });
     try {
       if (rec.handle) await backendFor(rec.backend).kill(rec.handle);
-      await killByRunDir(rec.id, runDirFor(rec.id)); // a start that never recorded its handle
+      else await killByRunDir(rec.id, runDirFor(rec.id)); // a start that never recorded its handle
       rmSync(rec.vmDir, { recursive: true, force: true }); // the private layer and console log; never the base image
       this.store.delete(rec.id);
     } finally {

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 /**
  * Whether `pid` is a live (not zombie) process whose command line contains `marker`. The marker guards against pid
@@ -41,4 +41,27 @@ export async function killAndWait(pid: number | null | undefined, marker: string
     return;
   }
   await waitFor(() => !processAlive(pid, marker), timeoutMs);
+}
+
+/**
+ * SIGKILL every live process whose command line contains `marker` (e.g. a VM's run dir, which its VMM, the VMM's
+ * supervisor and its proxy all name), and wait until they are gone. For cleaning up after a killed process that
+ * never recorded their pids.
+ */
+export async function killAllMatching(marker: string, timeoutMs = 3000): Promise<number> {
+  const victims: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker) && processAlive(pid)) {
+        process.kill(pid, "SIGKILL");
+        victims.push(pid);
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  await waitFor(() => victims.every((p) => !processAlive(p, marker)), timeoutMs);
+  return victims.length;
 }

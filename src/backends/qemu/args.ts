@@ -32,6 +32,8 @@ export interface Confinement {
   runas?: { uid: number; gid: number } | null;
   /** `-run-with user=` instead of `-runas` (QEMU 8.1+). */
   runWith?: boolean;
+  /** With `runas`: once initialized, QEMU's root directory is this empty folder (it opens no path after that). */
+  chroot?: string;
   /** The root disk comes as descriptors 3 (read-write) and 4 (read-only) in fd set 1, not by path. */
   diskFds?: boolean;
   /** A private RAM file is opened read-only (QEMU 8.2+ `rom=off`). */
@@ -87,8 +89,8 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths, c: Co
     : ["-drive", `id=root,file=${esc(spec.diskPath)},format=${spec.diskFormat},if=none,discard=unmap`];
   const identity = c.runas
     ? c.runWith
-      ? ["-run-with", `user=${c.runas.uid}:${c.runas.gid}`]
-      : ["-runas", `${c.runas.uid}:${c.runas.gid}`]
+      ? ["-run-with", `user=${c.runas.uid}:${c.runas.gid}${c.chroot ? `,chroot=${esc(c.chroot)}` : ""}`]
+      : ["-runas", `${c.runas.uid}:${c.runas.gid}`, ...(c.chroot ? ["-chroot", c.chroot] : [])]
     : [];
   return [
     "-name",

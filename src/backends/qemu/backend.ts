@@ -1,9 +1,20 @@
-import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
 import { agentPath } from "../../images/agent-build.js";
-import { checkPrivateDir, ensurePrivateDir } from "../../paths.js";
+import { checkPrivateDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
@@ -23,6 +34,21 @@ function readPid(file: string): number | null {
   } catch {
     return null;
   }
+}
+
+/** An empty folder nobody can write: the root directory of every confined VMM once it has initialized. */
+function emptyRoot(): string {
+  const dir = join(runtimeDir(), ".empty");
+  try {
+    mkdirSync(dir, { mode: 0o500 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+  const st = lstatSync(dir);
+  if (!st.isDirectory() || st.uid !== 0 || (st.mode & 0o222) !== 0 || readdirSync(dir).length) {
+    throw new SmolVMError(`${dir} must be an empty folder owned by root that nobody can write`);
+  }
+  return dir;
 }
 
 /** Console log size at which the proxy keeps only the newest half. */
@@ -70,6 +96,7 @@ export class QemuBackend implements Backend {
     const args = buildQemuArgs(spec, accel, paths, {
       runas: who,
       runWith: features.runWith,
+      chroot: who ? emptyRoot() : undefined,
       diskFds: fds.length > 0,
       ramReadonly: features.rom,
     });
@@ -84,6 +111,7 @@ export class QemuBackend implements Backend {
           ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
           ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
           ...cg.flatMap((d) => ["--cgroup", d]),
+          ...(who ? ["--isolate"] : []),
           "--",
           qemu,
           ...args,
