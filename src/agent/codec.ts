@@ -135,32 +135,46 @@ export function fieldString(fields: Field[], tag: number): string | undefined {
  * whatever the peer sends; a length outside the protocol's range throws `AgentError`.
  */
 export class FrameDecoder {
-  private buf: Buffer = Buffer.alloc(0);
+  /** Received bytes not yet decoded, joined only once a whole frame (or a length field) is there. */
+  private parts: Buffer[] = [];
+  private len = 0;
+  /** Bytes needed before anything can be decoded: the length field, then the whole frame. */
+  private need = 4;
 
   push(chunk: Buffer): Frame[] {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    this.parts.push(chunk);
+    this.len += chunk.length;
+    if (this.len < this.need) return [];
+    const buf = this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.len);
     const frames: Frame[] = [];
     let off = 0;
-    while (this.buf.length - off >= 4) {
-      const len = this.buf.readUInt32BE(off);
+    this.need = 4;
+    while (buf.length - off >= 4) {
+      const len = buf.readUInt32BE(off);
       if (len < 5 || len > MAX_PAYLOAD + 5) {
-        this.buf = Buffer.alloc(0);
+        this.parts = [];
+        this.len = 0;
         throw new AgentError(`invalid frame length ${len} from the agent`);
       }
-      if (this.buf.length - off < 4 + len) break;
+      if (buf.length - off < 4 + len) {
+        this.need = 4 + len;
+        break;
+      }
       frames.push({
-        type: this.buf.readUInt8(off + 4),
-        stream: this.buf.readUInt32BE(off + 5),
+        type: buf.readUInt8(off + 4),
+        stream: buf.readUInt32BE(off + 5),
         // copy: the frame must not pin the (possibly large) read buffer
-        payload: Buffer.from(this.buf.subarray(off + HEADER_BYTES, off + 4 + len)),
+        payload: Buffer.from(buf.subarray(off + HEADER_BYTES, off + 4 + len)),
       });
       off += 4 + len;
     }
-    this.buf = off === this.buf.length ? Buffer.alloc(0) : Buffer.from(this.buf.subarray(off));
+    const rest = off === buf.length ? null : Buffer.from(buf.subarray(off));
+    this.parts = rest ? [rest] : [];
+    this.len = rest ? rest.length : 0;
     return frames;
   }
 
   get pendingBytes(): number {
-    return this.buf.length;
+    return this.len;
   }
 }

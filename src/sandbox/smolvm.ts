@@ -1,18 +1,18 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
 
-import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
 import { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
-import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
+import type { Backend, BackendKind } from "../backends/types.js";
 import { type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
-import { ConfigError, SmolVMError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
+import { ConfigError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
-import { ensureDefaultImage } from "../images/store.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
+import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
 import { killByRunDir } from "../lifecycle/recover.js";
+import { takeSnapshot } from "../lifecycle/snapshot.js";
 import { vmRunDir } from "../paths.js";
 import { beginOp, endOp } from "../state/journal.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
@@ -26,7 +26,6 @@ import {
   type SpawnOptions,
   spawnCommand,
 } from "./commands.js";
-import { tailFile } from "./console-log.js";
 import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
 import { packPlan, packSnapshot } from "./packs.js";
@@ -34,41 +33,16 @@ import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
 import {
   checkSnapshotFiles,
-  checkSnapshotName,
   deleteSnapshot,
   type LaunchPlan,
-  newSnapshotId,
-  resyncGuest,
   type SnapshotInfo,
   SnapshotNotFoundError,
   snapshotInfo,
 } from "./snapshots.js";
-import { type FastImage, readFast, snapshotPlan, splitToFast, warmPlan } from "./templates.js";
+import { snapshotPlan } from "./templates.js";
 import type { TransferOptions } from "./transfers.js";
 
-export type { VMStatus };
-
-export interface StartOptions {
-  /** Progress lines for slow first-time steps (building the image). */
-  onProgress?: Progress;
-  /** Give up if the guest agent has not answered after this long (default 60 s, or SMOLVM_BOOT_TIMEOUT_MS). */
-  bootTimeoutMs?: number;
-}
-
-/** Where the time of the last `start()` went, in ms. */
-export interface StartTimings {
-  /** Kernel, initramfs and image lookup (or build, the first time). */
-  imageMs: number;
-  /** The VM's private disk layer. */
-  diskMs: number;
-  /** VMM process started and its agent socket listening. */
-  bootMs: number;
-  /** From VMM start until the guest agent answered. */
-  agentReadyMs: number;
-  totalMs: number;
-  /** How the guest got there: a kernel boot, the image's warm-start snapshot, or a snapshot. */
-  from: "boot" | "warm" | "snapshot";
-}
+export type { StartOptions, StartTimings, VMStatus };
 
 /** A summary of a VM, as `list` and `status` show it. */
 export interface VMInfo {
@@ -203,134 +177,18 @@ export class SmolVM implements AsyncDisposable {
     if (this.rec && this.refresh() === null) throw new VMNotFoundError(this.vmId);
     if (this.status === "running" || this.status === "paused") return;
     this.driver(); // throws BackendUnavailableError for a backend this host cannot run
-    const c = this.config;
-    const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
-    const image = needDefault ? await ensureDefaultImage(progress) : null;
-    const boot: LaunchPlan = {
-      kernelPath: c.kernelPath ?? (image?.kernelPath as string),
-      initrdPath: c.initrdPath ?? (image?.initrdPath as string),
-      hostname: c.name ?? c.vmId,
-      bootArgs: c.bootArgs,
-      diskBase: c.rootfsPath ?? (image?.rootfsPath as string),
-      diskBaseFormat: "raw",
-      accel: c.accel,
-      agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
-      from: "boot",
-    };
-    // a new isolated VM restores its image's warm-start snapshot instead of booting (a restart boots its own disk)
-    let plan = boot;
-    if (!this.rec && !c.coldBoot && c.diskMode === "isolated") {
-      try {
-        const backend = this.driver();
-        const accel = await backend.resolveAccel(c.accel, boot);
-        plan = await warmPlan(
-          backend,
-          {
-            config: c,
-            kernelPath: boot.kernelPath,
-            initrdPath: boot.initrdPath,
-            rootfsPath: boot.diskBase,
-            agentBinary: boot.agentBinary,
-            accel,
-          },
-          backend.identity(),
-          progress,
-        );
-      } catch (e) {
-        progress(`warm start unavailable, booting instead: ${(e as Error).message}`);
-      }
-    }
+    const plan = await startPlan(this.driver(), this.config, this.rec === null, progress);
     await this.launch(plan, opts, t0);
   }
 
   /** Start the VMM (booting, or restoring `plan.incoming`), wait for the agent, resync a restored guest. */
   private async launch(plan: LaunchPlan, opts: StartOptions, t0: number): Promise<void> {
-    const backend = this.driver();
-    const c = this.config;
-    const tImage = performance.now();
-    const op = beginOp(this.store, "create", { vmId: c.vmId, data: { newRecord: !this.rec } });
-    if (!this.rec) {
-      this.rec = this.store.insert({
-        id: c.vmId,
-        name: c.name,
-        backend: this.backend,
-        status: "created",
-        config: c,
-        handle: null,
-        diskPath: null,
-        diskFormat: null,
-        vmDir: join(this.store.vmsDir(), c.vmId),
-        error: null,
-        snapshotId: plan.snapshotId ?? null,
-      });
-    }
-    const rec = this.rec;
-    let handle: VMHandle | null = null;
-    const logPath = join(rec.vmDir, "console.log");
-    try {
-      mkdirSync(rec.vmDir, { recursive: true, mode: 0o700 }); // the console log lives here, whatever the disk mode
-      // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
-      const disk =
-        rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
-          ? { path: rec.diskPath, format: rec.diskFormat }
-          : await backend.prepareDisk({
-              base: plan.diskBase,
-              baseFormat: plan.diskBaseFormat,
-              mode: plan.incoming ? "isolated" : c.diskMode,
-              vmDir: rec.vmDir,
-            });
-      this.store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
-      const tDisk = performance.now();
-      handle = await backend.boot({
-        vmId: c.vmId,
-        vcpuCount: c.vcpuCount,
-        memSizeMib: c.memSizeMib,
-        kernelPath: plan.kernelPath,
-        initrdPath: plan.initrdPath,
-        diskPath: disk.path,
-        diskFormat: disk.format,
-        bootArgs: plan.bootArgs,
-        hostname: plan.hostname,
-        runDir: runDirFor(c.vmId),
-        logPath,
-        agentBinary: plan.agentBinary,
-        accel: plan.accel,
-        incoming: plan.incoming,
-        ram: plan.ram ? { path: plan.ram, share: false } : undefined,
-        ignoreShared: !!plan.ram && plan.ignoreShared === true,
-      });
-      this.store.update(rec.id, { status: "running", handle, error: null });
-      const tBoot = performance.now();
-      const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
-      const client = await AgentClient.connect(handle.agentSocket);
-      this.client = client;
-      await client.waitReady(timeout, plan.incoming ? 5 : 25);
-      if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
-      const tReady = performance.now();
-      this.startTimings = {
-        imageMs: tImage - t0,
-        diskMs: tDisk - tImage,
-        bootMs: tBoot - tDisk,
-        agentReadyMs: tReady - tBoot,
-        totalMs: tReady - t0,
-        from: plan.from ?? "boot",
-      };
-      this.refresh();
-    } catch (e) {
-      this.client?.close();
-      this.client = null;
-      if (handle) await backend.kill(handle);
-      const msg = (e as Error).message;
-      this.store.update(rec.id, { status: "error", handle: null, error: msg });
-      this.refresh();
-      const tail = tailFile(logPath, 1500).trim();
-      throw new SmolVMError(
-        `VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`,
-        { cause: e },
-      );
-    } finally {
-      endOp(this.store, op);
-    }
+    const r = await launchVm(this.store, this.driver(), this.backend, this.config, this.rec, plan, opts, t0, (rec) => {
+      this.rec = rec;
+    });
+    this.client = r.client;
+    this.startTimings = r.timings;
+    this.refresh();
   }
 
   /**
@@ -342,86 +200,10 @@ export class SmolVM implements AsyncDisposable {
     if (!rec?.handle || (this.status !== "running" && this.status !== "paused") || !rec.diskPath) {
       throw new VMStateError(`VM ${this.vmId} is ${this.status}; only a running or paused VM can be snapshotted`);
     }
-    if (rec.diskFormat !== "qcow2") {
-      throw new VMStateError(`VM ${this.vmId} uses diskMode "shared"; snapshots need an isolated disk layer`);
-    }
-    if (opts.name !== undefined) checkSnapshotName(opts.name);
-    if (opts.name !== undefined && this.store.getSnapshot(opts.name)) {
-      throw new ConfigError("name", `${JSON.stringify(opts.name)} is already used by another snapshot`);
-    }
-    const id = newSnapshotId();
-    const dir = join(this.store.dir, "snapshots", id);
-    const op = beginOp(this.store, "snapshot", {
-      vmId: rec.id,
-      path: dir,
-      data: { snapshotId: id, prevDisk: rec.diskPath },
-    });
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    let switched = false;
-    const handle = rec.handle;
-    /** The snapshot's record; memBytes -1 marks a disk-only one (its memory was not saved). */
-    const record = (memFile: string, diskFile: string, memBytes: number, name: string | null, ramBytes = 0) =>
-      this.store.insertSnapshot({
-        id,
-        name,
-        vmId: rec.id,
-        backend: rec.backend,
-        config: rec.config,
-        boot: handle.boot,
-        accel: handle.accel,
-        dir,
-        memFile,
-        diskFile,
-        memBytes,
-        sizeBytes: Math.max(0, memBytes) + ramBytes + statSync(diskFile).size,
-        parentId: rec.snapshotId,
-      });
     try {
-      const r = await this.driver().snapshot(
-        rec.handle,
-        { path: rec.diskPath, vmDir: rec.vmDir },
-        dir,
-        false,
-        (next) => {
-          switched = true;
-          this.store.update(rec.id, { diskPath: next }); // at once: the VM's data now lives in `next`
-        },
-      );
-      // split now, with the VM running again: the snapshot then restores without loading RAM through the VMM,
-      // and the full stream (a second copy of the RAM) need not be kept
-      let memFile = r.memFile;
-      let ramBytes = 0;
-      try {
-        const fastDir = join(dir, "fast");
-        if (await splitToFast(this.driver(), r.memFile, fastDir, rec.config.memSizeMib)) {
-          const fast = readFast(fastDir) as FastImage;
-          rmSync(r.memFile);
-          memFile = fast.state;
-          ramBytes = statSync(fast.ram).blocks * 512;
-        }
-      } catch {
-        // keep the full stream; it is converted on first restore
-      }
-      const snap = record(memFile, r.diskFile, statSync(memFile).size, opts.name ?? null, ramBytes);
-      this.store.update(rec.id, { diskPath: r.newDiskPath, snapshotId: id });
-      this.refresh();
-      return snapshotInfo(snap);
-    } catch (e) {
-      if (!switched) {
-        rmSync(dir, { recursive: true, force: true });
-        throw e;
-      }
-      // The VM already runs on a layer over the snapshot's disk layer: that layer must stay. It is recorded as a
-      // disk-only snapshot (not restorable: no memory) so nothing deletes it while the VM depends on it.
-      const mem = join(dir, "mem.bin");
-      const diskFile = join(dir, "disk.qcow2");
-      rmSync(mem, { force: true });
-      if (!this.store.getSnapshot(id)) record(mem, diskFile, -1, null);
-      this.store.update(rec.id, { snapshotId: id });
-      this.refresh();
-      throw e;
+      return await takeSnapshot(this.store, this.driver(), rec, opts);
     } finally {
-      endOp(this.store, op);
+      this.refresh();
     }
   }
 

@@ -1,0 +1,186 @@
+/**
+ * Starting a VM, in one place: the plan (a cold boot of the image, or a restore of its warm template), the record,
+ * the disk layer, the VMM, the agent's first answer, and the resync a restored guest needs. Journaled: a start
+ * interrupted by a kill leaves nothing (see recover.ts).
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { AgentClient } from "../agent/client.js";
+import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
+import type { ResolvedVMConfig } from "../config.js";
+import { SmolVMError } from "../errors.js";
+import { ensureAgent } from "../images/agent-build.js";
+import { ensureDefaultImage } from "../images/store.js";
+import { vmRunDir } from "../paths.js";
+import { tailFile } from "../sandbox/console-log.js";
+import { type LaunchPlan, resyncGuest } from "../sandbox/snapshots.js";
+import { warmPlan } from "../sandbox/templates.js";
+import { beginOp, endOp } from "../state/journal.js";
+import type { StateStore, VMRecord } from "../state/store.js";
+import type { Progress } from "../util/run.js";
+
+export interface StartOptions {
+  /** Progress lines for slow first-time steps (building the image). */
+  onProgress?: Progress;
+  /** Give up if the guest agent has not answered after this long (default 60 s, or SMOLVM_BOOT_TIMEOUT_MS). */
+  bootTimeoutMs?: number;
+}
+
+/** Where the time of the last `start()` went, in ms. */
+export interface StartTimings {
+  /** Kernel, initramfs and image lookup (or build, the first time). */
+  imageMs: number;
+  /** The VM's private disk layer. */
+  diskMs: number;
+  /** VMM process started and its agent socket listening. */
+  bootMs: number;
+  /** From VMM start until the guest agent answered. */
+  agentReadyMs: number;
+  totalMs: number;
+  /** How the guest got there: a kernel boot, the image's warm-start snapshot, or a snapshot. */
+  from: "boot" | "warm" | "snapshot";
+}
+
+/** How to start a VM with this config: its image booted, or (a new isolated VM) its warm template restored. */
+export async function startPlan(
+  backend: Backend,
+  c: ResolvedVMConfig,
+  isNew: boolean,
+  progress: Progress,
+): Promise<LaunchPlan> {
+  const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
+  const image = needDefault ? await ensureDefaultImage(progress) : null;
+  const boot: LaunchPlan = {
+    kernelPath: c.kernelPath ?? (image?.kernelPath as string),
+    initrdPath: c.initrdPath ?? (image?.initrdPath as string),
+    hostname: c.name ?? c.vmId,
+    bootArgs: c.bootArgs,
+    diskBase: c.rootfsPath ?? (image?.rootfsPath as string),
+    diskBaseFormat: "raw",
+    accel: c.accel,
+    agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
+    from: "boot",
+  };
+  // a new isolated VM restores its image's warm-start snapshot instead of booting (a restart boots its own disk)
+  let plan = boot;
+  if (isNew && !c.coldBoot && c.diskMode === "isolated") {
+    try {
+      const accel = await backend.resolveAccel(c.accel, boot);
+      plan = await warmPlan(
+        backend,
+        {
+          config: c,
+          kernelPath: boot.kernelPath,
+          initrdPath: boot.initrdPath,
+          rootfsPath: boot.diskBase,
+          agentBinary: boot.agentBinary,
+          accel,
+        },
+        backend.identity(),
+        progress,
+      );
+    } catch (e) {
+      progress(`warm start unavailable, booting instead: ${(e as Error).message}`);
+    }
+  }
+  return plan;
+}
+
+/** Launch `plan` for the VM of `config` (`existing`: its record, for a restart). */
+export async function launchVm(
+  store: StateStore,
+  backend: Backend,
+  kind: BackendKind,
+  c: ResolvedVMConfig,
+  existing: VMRecord | null,
+  plan: LaunchPlan,
+  opts: StartOptions,
+  t0: number,
+  onRecord: (rec: VMRecord) => void,
+): Promise<{ client: AgentClient; timings: StartTimings }> {
+  const tImage = performance.now();
+  const op = beginOp(store, "create", { vmId: c.vmId, data: { newRecord: !existing } });
+  let rec = existing;
+  if (!rec) {
+    rec = store.insert({
+      id: c.vmId,
+      name: c.name,
+      backend: kind,
+      status: "created",
+      config: c,
+      handle: null,
+      diskPath: null,
+      diskFormat: null,
+      vmDir: join(store.vmsDir(), c.vmId),
+      error: null,
+      snapshotId: plan.snapshotId ?? null,
+    });
+  }
+  onRecord(rec);
+  let handle: VMHandle | null = null;
+  let client: AgentClient | null = null;
+  const logPath = join(rec.vmDir, "console.log");
+  try {
+    mkdirSync(rec.vmDir, { recursive: true, mode: 0o700 }); // the console log lives here, whatever the disk mode
+    // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
+    const disk =
+      rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
+        ? { path: rec.diskPath, format: rec.diskFormat }
+        : await backend.prepareDisk({
+            base: plan.diskBase,
+            baseFormat: plan.diskBaseFormat,
+            mode: plan.incoming ? "isolated" : c.diskMode,
+            vmDir: rec.vmDir,
+          });
+    store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
+    const tDisk = performance.now();
+    handle = await backend.boot({
+      vmId: c.vmId,
+      vcpuCount: c.vcpuCount,
+      memSizeMib: c.memSizeMib,
+      kernelPath: plan.kernelPath,
+      initrdPath: plan.initrdPath,
+      diskPath: disk.path,
+      diskFormat: disk.format,
+      bootArgs: plan.bootArgs,
+      hostname: plan.hostname,
+      runDir: vmRunDir(c.vmId, store.dir),
+      logPath,
+      agentBinary: plan.agentBinary,
+      accel: plan.accel,
+      incoming: plan.incoming,
+      ram: plan.ram ? { path: plan.ram, share: false } : undefined,
+      ignoreShared: !!plan.ram && plan.ignoreShared === true,
+    });
+    store.update(rec.id, { status: "running", handle, error: null });
+    const tBoot = performance.now();
+    const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
+    client = await AgentClient.connect(handle.agentSocket);
+    await client.waitReady(timeout, plan.incoming ? 5 : 25);
+    if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
+    const tReady = performance.now();
+    return {
+      client,
+      timings: {
+        imageMs: tImage - t0,
+        diskMs: tDisk - tImage,
+        bootMs: tBoot - tDisk,
+        agentReadyMs: tReady - tBoot,
+        totalMs: tReady - t0,
+        from: plan.from ?? "boot",
+      },
+    };
+  } catch (e) {
+    client?.close();
+    if (handle) await backend.kill(handle);
+    const msg = (e as Error).message;
+    store.update(rec.id, { status: "error", handle: null, error: msg });
+    const tail = tailFile(logPath, 1500).trim();
+    throw new SmolVMError(
+      `VM ${c.vmId} failed to start: ${msg}${tail ? `\n--- console (last lines) ---\n${tail}` : ""}`,
+      { cause: e },
+    );
+  } finally {
+    endOp(store, op);
+  }
+}
