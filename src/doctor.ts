@@ -1,14 +1,16 @@
 /** Host diagnostics. Every check is bounded in time (the KVM probe boot is the longest, at most a few seconds). */
+import { spawnSync } from "node:child_process";
 import { accessSync, constants, mkdirSync } from "node:fs";
+import { cgroupVersion } from "./backends/cgroups.js";
 import { FIRECRACKER_IMPLEMENTED, firecrackerBinary } from "./backends/firecracker/backend.js";
 import { type KvmVerdict, kvmVerdict } from "./backends/qemu/accel.js";
-import { qemuAccels, qemuBinary, qemuVersion } from "./backends/qemu/binary.js";
+import { qemuAccels, qemuBinary, qemuFeatures, qemuVersion } from "./backends/qemu/binary.js";
 import { resolveBackendName } from "./backends/resolve.js";
 import type { BackendName } from "./config.js";
 import { hostTools } from "./host-tools.js";
 import { findKernel } from "./images/kernel.js";
 import { findDefaultImage } from "./images/store.js";
-import { dataDir, stateDir } from "./paths.js";
+import { dataDir, ensurePrivateDir, runtimeDir, stateDir } from "./paths.js";
 import { StateStore } from "./state/store.js";
 
 export type CheckStatus = "ok" | "warn" | "fail" | "skip";
@@ -28,6 +30,49 @@ export interface DoctorReport {
   kvm: KvmVerdict;
   checks: DoctorCheck[];
   durationMs: number;
+}
+
+/** How VMs will be confined on this host (docs/SECURITY.md). */
+function confinementChecks(add: (name: string, status: CheckStatus, detail: string) => void, qemu: string | null): void {
+  try {
+    const dir = ensurePrivateDir(runtimeDir());
+    add("runtime dir", "ok", `${dir} (every level private; sockets 0600)`);
+  } catch (e) {
+    add("runtime dir", "fail", (e as Error).message);
+  }
+  const root = process.getuid?.() === 0;
+  add(
+    "vmm identity",
+    root ? "ok" : "warn",
+    root
+      ? "each VM's QEMU and proxy drop to a uid of their own (0x6d000000 + n), chrooted, in their own network namespace"
+      : "not root: VMs run as this user (no per-VM uid, chroot or namespaces)",
+  );
+  if (qemu) {
+    const sandbox = spawnSync(qemu, ["-sandbox", "on", "-M", "none", "-display", "none", "-S", "-version"], {
+      encoding: "utf8",
+      timeout: 5000,
+    });
+    add(
+      "seccomp",
+      sandbox.status === 0 ? "ok" : "fail",
+      sandbox.status === 0 ? "QEMU -sandbox available" : `QEMU has no -sandbox: ${sandbox.stderr.trim().slice(0, 200)}`,
+    );
+    const f = qemuFeatures(qemu);
+    add(
+      "template ram",
+      f.rom ? "ok" : "warn",
+      f.rom
+        ? "shared RAM files are opened read-only (QEMU rom=off)"
+        : `QEMU ${f.version ?? "?"} opens shared RAM files read-write (8.2+ does not): changes are detected (sealed), see docs/SECURITY.md`,
+    );
+  }
+  const cg = cgroupVersion();
+  add(
+    "cgroups",
+    root && cg ? "ok" : "warn",
+    root && cg ? `v${cg}: each VM gets memory, pids and cpu limits` : "VMs run without per-VM cgroup limits (needs root)",
+  );
 }
 
 export async function doctor(opts: { backend?: BackendName; probe?: boolean } = {}): Promise<DoctorReport> {
@@ -99,6 +144,8 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   } else {
     add("firecracker", "skip", fc ? `${fc} (not used: this release drives QEMU)` : "binary not found (optional)");
   }
+
+  confinementChecks(add, qemu);
 
   try {
     for (const d of [dataDir(), stateDir()]) {
