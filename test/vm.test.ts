@@ -218,7 +218,7 @@ describe("CLI", () => {
   it("bad flags name the config field", async () => {
     const r = await cli(["run", "--mem", "64", "--", "true"]);
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /memSizeMib: must be an integer from 128 to 16384/);
+    assert.match(r.stderr, /memSizeMib: must be a whole number of MiB from 128 to 16384/);
   });
 
   it("doctor --json reports KVM and the accelerator in use, without hanging", async () => {

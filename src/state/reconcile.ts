@@ -7,11 +7,13 @@
  *   - work that a killed process left half done (the journal) is finished or rolled back.
  */
 
+import { existsSync } from "node:fs";
 import { QemuBackend } from "../backends/qemu/backend.js";
 import { getBackend } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { recoverInterrupted } from "../lifecycle/recover.js";
+import { waitFor } from "../util/proc.js";
 import type { StateStore, VMRecord } from "./store.js";
 
 export function backendFor(kind: BackendKind): Backend {
@@ -44,6 +46,8 @@ export async function reconcileVm(store: StateStore, rec: VMRecord): Promise<VMR
     store.update(rec.id, { status: "error", handle: null, error: end.reason });
     return { ...rec, status: "error", handle: null, error: end.reason };
   }
+  // the VMM's supervisor writes its exit status a moment after the VMM is gone
+  if (h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);
   const end = describeEnd(backend.exitInfo(h), h.consoleLog);
   await backend.kill(h); // frees the proxy, sockets, cgroups and pid files
   store.update(rec.id, { status: end.status, handle: null, error: end.reason });
