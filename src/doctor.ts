@@ -33,7 +33,10 @@ export interface DoctorReport {
 }
 
 /** How VMs will be confined on this host (docs/SECURITY.md). */
-function confinementChecks(add: (name: string, status: CheckStatus, detail: string) => void, qemu: string | null): void {
+function confinementChecks(
+  add: (name: string, status: CheckStatus, detail: string) => void,
+  qemu: string | null,
+): void {
   try {
     const dir = ensurePrivateDir(runtimeDir());
     add("runtime dir", "ok", `${dir} (every level private; sockets 0600)`);
@@ -71,7 +74,9 @@ function confinementChecks(add: (name: string, status: CheckStatus, detail: stri
   add(
     "cgroups",
     root && cg ? "ok" : "warn",
-    root && cg ? `v${cg}: each VM gets memory, pids and cpu limits` : "VMs run without per-VM cgroup limits (needs root)",
+    root && cg
+      ? `v${cg}: each VM gets memory, pids and cpu limits`
+      : "VMs run without per-VM cgroup limits (needs root)",
   );
 }
 

@@ -27,7 +27,6 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
-  readSync,
   renameSync,
   rmSync,
   type Stats,
@@ -38,6 +37,7 @@ import {
 import { type FileHandle, open } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { readAt } from "../util/fs.js";
 import { readRange, sha256Range, unzstdToFile, zstdCompress } from "./pack-io.js";
 import { hostPackKey, signManifest } from "./pack-key.js";
 import {
@@ -145,21 +145,10 @@ export async function writePack(
 /** Records a temporary path (so that it is removed even if this process is killed); returns "it is gone now". */
 export type TempRecorder = (path: string) => () => void;
 
-function readFully(fd: number, pos: number, len: number): Buffer {
-  const buf = Buffer.alloc(len);
-  let got = 0;
-  while (got < len) {
-    const n = readSync(fd, buf, got, len - got, pos + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return buf.subarray(0, got);
-}
-
 /** Header and manifest of an open pack, every field checked; where sections start in the file. */
 function readHead(file: string, fd: number, st: Stats): { manifest: PackManifest; dataStart: number } {
   if (!st.isFile()) throw new PackError(file, "not a regular file");
-  const head = readFully(fd, 0, HEAD);
+  const head = readAt(fd, 0, HEAD);
   if (head.length < HEAD || !head.subarray(0, 12).equals(PACK_MAGIC)) {
     throw new PackError(file, "bad magic (not a .smolmachine file)");
   }
@@ -170,7 +159,7 @@ function readHead(file: string, fd: number, st: Stats): { manifest: PackManifest
   if (mlen > MAX_MANIFEST || HEAD + mlen > st.size) {
     throw new PackError(file, "manifest length out of range (truncated?)");
   }
-  const json = readFully(fd, HEAD, mlen);
+  const json = readAt(fd, HEAD, mlen);
   if (json.length < mlen) throw new PackError(file, "manifest runs past the end of the file (truncated?)");
   let raw: unknown;
   try {

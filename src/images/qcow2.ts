@@ -4,8 +4,9 @@
  * any host file or device. The header is read here first, by hand, before any QEMU program opens the file; then
  * `qemu-img info -f qcow2` is asked as a second opinion.
  */
-import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { SmolVMError } from "../errors.js";
+import { readAt } from "../util/fs.js";
 import { runHost, which } from "../util/run.js";
 
 /** The image is not self-contained (or not a qcow2 this code can vouch for); `reason` says why. */
@@ -34,17 +35,6 @@ const MAX_EXTENSIONS = 256;
 function printable(b: Buffer): string {
   const s = b.toString("latin1").replace(/[^\x20-\x7e]/g, "?");
   return s.length > 200 ? `${s.slice(0, 197)}...` : s;
-}
-
-function readAt(fd: number, pos: number, len: number): Buffer {
-  const buf = Buffer.alloc(len);
-  let got = 0;
-  while (got < len) {
-    const n = readSync(fd, buf, got, len - got, pos + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return buf.subarray(0, got);
 }
 
 /**

@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
+import { readAt } from "../util/fs.js";
 
 const EMPTY = Buffer.alloc(0);
 const NL = 0x0a;
@@ -20,18 +21,6 @@ export function tailFile(path: string, bytes = 4096): string {
   } finally {
     closeSync(fd);
   }
-}
-
-/** `len` bytes at `pos` (fewer if the file is shorter). */
-function readAt(fd: number, pos: number, len: number): Buffer {
-  const buf = Buffer.allocUnsafe(len);
-  let got = 0;
-  while (got < len) {
-    const n = readSync(fd, buf, got, len - got, pos + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return buf.subarray(0, got);
 }
 
 /**

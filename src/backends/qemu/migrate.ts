@@ -14,17 +14,21 @@ import { qmpWithFds } from "./qmp-fd.js";
 const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 const agentOf = (h: VMHandle) => h.agentBinary ?? agentPath();
 
-/** Start saving the VM's state into `file` (created 0600, must not exist). */
-async function startMigrationOut(q: QmpClient, h: VMHandle, file: string): Promise<void> {
+/**
+ * Start a migration (`migrate` out to `file`, created 0600 and new; `migrate-incoming` from it) through a descriptor
+ * SmolVM opened. A VM started before confinement opens the path itself through `exec:`.
+ */
+async function startMigration(q: QmpClient, h: VMHandle, dir: "in" | "out", file: string): Promise<void> {
+  const command = dir === "out" ? "migrate" : "migrate-incoming";
   if (!h.ctlSocket) {
-    await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` }); // a VM started before confinement
+    await q.execute(command, { uri: `exec:cat ${dir === "out" ? ">" : ""} ${shellQuote(file)}` });
     return;
   }
-  const fd = openSync(file, "wx", 0o600);
+  const fd = dir === "out" ? openSync(file, "wx", 0o600) : openSync(file, "r");
   try {
     await qmpWithFds(agentOf(h), h.ctlSocket, [
-      { execute: "getfd", arguments: { fdname: "migout" }, fd },
-      { execute: "migrate", arguments: { uri: "fd:migout" } },
+      { execute: "getfd", arguments: { fdname: `mig${dir}` }, fd },
+      { execute: command, arguments: { uri: `fd:mig${dir}` } },
     ]);
   } finally {
     closeSync(fd);
@@ -32,28 +36,14 @@ async function startMigrationOut(q: QmpClient, h: VMHandle, file: string): Promi
 }
 
 /** Start loading the state in `file` into a VM started with `-incoming defer`. */
-export async function startMigrationIn(q: QmpClient, h: VMHandle, file: string): Promise<void> {
-  if (!h.ctlSocket) {
-    await q.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(file)}` });
-    return;
-  }
-  const fd = openSync(file, "r");
-  try {
-    await qmpWithFds(agentOf(h), h.ctlSocket, [
-      { execute: "getfd", arguments: { fdname: "migin" }, fd },
-      { execute: "migrate-incoming", arguments: { uri: "fd:migin" } },
-    ]);
-  } finally {
-    closeSync(fd);
-  }
-}
+export const startMigrationIn = (q: QmpClient, h: VMHandle, file: string) => startMigration(q, h, "in", file);
 
 /** Migrate to a file and wait for the end. */
 export async function migrateTo(q: QmpClient, h: VMHandle, file: string): Promise<void> {
   // QEMU caps migration at 128 MiB/s by default, meant for a live guest on a network; this is a stopped guest
   // going to a local file
   await q.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
-  await startMigrationOut(q, h, file);
+  await startMigration(q, h, "out", file);
   for (const deadline = Date.now() + 120_000; ; ) {
     const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
     if (mig.status === "completed") {
