@@ -40,7 +40,8 @@ function hostPssKiB(vmId: string, runDir: string): number {
 const samples: Record<string, Record<string, number[]>> = { baseline: {}, this: {} };
 const put = (build: string, what: string, v: number) => {
   const b = samples[build] as Record<string, number[]>;
-  (b[what] ??= []).push(v);
+  b[what] ??= [];
+  b[what].push(v);
 };
 
 async function round(build: string, SmolVM: SmolVMClass): Promise<void> {
