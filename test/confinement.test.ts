@@ -192,6 +192,12 @@ describe("private files", () => {
       walk(state);
       walk(pack);
       assert.deepEqual(open, [], "files or folders others can access");
+      // the snapshot was split on a worker thread, even in a process started with `node --input-type=module -e`
+      const snaps = readdirSync(join(state, "snapshots"));
+      assert.ok(
+        snaps.some((d) => existsSync(join(state, "snapshots", d, "fast", "ram.raw"))),
+        "the snapshot was not split (its worker failed)",
+      );
     } finally {
       process.env.SMOLVM_STATE_DIR_CLEANUP = state;
       await child(

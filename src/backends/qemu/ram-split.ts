@@ -378,7 +378,11 @@ export function inWorker(job: Extract<RamJob, { op: "split" }>): Promise<RamSpli
 export function inWorker(job: Extract<RamJob, { op: "join" }>): Promise<void>;
 export function inWorker(job: RamJob): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(new URL("./ram-split-worker.js", import.meta.url), { workerData: job });
+    const w = new Worker(new URL("./ram-split-worker.js", import.meta.url), {
+      workerData: job,
+      // a worker inherits the process's Node flags; `--input-type` (a caller started with `node -e`) breaks a file
+      execArgv: process.execArgv.filter((a) => !a.startsWith("--input-type")),
+    });
     let settled = false;
     w.once(
       "message",
