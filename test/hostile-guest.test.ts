@@ -4,7 +4,7 @@
  * panic. Each is bounded or reported.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -125,26 +125,50 @@ describe("copies from the guest are bounded", () => {
 });
 
 describe("a slow reader and a noisy guest", () => {
-  it("exec into a reader that stops: the CLI's memory stays bounded and no byte is lost", async () => {
+  it("exec into a reader that stops: the command in the guest waits, the CLI's memory stays flat, no byte is lost", async () => {
     const bytes = 200_000_000;
-    let peak = 0;
-    const r = await pipeline(
-      `node ${cliPath} exec hostile -- 'head -c ${bytes} /dev/zero' | (sleep 8; wc -c)`,
-      (pidOf) => {
-        const timer = setInterval(() => {
-          const p = pidOf();
-          if (!p) return;
-          try {
-            const rss = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1];
-            peak = Math.max(peak, Number(rss ?? 0) * 1024);
-          } catch {}
-        }, 200);
-        setTimeout(() => clearInterval(timer), 7500);
-      },
+    const gate = join(dir, "gate");
+    spawnSync("mkfifo", [gate]);
+    // the reader reads nothing until the gate opens
+    const done = pipeline(
+      `node ${cliPath} exec hostile -- 'head -c ${bytes} /dev/zero' | (cat ${gate} >/dev/null; wc -c)`,
     );
+    /** Bytes the guest's `head` has written so far (0 until it runs). */
+    const written = async () => {
+      const r = await vm.run(
+        'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = head ] && sed -n "s/^wchar: //p" $p/io; done; true',
+      );
+      return Number(r.output.split("\n")[0] || 0);
+    };
+    const cliPid = () => {
+      for (const p of readdirSync("/proc").filter((x) => /^\d+$/.test(x))) {
+        try {
+          const args = readFileSync(`/proc/${p}/cmdline`, "utf8");
+          if (args.includes(cliPath) && args.includes("exec")) return Number(p);
+        } catch {}
+      }
+      return null;
+    };
+    const rss = (pid: number) =>
+      Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
+    assert.ok(await waitFor(() => cliPid() !== null, 10_000));
+    const pid = cliPid() as number;
+    const start = rss(pid);
+    // without flow control the guest writes on at full speed and the CLI buffers it all; with it, the guest stops
+    // after a few MB: watch for 15 s, or until the guest is clearly past that
+    let guest = 0;
+    let peak = start;
+    for (const t0 = Date.now(); Date.now() - t0 < 15_000 && guest < 64 << 20; ) {
+      await new Promise((r) => setTimeout(r, 500));
+      guest = await written();
+      peak = Math.max(peak, rss(pid));
+    }
+    writeFileSync(gate, ""); // open the gate: the reader drains everything
+    const r = await done;
     assert.equal(r.out.trim(), String(bytes));
-    assert.ok(peak > 0, "never saw the CLI");
-    assert.ok(peak < 160 << 20, `the CLI grew to ${Math.round(peak / 2 ** 20)} MiB`);
+    assert.ok(guest > 0, "never saw the guest's head running");
+    assert.ok(guest < 32 << 20, `the guest wrote ${guest} bytes while nobody read: no backpressure`);
+    assert.ok(peak - start < 40 << 20, `the CLI grew by ${Math.round((peak - start) / 2 ** 20)} MiB`);
   });
 
   it("the console log is capped and `logs -n` tails it; a terminal never gets the guest's escape sequences", async () => {
