@@ -83,7 +83,7 @@ function leftovers(): string[] {
     const dir = new RegExp(`${runtime}/([^/ ]+)`).exec(p.cmd)?.[1];
     if (!dir || !liveRun.has(dir)) found.push(`process ${p.pid}: ${p.cmd.slice(0, 120)}`);
   }
-  for (const d of readdirSync(runtime)) if (!liveRun.has(d)) found.push(`run dir ${d}`);
+  for (const d of readdirSync(runtime)) if (!liveRun.has(d) && d !== ".empty") found.push(`run dir ${d}`);
   for (const v of vms) {
     if (v.status === "created") found.push(`VM ${v.id} left in state "created"`);
     if (!(v.status === "running" || v.status === "paused")) {
@@ -175,10 +175,15 @@ async function main(): Promise<void> {
           while (!killed && performance.now() < deadline) {
             const exclude = s === "create" || s === "fork" ? before : new Set<number>();
             const pid = victimPid(v, exclude, prefer);
-            if (pid) {
-              process.kill(pid, "SIGKILL");
-              killed = true;
-            } else await sleep(20);
+            try {
+              if (pid) {
+                process.kill(pid, "SIGKILL");
+                killed = true;
+              }
+            } catch {
+              // it ended between the look and the kill: try again
+            }
+            if (!killed) await sleep(20);
           }
           await Promise.race([child.done, sleep(90_000)]);
           child.kill();
