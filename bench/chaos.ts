@@ -266,6 +266,7 @@ snapshot: ${final.length} leftovers.${result.leftovers.length ? `\n\nLeftovers:\
 try {
   await main();
 } finally {
+  await cleanup(null).catch(() => {}); // even if the run failed half way: no VM outlives its state dir
   rmSync(state, { recursive: true, force: true });
   rmSync(runtime, { recursive: true, force: true });
   rmSync(packs, { recursive: true, force: true });
