@@ -34,25 +34,13 @@ const handle = (v: SmolVM) => {
   return h;
 };
 
-/** Run the CLI with stdout piped through a shell pipeline; returns the pipeline's output and the CLI's pid. */
-function pipeline(
-  cmd: string,
-  onSpawn?: (cliPid: () => number | null) => void,
-): Promise<{ out: string; code: number | null }> {
+/** Run a shell pipeline (the CLI piped into something); resolves with its output. */
+function pipeline(cmd: string): Promise<{ out: string; code: number | null }> {
   return new Promise((resolve) => {
     const c = spawn("sh", ["-c", cmd], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     c.stdout.on("data", (d) => {
       out += d;
-    });
-    onSpawn?.(() => {
-      for (const p of readdirSync("/proc").filter((x) => /^\d+$/.test(x))) {
-        try {
-          const args = readFileSync(`/proc/${p}/cmdline`, "utf8");
-          if (args.includes(cliPath) && args.includes("exec")) return Number(p);
-        } catch {}
-      }
-      return null;
     });
     c.on("close", (code) => resolve({ out, code }));
   });
