@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { int, MAX_TIMER_MS, num, reportError } from "../src/cli/output.js";
+import { int, MAX_TIMER_MS, reportError } from "../src/cli/output.js";
 import { ConfigError } from "../src/errors.js";
 import { cliPath } from "./helpers.js";
 
@@ -41,13 +41,6 @@ describe("int", () => {
     assert.throws(() => int("vcpuCount", "65", { min: 1, max: 64 }), {
       message: 'vcpuCount: must be a whole number from 1 to 64, got "65"',
     });
-  });
-
-  it("num is int over [0, MAX_SAFE_INTEGER]", () => {
-    assert.equal(num("lines", "5"), 5);
-    assert.equal(num("lines", undefined), undefined);
-    assert.throws(() => num("lines", "0x10"), /^ConfigError: lines: /);
-    assert.throws(() => num("lines", "-5"), /^ConfigError: lines: /);
   });
 });
 

@@ -26,10 +26,16 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Run the smolvm CLI in a child process (same environment). */
-export function cli(args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+/** Run the smolvm CLI in a child process (same environment, plus `env`). */
+export function cli(
+  args: string[],
+  opts: { timeoutMs?: number; env?: Record<string, string> } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [cliPath, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...opts.env },
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d) => {

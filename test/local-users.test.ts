@@ -65,21 +65,6 @@ function asIntruder(script: string): Promise<Record<string, string>> {
   });
 }
 
-/** The smolvm CLI with extra environment. */
-function cliWith(args: string[], env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [cliPath, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    c.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    c.on("close", (code) => resolve({ code, stderr }));
-  });
-}
-
 describe("another local user", () => {
   it("cannot reach any socket, disk, database or log of root's VMs, even after creating /tmp/smolvm-0 first", async (t) => {
     if (!intruder) return t.skip("needs root to create a second user");
@@ -139,7 +124,7 @@ describe("another local user", () => {
       [join(open, "rt"), /written by other users and is not sticky/],
     ] as const) {
       const before = (await SmolVM.list()).length;
-      const r = await cliWith(["create", "--mem", "256"], { SMOLVM_RUNTIME_DIR: dir });
+      const r = await cli(["create", "--mem", "256"], { env: { SMOLVM_RUNTIME_DIR: dir } });
       assert.equal(r.code, 1, `${dir} was accepted`);
       assert.match(r.stderr, why);
       assert.equal((await SmolVM.list()).length, before, "a VM was started anyway");

@@ -43,11 +43,6 @@ export function int(field: string, v: string | undefined, { min, max, unit }: In
   return n;
 }
 
-/** @deprecated Use `int` with the option's real range. Any safe integer >= 0. */
-export function num(field: string, v: string | undefined): number | undefined {
-  return int(field, v, { min: 0, max: Number.MAX_SAFE_INTEGER });
-}
-
 export function parseEnv(pairs: string[] = []): Record<string, string> {
   const env: Record<string, string> = {};
   for (const p of pairs) {
