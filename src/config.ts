@@ -1,5 +1,6 @@
 import { existsSync, statSync } from "node:fs";
 import { ConfigError } from "./errors.js";
+import { cidrText, parseCidr } from "./network/addr.js";
 
 export const BACKENDS = ["auto", "firecracker", "qemu"] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -7,6 +8,25 @@ export const ACCELS = ["auto", "kvm", "hvf", "tcg"] as const;
 export type AccelName = (typeof ACCELS)[number];
 export const DISK_MODES = ["isolated", "shared"] as const;
 export type DiskMode = (typeof DISK_MODES)[number];
+export const NETWORK_MODES = ["none", "user", "tap"] as const;
+export type NetworkMode = (typeof NETWORK_MODES)[number];
+
+/**
+ * Where a guest may connect to. `open`: the internet, but never the host, its private networks, link-local or the
+ * cloud metadata address. `off`: nowhere (no DNS either). An allowlist: only these CIDRs (which may name private
+ * ranges: an explicit CIDR is the one way to reach them) and the addresses that SmolVM's resolver returned for these
+ * names (`pypi.org` or `*.pypi.org`: the name and every name below it; tap mode only).
+ */
+export type InternetPolicy = "open" | "off" | { allowCidrs?: string[]; allowDomains?: string[] };
+export type ResolvedInternet = "open" | "off" | { allowCidrs: string[]; allowDomains: string[] };
+
+/** `network` as a caller may write it: a mode, or the mode with options. */
+export type NetworkOption = NetworkMode | { mode?: NetworkMode; internet?: InternetPolicy };
+
+export interface ResolvedNetwork {
+  mode: NetworkMode;
+  internet: ResolvedInternet;
+}
 
 /** What a caller may say about a VM. Every field is optional; `resolveConfig` fills the defaults. */
 export interface VMConfig {
@@ -39,6 +59,12 @@ export interface VMConfig {
    * makes it the default).
    */
   coldBoot?: boolean;
+  /**
+   * `none` (default: no network device; ports can still be exposed through the agent), `user` (unprivileged,
+   * through passt), or `tap` (a routed TAP device per VM; needs root or CAP_NET_ADMIN). With a mode, `internet`
+   * defaults to `open`. The guest never reaches the host or its private networks unless a CIDR allows it.
+   */
+  network?: NetworkOption;
 }
 
 /** A validated configuration: every field has its value. */
@@ -56,6 +82,7 @@ export interface ResolvedVMConfig {
   env: Record<string, string>;
   accel: AccelName;
   coldBoot: boolean;
+  network: ResolvedNetwork;
 }
 
 export const DEFAULTS = { vcpuCount: 2, memSizeMib: 512, diskMode: "isolated" as DiskMode };
@@ -79,6 +106,7 @@ const KNOWN = new Set<string>([
   "env",
   "accel",
   "coldBoot",
+  "network",
 ]);
 
 function camel(s: string): string {
@@ -185,5 +213,87 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     env,
     accel: c.accel === undefined ? "auto" : oneOf("accel", c.accel, ACCELS),
     coldBoot: coldBootOf(c.coldBoot),
+    network: resolveNetwork(c.network),
   };
+}
+
+const DOMAIN_RE = /^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const MAX_RULES = 256;
+
+function stringList(field: string, v: unknown, check: (s: string) => string): string[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new ConfigError(field, "must be an array of strings");
+  if (v.length > MAX_RULES) throw new ConfigError(field, `at most ${MAX_RULES} entries`);
+  return [...new Set(v.map((x, i) => {
+    if (typeof x !== "string") throw new ConfigError(`${field}[${i}]`, "must be a string");
+    return check(x);
+  }))];
+}
+
+/** The egress policy, validated: CIDRs normalised ("10.1.2.3" is "10.1.2.3/32"), names lowercased. */
+export function resolveInternet(v: unknown, field = "network.internet"): ResolvedInternet {
+  if (v === undefined || v === "open") return "open";
+  if (v === "off") return "off";
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new ConfigError(field, `must be "open", "off" or { allowCidrs?, allowDomains? }, got ${JSON.stringify(v)}`);
+  }
+  for (const k of Object.keys(v)) {
+    if (k !== "allowCidrs" && k !== "allowDomains") {
+      throw new ConfigError(`${field}.${k}`, "unknown field; known fields: allowCidrs, allowDomains");
+    }
+  }
+  const o = v as { allowCidrs?: unknown; allowDomains?: unknown };
+  const allowCidrs = stringList(`${field}.allowCidrs`, o.allowCidrs, (s) => {
+    const c = parseCidr(s.trim());
+    if (!c) throw new ConfigError(`${field}.allowCidrs`, `${JSON.stringify(s)} is not an IPv4 address or CIDR`);
+    return cidrText(c);
+  });
+  const allowDomains = stringList(`${field}.allowDomains`, o.allowDomains, (s) => {
+    const d = s.trim().toLowerCase().replace(/\.$/, "");
+    if (d.length > 253 || !DOMAIN_RE.test(d)) {
+      throw new ConfigError(`${field}.allowDomains`, `${JSON.stringify(s)} is not a domain name (or *.name)`);
+    }
+    return d;
+  });
+  return { allowCidrs, allowDomains };
+}
+
+export function resolveNetwork(v: unknown): ResolvedNetwork {
+  if (v === undefined || v === null) return { mode: "none", internet: "off" };
+  if (typeof v === "string") {
+    const mode = oneOf("network", v, NETWORK_MODES);
+    return { mode, internet: mode === "none" ? "off" : "open" };
+  }
+  if (typeof v !== "object" || Array.isArray(v)) {
+    throw new ConfigError("network", `must be ${NETWORK_MODES.join(" | ")} or { mode, internet }`);
+  }
+  for (const k of Object.keys(v)) {
+    if (k !== "mode" && k !== "internet") throw new ConfigError(`network.${k}`, "unknown field; known fields: mode, internet");
+  }
+  const o = v as { mode?: unknown; internet?: unknown };
+  const mode = o.mode === undefined ? "user" : oneOf("network.mode", o.mode, NETWORK_MODES);
+  if (mode === "none") {
+    if (o.internet !== undefined && o.internet !== "off") {
+      throw new ConfigError("network.internet", 'mode "none" has no network device: choose mode "user" or "tap"');
+    }
+    return { mode, internet: "off" };
+  }
+  const internet = resolveInternet(o.internet);
+  checkPolicyForMode(mode, internet);
+  return { mode, internet };
+}
+
+/** What a mode can enforce: domain allowlists need SmolVM's resolver, which only tap mode has. */
+export function checkPolicyForMode(mode: NetworkMode, internet: ResolvedInternet): void {
+  if (mode === "user" && typeof internet === "object" && internet.allowDomains.length) {
+    throw new ConfigError(
+      "network.internet.allowDomains",
+      'needs mode "tap" (user mode forwards DNS as it is; it cannot tie addresses to names): use allowCidrs or tap',
+    );
+  }
+}
+
+/** A VM record written before networking existed has no `network`: it has none. */
+export function networkOf(c: ResolvedVMConfig): ResolvedNetwork {
+  return c.network ?? { mode: "none", internet: "off" };
 }

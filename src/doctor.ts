@@ -10,6 +10,7 @@ import type { BackendName } from "./config.js";
 import { hostTools } from "./host-tools.js";
 import { findKernel } from "./images/kernel.js";
 import { findDefaultImage } from "./images/store.js";
+import { networkChecks } from "./network/doctor.js";
 import { dataDir, ensurePrivateDir, runtimeDir, stateDir } from "./paths.js";
 import { StateStore } from "./state/store.js";
 
@@ -151,6 +152,7 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   }
 
   confinementChecks(add, qemu);
+  await networkChecks(add);
 
   try {
     for (const d of [dataDir(), stateDir()]) {

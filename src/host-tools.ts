@@ -31,11 +31,23 @@ export function hostTools(): HostTool[] {
 
 export const missingTools = () => hostTools().filter((t) => !t.found);
 
+/** Networking: passt (network "user"), nftables and dnsmasq (network "tap", and the firewall of both), iproute2. */
+export function networkTools(): HostTool[] {
+  return [
+    { what: "passt", pkg: "passt", found: which("passt") },
+    { what: "nft", pkg: "nftables", found: which("nft") },
+    { what: "dnsmasq", pkg: "dnsmasq-base", found: which("dnsmasq") },
+    { what: "ip", pkg: "iproute2", found: which("ip") },
+    { what: "flock", pkg: "util-linux", found: which("flock") },
+  ];
+}
+
 /** Extra programs the test suite and benchmarks drive (tmux for terminal tests, dropbear/ssh for the SSH baseline). */
 export function testTools(): HostTool[] {
   return [
     { what: "tmux", pkg: "tmux", found: which("tmux") },
     { what: "dropbear", pkg: "dropbear-bin", found: which("dropbear") },
     { what: "ssh client", pkg: "openssh-client", found: which("ssh") },
+    { what: "iperf3", pkg: "iperf3", found: which("iperf3") },
   ];
 }

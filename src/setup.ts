@@ -3,7 +3,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { accelNoticeGiven, kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuBinary } from "./backends/qemu/binary.js";
 import { SmolVMError } from "./errors.js";
-import { missingTools, testTools } from "./host-tools.js";
+import { missingTools, networkTools, testTools } from "./host-tools.js";
 import { findKernel } from "./images/kernel.js";
 import { ensureDefaultImage, type ImagePaths } from "./images/store.js";
 import { mustRun, type Progress, runHost, which } from "./util/run.js";
@@ -32,7 +32,13 @@ async function aptUpdate(progress: Progress): Promise<void> {
 
 export async function setup(progress: Progress, opts: { testTools?: boolean } = {}): Promise<SetupResult> {
   const installed: string[] = [];
-  const missing = [...missingTools(), ...(opts.testTools ? testTools().filter((t) => !t.found) : [])];
+  const wanted = () => [
+    ...missingTools(),
+    // networking is optional (network "none" needs none of it), so only root installs it here; doctor says what is missing
+    ...(isRoot() || opts.testTools ? networkTools().filter((t) => !t.found) : []),
+    ...(opts.testTools ? testTools().filter((t) => !t.found) : []),
+  ];
+  const missing = wanted();
   if (missing.length) {
     const pkgs = [...new Set(missing.map((m) => m.pkg))];
     const cmd = `apt-get install -y --no-install-recommends ${pkgs.join(" ")}`;
@@ -45,7 +51,7 @@ export async function setup(progress: Progress, opts: { testTools?: boolean } = 
     progress(`installing ${pkgs.join(" ")}`);
     await mustRun("apt-get", cmd.split(" ").slice(1), { env: aptEnv, timeoutMs: 900_000 });
     installed.push(...pkgs);
-    const still = [...missingTools(), ...(opts.testTools ? testTools().filter((t) => !t.found) : [])];
+    const still = wanted();
     if (still.length) throw new SmolVMError(`still missing after apt-get: ${still.map((m) => m.what).join(", ")}`);
   }
   if (!findKernel() && isRoot() && aptListsEmpty()) await aptUpdate(progress);

@@ -4,6 +4,8 @@
  *   - inside its cgroups from its first instruction (--cgroup DIR, repeatable: the pid is written to
  *     DIR/cgroup.procs before exec, so no thread ever runs outside them);
  *   - with --isolate, in network and IPC namespaces of its own (needs root);
+ *   - with --tap NAME:FD, the existing (persistent) tap device NAME opened in the host's network namespace, before
+ *     --isolate, and left open as descriptor FD for the VMM (QEMU: -netdev tap,fd=FD,vhost=off);
  *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
  *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
@@ -21,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -33,6 +38,7 @@
 
 #define MAX_KEEP 16
 #define MAX_CGROUPS 8
+#define MAX_TAPS 8
 
 static long long now_ms(void) {
 	struct timespec ts;
@@ -131,9 +137,55 @@ static void write_status(const char *path, int status) {
 	else close(fd);
 }
 
+struct tap {
+	char name[IFNAMSIZ];
+	int fd;
+};
+
+/* "NAME:FD" with a valid interface name and 3 <= FD < 1024 */
+static int parse_tap(const char *v, struct tap *t) {
+	const char *colon = strrchr(v, ':');
+	char *end;
+	if (!colon || colon == v || (size_t)(colon - v) >= IFNAMSIZ || !colon[1]) return -1;
+	long fd = strtol(colon + 1, &end, 10);
+	if (*end || fd < 3 || fd >= 1024) return -1;
+	memset(t->name, 0, sizeof t->name);
+	memcpy(t->name, v, (size_t)(colon - v));
+	if (strchr(t->name, '/')) return -1;
+	t->fd = (int)fd;
+	return 0;
+}
+
+/* Attach to the existing tap device t->name (never create one) as descriptor t->fd, inherited by the VMM. */
+static int open_tap(const struct tap *t) {
+	if (!if_nametoindex(t->name)) { /* TUNSETIFF would create a new, non-persistent device */
+		errno = ENODEV;
+		return -1;
+	}
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0) return -1;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+	memcpy(ifr.ifr_name, t->name, sizeof t->name);
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	if (fd == t->fd) return fcntl(fd, F_SETFD, 0); /* no FD_CLOEXEC: the VMM inherits it */
+	int r = dup2(fd, t->fd);			 /* dup2 leaves the new descriptor inheritable */
+	int e = errno;
+	close(fd);
+	errno = e;
+	return r < 0 ? -1 : 0;
+}
+
 int launch_main(int argc, char **argv) {
 	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
-	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i;
+	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i, ntap = 0;
+	struct tap taps[MAX_TAPS];
 	for (i = 2; i < argc && strcmp(argv[i], "--"); i++) {
 		if (!strcmp(argv[i], "--isolate")) { /* flag: no value */
 			isolate = 1;
@@ -148,13 +200,33 @@ int launch_main(int argc, char **argv) {
 		else if (!strcmp(argv[i], "--timeout")) timeout_ms = atoi(v);
 		else if (!strcmp(argv[i], "--keep-fd") && nkeep < MAX_KEEP) keep[nkeep++] = atoi(v);
 		else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_CGROUPS) cgroups[ncg++] = v;
+		else if (!strcmp(argv[i], "--tap") && ntap < MAX_TAPS) {
+			if (parse_tap(v, &taps[ntap]) < 0) {
+				fprintf(stderr, "launch: --tap wants NAME:FD (FD 3-1023), got %s\n", v);
+				return 2;
+			}
+			for (int k = 0; k < nkeep; k++) /* a descriptor number may carry one thing only */
+				if (keep[k] == taps[ntap].fd) goto usage;
+			for (int k = 0; k < ntap; k++)
+				if (taps[k].fd == taps[ntap].fd) goto usage;
+			ntap++;
+		}
 		else goto usage;
 		i++;
 	}
 	if (i + 1 >= argc || !log || !qmp) goto usage;
 	char **prog = argv + i + 1;
 	umask(077);
+	for (int k = 0; k < ntap; k++) /* a --keep-fd given after the --tap with its number */
+		for (int j = 0; j < nkeep; j++)
+			if (keep[j] == taps[k].fd) goto usage;
 	close_fds_except(keep, nkeep);
+	/* tap devices are opened here, in the caller's network namespace, before the VMM gets one of its own */
+	for (int k = 0; k < ntap; k++)
+		if (open_tap(&taps[k]) < 0) {
+			fprintf(stderr, "launch: tap %s: %s\n", taps[k].name, strerror(errno));
+			return 125;
+		}
 	if (status_file) unlink(status_file);
 	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -198,6 +270,7 @@ int launch_main(int argc, char **argv) {
 			_exit(127);
 		}
 		for (int k = 0; k < nkeep; k++) close(keep[k]); /* the VMM has them now */
+		for (int k = 0; k < ntap; k++) close(taps[k].fd);
 		dup2(nul, 0);
 		dup2(nul, 1);
 		dup2(nul, 2);
@@ -252,6 +325,7 @@ int launch_main(int argc, char **argv) {
 	close(nul);
 	close(logfd);
 	for (int k = 0; k < nkeep; k++) close(keep[k]);
+	for (int k = 0; k < ntap; k++) close(taps[k].fd);
 	char msg[64] = {0};
 	size_t got = 0;
 	while (got < sizeof msg - 1) {
@@ -281,6 +355,6 @@ int launch_main(int argc, char **argv) {
 	return 1;
 usage:
 	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
-			"[--keep-fd N]... [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
+			"[--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;
 }

@@ -1,14 +1,17 @@
-/* smolvm-agent: one static binary, three roles.
+/* smolvm-agent: one static binary, several roles.
  *   (PID 1)                    guest init + exec server over virtio-serial / vsock
  *   serve --stdio | --listen P  exec server on the host, for protocol tests
  *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM
- *   run --socket S -- ARGV...   one command through a VM's agent socket, bridging stdio (e.g. ssh ProxyCommand) */
+ *   run --socket S -- ARGV...   one command through a VM's agent socket, bridging stdio (e.g. ssh ProxyCommand)
+ *   forward --agent S --listen HOST:PORT --port P   a host TCP port relayed to a port in the guest
+ *   launch ..., qmp ...         start a VMM; send QMP commands with descriptors */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "bridge.h"
+#include "forward.h"
 #include "init.h"
 #include "launch.h"
 #include "proto.h"
@@ -67,6 +70,7 @@ int main(int argc, char **argv) {
 	}
 	if (!strcmp(mode, "launch")) return launch_main(argc, argv);
 	if (!strcmp(mode, "qmp")) return qmpfd_main(argc, argv);
+	if (!strcmp(mode, "forward")) return forward_main(argc, argv);
 	if (!strcmp(mode, "run")) {
 		const char *sock = arg(argc, argv, "--socket");
 		int i = 2;
@@ -83,8 +87,11 @@ usage:
 			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon] [--release-all]\n"
 			"                          [--console SOCK --console-log F [--console-max BYTES]] [--events QMP --exit-file F]\n"
 			"                          [--runas UID:GID]\n"
-			"       smolvm-agent launch --log F --qmp SOCK [--pidfile F] [--keep-fd N]... [--cgroup DIR]... -- PROGRAM...\n"
+			"       smolvm-agent launch --log F --qmp SOCK [--pidfile F] [--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]...\n"
+			"                           [--isolate] -- PROGRAM...\n"
 			"       smolvm-agent qmp --socket SOCK [fd=N:]JSON...\n"
-			"       smolvm-agent run --socket SOCK -- ARGV...\n");
+			"       smolvm-agent run --socket SOCK -- ARGV...\n"
+			"       smolvm-agent forward --agent SOCK --listen HOST:PORT --port GUESTPORT [--guest-host ADDR]\n"
+			"                            [--runas UID:GID] [--pid-file F]\n");
 	return 2;
 }

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMOL_PROTO_VERSION 2
+#define SMOL_PROTO_VERSION 3
 #define SMOL_HDR 9
 #define SMOL_MAX_PAYLOAD 65536
 
@@ -27,6 +27,13 @@
 #define S_ENTROPY 2
 #define S_HOSTNAME 3
 #define S_FLUSH 4 /* any value: write every file system's dirty data to disk (sync) */
+#define T_NETCFG 0x32 /* configure the guest's first ethernet interface. DONE (ignored outside a guest) */
+#define NC_ADDR 1    /* "a.b.c.d/prefix" */
+#define NC_GATEWAY 2 /* "a.b.c.d": default route */
+#define NC_MAC 3     /* "aa:bb:cc:dd:ee:ff" */
+#define NC_DNS 4     /* "a.b.c.d", repeated (at most 3): /etc/resolv.conf */
+#define NC_MTU 5     /* u32 */
+#define NC_DOWN 6    /* any value: take the interface down, remove its addresses */
 #define T_RESIZE 0x17   /* u16 cols, u16 rows: terminal size of a PTY command */
 #define T_ENV_SET 0x40
 #define T_ENV_UNSET 0x41
@@ -40,6 +47,10 @@
 #define T_FRENAME 0x56
 #define T_PS 0x60      /* list commands; answered by data frames of P_ field groups, then DONE */
 #define T_CONNECT 0x61 /* fields: P_PID. Attach this stream to a running (or finished, unreported) command */
+#define T_TCPCONNECT 0x62 /* a TCP stream to a port in the guest: STARTED, STDIN -> socket, socket -> STDOUT, EXIT */
+#define TC_PORT 1   /* u32, 1-65535 */
+#define TC_HOST 2   /* IPv4 literal; default 127.0.0.1 */
+#define TC_OUTWIN 3 /* u32 output window, as F_OUTWIN */
 /* agent -> host */
 #define T_PONG 0x02
 #define T_HELLO 0x03

@@ -49,7 +49,7 @@ struct proc procs[MAX_PROCS];
 const struct server_opts *opts;
 static size_t stdin_total;
 
-static long long now_ms(void) {
+long long now_ms(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -186,6 +186,7 @@ void stdin_discard(struct proc *p) {
 
 static void proc_close_stdin(struct proc *p) {
 	stdin_discard(p);
+	if (p->kind == K_TCP && p->in >= 0) shutdown(p->in, SHUT_WR); /* the peer reads EOF; its replies still come */
 	close_fd(&p->in);
 }
 
@@ -234,6 +235,10 @@ static int pump(struct proc *p, int *fd, uint8_t type, size_t *budget) {
 		if (r < 0 && errno == EAGAIN) return 1;
 		if (r < 0 && errno == EIO && p->pty) r = 0; /* terminal closed by the last holder of its slave */
 		if (r < 0 && p->kind == K_READ) send_errno(p->chan, p->stream, errno, "read");
+		if (p->kind == K_TCP) { /* the guest side closed (EXIT 0) or reset (EXIT 1) the connection */
+			tcp_end(p, r == 0 ? 0 : 1, 0);
+			return 0;
+		}
 		close_fd(fd);
 		if (p->kind == K_READ) {
 			if (r == 0) chan_send(p->chan, T_DONE, p->stream, NULL, 0);
@@ -296,6 +301,8 @@ static void release(int c, uint32_t lo, uint32_t hi) {
 			proc_close_stdin(p);
 		} else if (p->kind == K_WRITE) {
 			write_abort(p); /* a half-written file never replaces the old one */
+		} else if (p->kind == K_TCP) {
+			tcp_drop(p);
 		} else {
 			close_fd(&p->out);
 			free_proc(p);
@@ -303,7 +310,8 @@ static void release(int c, uint32_t lo, uint32_t hi) {
 	}
 }
 
-static void flush_stdin(struct proc *p) {
+void flush_stdin(struct proc *p) {
+	if (p->connecting) return; /* kept until the TCP connection is up */
 	while (p->in >= 0 && p->inq.len) {
 		ssize_t w = write(p->in, p->inq.buf + p->inq.off, p->inq.len);
 		if (w < 0 && errno == EINTR) continue;
@@ -419,6 +427,12 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 	case T_SYNC:
 		do_sync(c, stream, pl, n);
 		break;
+	case T_NETCFG:
+		do_netcfg(c, stream, pl, n);
+		break;
+	case T_TCPCONNECT:
+		do_tcpconnect(c, stream, pl, n);
+		break;
 	case T_PS:
 		do_ps(c, stream);
 		break;
@@ -462,6 +476,8 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 		} else if (p && p->kind == K_WRITE) {
 			send_error(c, stream, ECANCELED, "write cancelled by the host");
 			write_abort(p);
+		} else if (p && p->kind == K_TCP) { /* the host closes the connection */
+			tcp_signal(p, n >= 4 && get_be32(pl) < 256 ? (int)get_be32(pl) : 0);
 		}
 		break;
 	case T_RELEASE:
@@ -620,10 +636,11 @@ int server_run(const struct server_opts *o) {
 	}
 	for (;;) {
 		struct pollfd pf[3 + MAX_CHANS + 3 * MAX_PROCS];
-		/* what each poll slot is: kind 0 signal, 1 listener, 2 chan, 3 stdout, 4 stderr, 5 stdin */
+		/* what each poll slot is: kind 0 signal, 1 listener, 2 chan, 3 stdout, 4 stderr, 5 stdin, 6 connecting */
 		int kind[3 + MAX_CHANS + 3 * MAX_PROCS], idx[3 + MAX_CHANS + 3 * MAX_PROCS];
-		int n = 0, timeout = -1;
+		int n = 0;
 		long long now = now_ms();
+		int timeout = tcp_check_deadlines(now);
 		pf[n] = (struct pollfd){sfd, POLLIN, 0}, kind[n] = 0, idx[n++] = 0;
 		if (lfd_unix >= 0) pf[n] = (struct pollfd){lfd_unix, POLLIN, 0}, kind[n] = 1, idx[n++] = 0;
 		if (lfd_vsock >= 0) pf[n] = (struct pollfd){lfd_vsock, POLLIN, 0}, kind[n] = 1, idx[n++] = 1;
@@ -645,6 +662,10 @@ int server_run(const struct server_opts *o) {
 		for (int i = 0; i < MAX_PROCS; i++) {
 			struct proc *p = &procs[i];
 			if (!p->used) continue;
+			if (p->connecting) { /* a TCP connect in progress: writable once it is done */
+				pf[n] = (struct pollfd){p->out, POLLOUT, 0}, kind[n] = 6, idx[n++] = i;
+				continue;
+			}
 			int open = p->chan < 0 || out_open(p); /* a closed output window: leave the data in the pipe */
 			if (p->out >= 0 && open) pf[n] = (struct pollfd){p->out, POLLIN, 0}, kind[n] = 3, idx[n++] = i;
 			if (p->err >= 0 && open) pf[n] = (struct pollfd){p->err, POLLIN, 0}, kind[n] = 4, idx[n++] = i;
@@ -686,6 +707,9 @@ int server_run(const struct server_opts *o) {
 					if (pf[k].revents & (POLLERR | POLLHUP)) proc_close_stdin(p);
 					else flush_stdin(p);
 				}
+				break;
+			case 6:
+				if (p->used && p->connecting && p->out == pf[k].fd) tcp_connected(p);
 				break;
 			}
 		}

@@ -11,7 +11,7 @@
 
 #define MAX_PROCS 1024
 
-enum stream_kind { K_EXEC, K_READ, K_WRITE };
+enum stream_kind { K_EXEC, K_READ, K_WRITE, K_TCP };
 
 /* One stream: a command, or a file being read or written. */
 struct proc {
@@ -20,7 +20,9 @@ struct proc {
 	int chan; /* -1 once released: output is dropped */
 	uint32_t stream;
 	pid_t pid; /* K_EXEC only */
-	int out, err, in;
+	int out, err, in; /* K_TCP: out is the socket, in a dup of it (closing stdin shuts down the write side) */
+	int connecting; /* K_TCP: connect() in progress until connect_deadline (ms, CLOCK_MONOTONIC) */
+	long long connect_deadline;
 	int pty; /* K_EXEC with a terminal: out is the master, in a dup of it */
 	int stdin_eof; /* close stdin once the queue drains */
 	struct bq inq;
@@ -54,6 +56,9 @@ void free_proc(struct proc *p);
 
 /* Drop a stream's queued stdin, keeping the agent's total count right. */
 void stdin_discard(struct proc *p);
+/* Hand queued stdin to the stream's fd; acknowledge with WINDOW; close it once drained after an empty STDIN. */
+void flush_stdin(struct proc *p);
+long long now_ms(void);
 
 /* Field list building for replies */
 struct fbuf {
@@ -83,6 +88,18 @@ void env_set(int c, uint32_t stream, const uint8_t *pl, size_t n);
 void env_unset(int c, uint32_t stream, const uint8_t *pl, size_t n);
 void env_list(int c, uint32_t stream);
 char **env_dynamic(void);
+
+/* net.c */
+void do_netcfg(int c, uint32_t stream, const uint8_t *pl, size_t n);
+
+/* tcp.c: TCP streams to ports in the guest */
+#define MAX_TCP 512
+void do_tcpconnect(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void tcp_connected(struct proc *p); /* the socket of a connecting stream became writable */
+int tcp_check_deadlines(long long now); /* fail connects past their deadline; ms to the next one, or -1 */
+void tcp_end(struct proc *p, int32_t code, int32_t sig); /* EXIT, close, forget */
+void tcp_drop(struct proc *p); /* close and forget, no frame */
+void tcp_signal(struct proc *p, int sig);
 
 /* files.c */
 void file_op(int c, uint8_t type, uint32_t stream, const uint8_t *pl, size_t n);

@@ -1,6 +1,6 @@
 /** Multiplexed client of the guest agent: many commands at once over one byte stream. */
 import { connect } from "node:net";
-import type { Duplex } from "node:stream";
+import { Duplex } from "node:stream";
 import { AgentError, VMDiedError } from "../errors.js";
 import {
   decodeFields,
@@ -15,11 +15,13 @@ import {
   fieldString,
   fieldU32,
   MAX_PAYLOAD,
+  NC,
   OUTPUT_WINDOW,
   P,
   ST,
   STDIN_WINDOW,
   T,
+  TC,
   u32,
 } from "./codec.js";
 
@@ -144,6 +146,13 @@ export class ExecHandle extends StreamWriter {
     return this.client.send(T.RESIZE, this.streamId, b);
   }
 }
+
+/**
+ * Network configuration of the guest's first ethernet interface (NETCFG): an IPv4 address with its prefix
+ * ("10.0.0.2/24"), the default gateway, the MAC ("aa:bb:cc:dd:ee:ff"), up to 3 DNS servers (none: /etc/resolv.conf
+ * is left alone), an optional MTU. `{ down: true }` takes the interface down and removes its addresses.
+ */
+export type NetConfig = { addr: string; gateway: string; mac: string; dns: string[]; mtu?: number } | { down: true };
 
 export interface ConnectOptions {
   /** Give up connecting after this long (default 5000 ms). */
@@ -538,6 +547,100 @@ export class AgentClient {
     const { stream, started, ended } = this.register({ onStdout: onData });
     this.send(type, stream, payload).catch(() => {});
     return new OpHandle(this, stream, started, ended as Promise<Field[]>);
+  }
+
+  /**
+   * Configure the guest's network interface (sent after every boot and restore). Throws the agent's error (an
+   * `AgentError` whose message names the step that failed, with its errno as `code`). Outside a guest (an agent
+   * running on the host for tests) the request is checked and nothing is changed.
+   */
+  async netConfig(cfg: NetConfig): Promise<void> {
+    const fields: Field[] = [];
+    if ("down" in cfg) {
+      fields.push([NC.DOWN, Buffer.from([1])]);
+    } else {
+      fields.push([NC.ADDR, cfg.addr], [NC.GATEWAY, cfg.gateway], [NC.MAC, cfg.mac]);
+      if (cfg.dns.length > 3) throw new RangeError("at most 3 DNS servers");
+      for (const d of cfg.dns) fields.push([NC.DNS, d]);
+      if (cfg.mtu !== undefined) {
+        if (!Number.isInteger(cfg.mtu) || cfg.mtu < 68 || cfg.mtu > 65535) throw new RangeError(`bad MTU ${cfg.mtu}`);
+        fields.push([NC.MTU, u32(cfg.mtu)]);
+      }
+    }
+    await this.op(T.NETCFG, fields).done;
+  }
+
+  /**
+   * Open a TCP connection to `port` in the guest (default host 127.0.0.1, an IPv4 literal). Resolves once the
+   * guest accepted it (rejects with the agent's error, e.g. ECONNREFUSED); the duplex carries the bytes both ways
+   * with flow control. Ending the writable side half-closes the connection; destroying it closes the guest's
+   * socket. A reset in the guest destroys the duplex with an error.
+   */
+  async tcpConnect(port: number, host?: string): Promise<Duplex> {
+    if (this.closedError) throw this.closedError;
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`bad port ${port}`);
+    const fields: Field[] = [
+      [TC.PORT, u32(port)],
+      [TC.OUTWIN, u32(OUTPUT_WINDOW)],
+    ];
+    if (host !== undefined) fields.push([TC.HOST, host]);
+    // output the consumer has not read yet counts as unconsumed: the agent's window stops the guest's sender
+    let waiting: Array<() => void> = [];
+    const release = () => {
+      const w = waiting;
+      waiting = [];
+      for (const fn of w) fn();
+    };
+    let duplex: Duplex | null = null;
+    const { stream, started, ended } = this.register({
+      onStdout: (chunk) => {
+        // data may follow STARTED in the same read: duplex is set before STARTED can be dispatched
+        if (!duplex || duplex.destroyed || duplex.push(chunk)) return;
+        return new Promise<void>((resolve) => waiting.push(resolve));
+      },
+    });
+    const writer = new StreamWriter(this, stream);
+    let finished = false;
+    const d = new Duplex({
+      read: release,
+      write: (chunk: Buffer, _enc, cb) => {
+        writer.writeStdin(chunk).then(() => cb(), cb);
+      },
+      final: (cb) => {
+        writer.closeStdin().then(() => cb(), cb);
+      },
+      destroy: (err, cb) => {
+        release();
+        if (!finished) {
+          finished = true;
+          this.send(T.SIGNAL, stream, u32(9)).catch(() => {});
+          this.abandon(stream, new AgentError("TCP stream closed by the host"));
+        }
+        cb(err);
+      },
+    });
+    duplex = d;
+    this.send(T.TCPCONNECT, stream, encodeFields(fields)).catch(() => {});
+    try {
+      await started;
+    } catch (e) {
+      finished = true;
+      d.destroy();
+      throw e;
+    }
+    ended.then(
+      (end) => {
+        finished = true;
+        const code = (end as ExecExit).exitCode;
+        if (code === 0) d.push(null);
+        else d.destroy(new AgentError(`TCP connection to guest port ${port} was reset`));
+      },
+      (e: Error) => {
+        finished = true;
+        d.destroy(e);
+      },
+    );
+    return d;
   }
 
   private register(handlers: ExecHandlers): {

@@ -4,7 +4,7 @@
  */
 import { AgentError } from "../errors.js";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const HEADER_BYTES = 9;
 export const MAX_PAYLOAD = 65536;
 /** Unacknowledged stdin bytes the host may have in flight per stream (the agent acknowledges with WINDOW). */
@@ -34,6 +34,7 @@ export const T = {
   RELEASE: 0x20,
   SHUTDOWN: 0x30,
   SYNC: 0x31,
+  NETCFG: 0x32,
   ENV_SET: 0x40,
   ENV_UNSET: 0x41,
   ENV_LIST: 0x42,
@@ -46,6 +47,7 @@ export const T = {
   FRENAME: 0x56,
   PS: 0x60,
   CONNECT: 0x61,
+  TCPCONNECT: 0x62,
 } as const;
 
 /** Field tags of EXEC payloads. */
@@ -59,6 +61,10 @@ export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5, OUTWIN: 6 } 
 export const FL = { PARENTS: 1, RECURSIVE: 2, REGULAR: 4 } as const;
 /** Field tags of stat / list entries. */
 export const E = { PATH: 1, TYPE: 2, SIZE: 3, MODE: 4, MTIME: 5, LINK: 6 } as const;
+/** Field tags of NETCFG requests (strings, except MTU: u32; DOWN: any value). */
+export const NC = { ADDR: 1, GATEWAY: 2, MAC: 3, DNS: 4, MTU: 5, DOWN: 6 } as const;
+/** Field tags of TCPCONNECT requests (PORT and OUTWIN: u32; HOST: an IPv4 literal, default 127.0.0.1). */
+export const TC = { PORT: 1, HOST: 2, OUTWIN: 3 } as const;
 /** Field tags of ERROR payloads. */
 export const FE = { CODE: 1, MSG: 2 } as const;
 

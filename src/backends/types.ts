@@ -2,6 +2,13 @@ import type { AccelName } from "../config.js";
 
 export type BackendKind = "qemu" | "firecracker";
 
+/**
+ * The VM's network device. `tap`: a TAP device on the host (created and firewalled by src/network); `stream`: a
+ * Unix socket speaking QEMU's stream netdev (passt); `dummy`: a device connected to nothing (templates and snapshots
+ * taken with a NIC need one to restore into). The MAC is the device's initial one; the agent sets the VM's own.
+ */
+export type NicSpec = { mac: string } & ({ kind: "tap"; tap: string } | { kind: "stream"; socket: string } | { kind: "dummy" });
+
 /** Everything a backend needs to boot one VM. Paths are absolute. */
 export interface BootSpec {
   vmId: string;
@@ -35,6 +42,8 @@ export interface BootSpec {
   ignoreShared?: boolean;
   /** Restore but leave the vCPUs stopped (to capture the state again without running the guest). */
   startPaused?: boolean;
+  /** A network device; absent: none. Saved guest state with a NIC restores only into a VM with one. */
+  nic?: NicSpec | null;
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */

@@ -3,8 +3,15 @@ import { once } from "node:events";
 import { createReadStream, existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
-import { type BackendName, type DiskMode, LIMITS } from "../config.js";
-import { SmolVMError, VMNotFoundError } from "../errors.js";
+import {
+  type BackendName,
+  type DiskMode,
+  type InternetPolicy,
+  LIMITS,
+  type NetworkMode,
+  type VMConfig,
+} from "../config.js";
+import { ConfigError, SmolVMError, VMNotFoundError } from "../errors.js";
 import { tailLines } from "../sandbox/console-log.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";
@@ -21,6 +28,10 @@ export interface VmOptions {
   coldBoot?: boolean;
   env?: string[];
   json?: boolean;
+  net?: string;
+  internet?: string;
+  allowCidr?: string[];
+  allowDomain?: string[];
 }
 
 /** Options shared by `create` and `run`. */
@@ -32,7 +43,27 @@ export function addVmOptions(cmd: Command): Command {
     .option("--disk-mode <mode>", "isolated (default) | shared (writes --rootfs in place)")
     .option("--rootfs <file>", "ext4 root file system image (default: the built-in one)")
     .option("--cold-boot", "boot the kernel instead of restoring the warm-start snapshot")
-    .option("-e, --env <KEY=VALUE...>", "environment for every command");
+    .option("-e, --env <KEY=VALUE...>", "environment for every command")
+    .option("--net <mode>", "none (default) | user (passt, no privileges) | tap (root)")
+    .option("--internet <policy>", "open (default with --net) | off")
+    .option("--allow-cidr <cidr...>", "allow only these IPv4 CIDRs (and --allow-domain names)")
+    .option("--allow-domain <name...>", "allow only these names (name or *.name; tap mode)");
+}
+
+/** `network` from the CLI's flags (undefined: the default, none). */
+export function networkFrom(o: Pick<VmOptions, "net" | "internet" | "allowCidr" | "allowDomain">): VMConfig["network"] {
+  const internet = internetFrom(o);
+  if (o.net === undefined && internet === undefined) return undefined;
+  return { mode: (o.net ?? "user") as NetworkMode, ...(internet !== undefined ? { internet } : {}) };
+}
+
+export function internetFrom(o: Pick<VmOptions, "internet" | "allowCidr" | "allowDomain">): InternetPolicy | undefined {
+  const allow = o.allowCidr?.length || o.allowDomain?.length;
+  if (allow && o.internet !== undefined) {
+    throw new ConfigError("--internet", "give either --internet or --allow-cidr/--allow-domain, not both");
+  }
+  if (allow) return { allowCidrs: o.allowCidr ?? [], allowDomains: o.allowDomain ?? [] };
+  return o.internet as InternetPolicy | undefined;
 }
 
 export function vmConfigFrom(o: VmOptions) {
@@ -45,7 +76,21 @@ export function vmConfigFrom(o: VmOptions) {
     rootfsPath: o.rootfs,
     coldBoot: o.coldBoot,
     env: parseEnv(o.env),
+    network: networkFrom(o),
   };
+}
+
+function describeNetwork(n: SmolVM["networkConfig"]): string {
+  if (n.mode === "none") return "none";
+  const policy =
+    typeof n.internet === "string"
+      ? n.internet
+      : `allow ${[...n.internet.allowCidrs, ...n.internet.allowDomains].join(", ") || "nothing"}`;
+  const addr = n.guestIp ? ` ${n.guestIp}/${n.prefix} via ${n.gatewayIp}` : "";
+  const dev = n.tapDevice ? ` dev ${n.tapDevice}` : "";
+  const mac = n.macAddress ? ` mac ${n.macAddress}` : "";
+  const dns = n.dns.length ? ` dns ${n.dns.join(",")}` : "";
+  return `${n.mode}${addr}${dev}${mac}${dns}; internet ${policy}${n.enforced ? "" : " (not enforced: no root)"}`;
 }
 
 const COLUMNS = ["vmId", "name", "status", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];
@@ -57,7 +102,7 @@ export function registerLifecycle(program: Command): void {
     .option("--json", "print the VM as JSON")
     .action(async (o: VmOptions & { snapshot?: string }) => {
       const vm = o.snapshot
-        ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name })
+        ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name, network: networkFrom(o) })
         : await SmolVM.create(vmConfigFrom(o), { onProgress: progress });
       if (o.json) printJson(vm.info());
       else process.stdout.write(`${vm.vmId}\n`);
@@ -81,9 +126,14 @@ export function registerLifecycle(program: Command): void {
     .option("--json", "print JSON")
     .action(async (id: string, o: { json?: boolean }) => {
       const vm = await SmolVM.fromId(id);
-      const info = vm.info();
+      const info = { ...vm.info(), network: vm.networkConfig, ports: vm.ports() };
       if (o.json) printJson(info);
-      else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(11)} ${v ?? "-"}\n`);
+      else {
+        const { network, ports, ...rest } = info;
+        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(11)} ${v ?? "-"}\n`);
+        process.stdout.write(`${"network".padEnd(11)} ${describeNetwork(network)}\n`);
+        for (const p of ports) process.stdout.write(`${"port".padEnd(11)} ${p.url} -> guest ${p.guestPort}\n`);
+      }
       vm.close();
     });
 

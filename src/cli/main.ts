@@ -8,6 +8,7 @@ import { registerExec } from "./exec.js";
 import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
 import { registerLifecycle } from "./lifecycle.js";
+import { registerNetwork } from "./network.js";
 import { reportError } from "./output.js";
 import { registerPack } from "./pack.js";
 import { registerShell } from "./shell.js";
@@ -46,6 +47,7 @@ registerFiles(program);
 registerShell(program);
 registerSnapshots(program);
 registerPack(program);
+registerNetwork(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,5 +1,8 @@
 /** pack create|inspect|run: the .smolmachine file */
 import type { Command } from "commander";
+import { networkFrom, type VmOptions } from "./lifecycle.js";
+
+type NetFlags = Pick<VmOptions, "net" | "internet" | "allowCidr" | "allowDomain">;
 import { readPackManifest, verifyPack } from "../images/pack.js";
 import { hostSignature } from "../images/pack-key.js";
 import { SmolVM } from "../sandbox/smolvm.js";
@@ -49,8 +52,12 @@ export function registerPack(program: Command): void {
     .option("--name <name>", "unique name (without a command)")
     .option("--trust", "restore its memory state even if this host did not sign the file (trusted sources only)")
     .option("--json", "print JSON")
-    .action(async (file: string, cmd: string[], o: { name?: string; trust?: boolean; json?: boolean }) => {
-      const vm = await SmolVM.fromPack(file, { name: o.name, trust: o.trust === true });
+    .option("--net <mode>", "none (default) | user | tap")
+    .option("--internet <policy>", "open (default with --net) | off")
+    .option("--allow-cidr <cidr...>", "allow only these IPv4 CIDRs")
+    .option("--allow-domain <name...>", "allow only these names (tap mode)")
+    .action(async (file: string, cmd: string[], o: { name?: string; trust?: boolean; json?: boolean } & NetFlags) => {
+      const vm = await SmolVM.fromPack(file, { name: o.name, trust: o.trust === true, network: networkFrom(o) });
       if (!cmd.length) {
         vm.close();
         if (o.json) printJson(vm.info());

@@ -52,7 +52,8 @@ export interface PackSignature {
 export interface PackManifest {
   formatVersion: number;
   createdAt: string;
-  config: { vcpuCount: number; memSizeMib: number; bootArgs: string; env: Record<string, string> };
+  /** `nic`: the memory state has a network device (the VM that restores it needs one). */
+  config: { vcpuCount: number; memSizeMib: number; bootArgs: string; env: Record<string, string>; nic?: boolean };
   backend: string;
   /** Identity of the VMM that wrote `mem`; memory is only restored by the same one. */
   vmm: string;
@@ -136,6 +137,7 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
     if (typeof v !== "string" || v.includes("\0")) bad(`config.env.${k}`, "must be a string without NUL bytes");
     env[k] = v as string;
   }
+  if (c.nic !== undefined && typeof c.nic !== "boolean") bad("config.nic", `must be true or false, got ${shown(c.nic)}`);
   const backend = text("backend", m.backend, 64);
   const vmm = text("vmm", m.vmm, 256);
   if (typeof m.accel !== "string" || !(ACCELS as readonly string[]).includes(m.accel)) {
@@ -148,7 +150,7 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
   const manifest: PackManifest = {
     formatVersion: PACK_VERSION,
     createdAt,
-    config: { vcpuCount, memSizeMib, bootArgs: bootArgs as string, env },
+    config: { vcpuCount, memSizeMib, bootArgs: bootArgs as string, env, ...(c.nic === true ? { nic: true } : {}) },
     backend,
     vmm,
     accel: m.accel as string,

@@ -7,10 +7,11 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
 import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
-import type { ResolvedVMConfig } from "../config.js";
+import { networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { ensureDefaultImage } from "../images/store.js";
+import { type AttachedNetwork, attachNetwork, configureGuest, detachNetwork } from "../network/index.js";
 import { vmRunDir } from "../paths.js";
 import { tailFile } from "../sandbox/console-log.js";
 import { type LaunchPlan, resyncGuest } from "../sandbox/snapshots.js";
@@ -32,6 +33,8 @@ export interface StartTimings {
   imageMs: number;
   /** The VM's private disk layer. */
   diskMs: number;
+  /** The VM's network set up on the host (TAP, rules, resolver or passt); 0 without one. */
+  networkMs: number;
   /** VMM process started and its agent socket listening. */
   bootMs: number;
   /** From VMM start until the guest agent answered. */
@@ -119,19 +122,39 @@ export async function launchVm(
   onRecord(rec);
   let handle: VMHandle | null = null;
   let client: AgentClient | null = null;
+  let net: AttachedNetwork | null = null;
+  const runDir = vmRunDir(c.vmId, store.dir);
   const logPath = join(rec.vmDir, "console.log");
   try {
     mkdirSync(rec.vmDir, { recursive: true, mode: 0o700 }); // the console log lives here, whatever the disk mode
+    if (plan.incoming && !plan.nicInState && networkOf(c).mode !== "none") {
+      throw new SmolVMError(
+        `the state restored here was saved without a network device, so network "${networkOf(c).mode}" cannot be ` +
+          "added to it: take the snapshot from a VM created with a network, or cold-boot",
+      );
+    }
+    // the disk layer and the network are independent: set up side by side (both are mostly process starts)
+    const netting = attachNetwork(store, c, runDir, plan.nicInState === true).then((n) => ({
+      n,
+      at: performance.now(),
+    }));
     // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
-    const disk =
+    const preparing =
       rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
-        ? { path: rec.diskPath, format: rec.diskFormat }
-        : await backend.prepareDisk({
+        ? Promise.resolve({ path: rec.diskPath, format: rec.diskFormat })
+        : backend.prepareDisk({
             base: plan.diskBase,
             baseFormat: plan.diskBaseFormat,
             mode: plan.incoming ? "isolated" : c.diskMode,
             vmDir: rec.vmDir,
           });
+    const [d, n] = await Promise.allSettled([preparing, netting]);
+    if (n.status === "fulfilled") net = n.value.n;
+    if (d.status === "rejected") throw d.reason;
+    if (n.status === "rejected") throw n.reason;
+    const disk = d.value;
+    const tNet = n.value.at;
+    net = n.value.n;
     store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
     const tDisk = performance.now();
     handle = await backend.boot({
@@ -144,8 +167,9 @@ export async function launchVm(
       diskFormat: disk.format,
       bootArgs: plan.bootArgs,
       hostname: plan.hostname,
-      runDir: vmRunDir(c.vmId, store.dir),
+      runDir,
       logPath,
+      nic: net.nic,
       agentBinary: plan.agentBinary,
       accel: plan.accel,
       incoming: plan.incoming,
@@ -158,12 +182,15 @@ export async function launchVm(
     client = await AgentClient.connect(handle.agentSocket);
     await client.waitReady(timeout, plan.incoming ? 5 : 25);
     if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
+    await net.ready;
+    await configureGuest(client, net.info);
     const tReady = performance.now();
     return {
       client,
       timings: {
         imageMs: tImage - t0,
         diskMs: tDisk - tImage,
+        networkMs: tNet - tImage,
         bootMs: tBoot - tDisk,
         agentReadyMs: tReady - tBoot,
         totalMs: tReady - t0,
@@ -173,6 +200,8 @@ export async function launchVm(
   } catch (e) {
     client?.close();
     if (handle) await backend.kill(handle);
+    await net?.ready.catch(() => {}); // a resolver still starting is stopped too
+    await detachNetwork(store, c.vmId, runDir).catch(() => {});
     const msg = (e as Error).message;
     store.update(rec.id, { status: "error", handle: null, error: msg });
     const tail = tailFile(logPath, 1500).trim();

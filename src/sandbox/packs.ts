@@ -22,7 +22,7 @@ import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
-import { fullStateFile } from "./templates.js";
+import { fullStateFile, hasNic } from "./templates.js";
 
 /** The VMM build whose memory state a pack can restore: same VMM and version. */
 export function vmmVersion(backend: string): string {
@@ -59,6 +59,7 @@ export async function packSnapshot(
       {
         config: {
           vcpuCount: snap.config.vcpuCount,
+          ...(hasNic(snap.config) ? { nic: true } : {}),
           memSizeMib: snap.config.memSizeMib,
           bootArgs: snap.config.bootArgs,
           env: snap.config.env,
@@ -155,7 +156,7 @@ export async function packPlan(
     accel: (memOk ? manifest.accel : "auto") as AccelName,
     agentBinary,
     from: memOk ? "snapshot" : "boot",
-    ...(memOk ? { incoming: join(dir, SECTION_FILES.mem) } : {}),
+    ...(memOk ? { incoming: join(dir, SECTION_FILES.mem), nicInState: manifest.config.nic === true } : {}),
   };
   return { plan, manifest };
 }

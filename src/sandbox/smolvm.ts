@@ -1,20 +1,20 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
 
-import { rmSync } from "node:fs";
 import { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
-import { type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
+import { type InternetPolicy, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
 import { ConfigError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
-import { killByRunDir } from "../lifecycle/recover.js";
 import { takeSnapshot } from "../lifecycle/snapshot.js";
+import { deleteVm, stopVm } from "../lifecycle/teardown.js";
 import { vmRunDir } from "../paths.js";
-import { beginOp, endOp } from "../state/journal.js";
+import { type ExposedPort } from "../network/ports.js";
+import { type NetworkInfo } from "../network/index.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
@@ -27,6 +27,7 @@ import {
   spawnCommand,
 } from "./commands.js";
 import { Env } from "./env.js";
+import { VmNetwork } from "./network.js";
 import { Files, type WriteResult } from "./files.js";
 import { packPlan, packSnapshot } from "./packs.js";
 import { Processes } from "./processes.js";
@@ -42,7 +43,7 @@ import {
 import { snapshotPlan } from "./templates.js";
 import type { TransferOptions } from "./transfers.js";
 
-export type { StartOptions, StartTimings, VMStatus };
+export type { ExposedPort, NetworkInfo, StartOptions, StartTimings, VMStatus };
 
 /** A summary of a VM, as `list` and `status` show it. */
 export interface VMInfo {
@@ -75,7 +76,6 @@ function info(rec: VMRecord): VMInfo {
   };
 }
 
-const runDirFor = (vmId: string) => vmRunDir(vmId);
 
 export class SmolVM implements AsyncDisposable {
   readonly config: ResolvedVMConfig;
@@ -211,7 +211,10 @@ export class SmolVM implements AsyncDisposable {
    * A new sandbox whose guest state is exactly the snapshot's (files, running processes, env), with a new identity:
    * new id, own disk layer, its own hostname, the host's clock and fresh entropy. The source may still be running.
    */
-  static async fromSnapshot(idOrName: string, opts: { vmId?: string; name?: string } = {}): Promise<SmolVM> {
+  static async fromSnapshot(
+    idOrName: string,
+    opts: { vmId?: string; name?: string; network?: VMConfig["network"] } = {},
+  ): Promise<SmolVM> {
     const t0 = performance.now();
     const store = StateStore.open();
     const snap = store.getSnapshot(idOrName);
@@ -226,6 +229,7 @@ export class SmolVM implements AsyncDisposable {
       memSizeMib: c.memSizeMib,
       env: c.env,
       bootArgs: c.bootArgs,
+      network: opts.network ?? c.network, // a clone gets its own address, MAC and lease, with the same policy
     });
     try {
       const plan = await snapshotPlan(vm.driver(), snap, await ensureAgent());
@@ -290,6 +294,8 @@ export class SmolVM implements AsyncDisposable {
       /** Restore the pack's memory state even though this host did not sign it (it is a migration stream: only trust
        * packs from people you trust). Without it, an unsigned pack's memory is ignored and its disk cold-booted. */
       trust?: boolean;
+      /** The new VM's network (default none; a pack never brings its own host's network settings). */
+      network?: VMConfig["network"];
     } = {},
   ): Promise<SmolVM> {
     const t0 = performance.now();
@@ -301,6 +307,7 @@ export class SmolVM implements AsyncDisposable {
       memSizeMib: manifest.config.memSizeMib,
       env: manifest.config.env,
       bootArgs: manifest.config.bootArgs,
+      network: opts.network,
     });
     const { plan } = await packPlan(
       file,
@@ -402,6 +409,40 @@ export class SmolVM implements AsyncDisposable {
     return this._pty;
   }
 
+  private _net?: VmNetwork;
+  private get net(): VmNetwork {
+    this._net ??= new VmNetwork(this.store, () => this.refresh(), () => this.agent());
+    return this._net;
+  }
+
+  /** `{ mode, guestIp, gatewayIp, macAddress, tapDevice?, dns, internet }` of this VM. */
+  get networkConfig(): NetworkInfo {
+    return this.net.config();
+  }
+
+  /**
+   * Make a guest TCP port reachable from the host, in every network mode: returns `{ host, port, url }`, on
+   * 127.0.0.1 unless `host` names another address; `hostPort` 0 or absent picks a free port. The listener outlives
+   * this process and is closed by `unexpose` or on delete.
+   */
+  expose(guestPort: number, opts: { hostPort?: number; host?: string } = {}): Promise<ExposedPort> {
+    return this.net.expose(guestPort, opts);
+  }
+
+  /** Close exposed ports: all, those of one guest port (a number), or `{ hostPort }`. Returns what was closed. */
+  unexpose(which?: number | { guestPort?: number; hostPort?: number }): Promise<ExposedPort[]> {
+    return this.net.unexpose(which);
+  }
+
+  ports(): ExposedPort[] {
+    return this.net.ports();
+  }
+
+  /** Change where the running VM may connect to (`"open"`, `"off"` or `{ allowCidrs, allowDomains }`). */
+  setInternet(policy: InternetPolicy): Promise<NetworkInfo> {
+    return this.net.setInternet(policy);
+  }
+
   /** Copy a host file into the guest (streamed). */
   uploadFile(localPath: string, guestPath: string): Promise<WriteResult> {
     return this.files.upload(localPath, guestPath);
@@ -447,45 +488,19 @@ export class SmolVM implements AsyncDisposable {
   async stop(opts: { timeoutMs?: number } = {}): Promise<void> {
     const rec = this.refresh();
     if (!rec) throw new VMNotFoundError(this.vmId);
-    const backend = this.driver();
-    if (rec.handle) {
-      const h = rec.handle;
-      if (backend.isAlive(h)) {
-        try {
-          if (rec.status === "paused") {
-            await backend.resume(h);
-            this.store.update(rec.id, { status: "running" }); // or agent() would refuse the clean shutdown
-          }
-          const client = await this.agent();
-          // once the agent confirms its disk is synced and read-only, killing the VMM loses nothing
-          await client.shutdown(opts.timeoutMs ?? 5000);
-        } catch {
-          // fall through to kill
-        }
-      }
-      await backend.kill(h);
-    }
+    await stopVm(this.store, this.driver(), rec, () => this.agent(), opts.timeoutMs ?? 5000);
     this.client?.close();
     this.client = null;
-    this.store.update(rec.id, { status: "stopped", handle: null });
     this.refresh();
   }
 
-  /** Kill the VM and remove everything it owns: process, sockets, its disk layer, its record. Idempotent. */
+  /** Kill the VM and remove everything it owns: process, sockets, network, ports, disk layer, record. Idempotent. */
   async delete(): Promise<void> {
     this.client?.close();
     this.client = null;
     const rec = this.store.getById(this.vmId);
     if (!rec) return;
-    const op = beginOp(this.store, "delete", { vmId: rec.id });
-    try {
-      if (rec.handle) await backendFor(rec.backend).kill(rec.handle);
-      else await killByRunDir(rec.id, runDirFor(rec.id)); // a start that never recorded its handle
-      rmSync(rec.vmDir, { recursive: true, force: true }); // the private layer and console log; never the base image
-      this.store.delete(rec.id);
-    } finally {
-      endOp(this.store, op);
-    }
+    await deleteVm(this.store, rec);
     this.rec = { ...rec, status: "stopped", handle: null };
   }
 

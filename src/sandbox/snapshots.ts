@@ -37,6 +37,8 @@ export interface LaunchPlan {
   /** The state file was saved without the (shared) RAM block: tell the VMM so (QEMU's x-ignore-shared). */
   ignoreShared?: boolean;
   snapshotId?: string;
+  /** The state being restored has a network device (so the VM needs one, if only an unconnected one). */
+  nicInState?: boolean;
   from?: "boot" | "warm" | "snapshot";
 }
 

@@ -11,8 +11,8 @@ import { createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
-import type { Backend, BootSpec, SplitInfo } from "../backends/types.js";
-import type { AccelName, ResolvedVMConfig } from "../config.js";
+import type { Backend, BootSpec, NicSpec, SplitInfo } from "../backends/types.js";
+import { type AccelName, networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { dataDir, runtimeDir } from "../paths.js";
 import { tempPath } from "../state/journal.js";
@@ -21,7 +21,7 @@ import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
-const TEMPLATE_VERSION = 1;
+const TEMPLATE_VERSION = 2; // 2: NIC templates are captured with the NIC up
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
 
@@ -227,8 +227,16 @@ export function warmKey(w: WarmInputs, vmmIdentity: string): string {
   const c = w.config;
   const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, w.agentBinary, w.accel, vmmIdentity];
   parts.push(c.memSizeMib, c.vcpuCount, c.bootArgs);
+  if (hasNic(c)) parts.push("nic"); // the device set is part of the saved state
   return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16);
 }
+
+/** A template or snapshot of this config has a network device in its saved state. */
+export const hasNic = (c: ResolvedVMConfig): boolean => networkOf(c).mode !== "none";
+
+/** The unconnected NIC a capture runs with, so the saved state has the device a networked VM restores into. */
+const captureNic = (c: ResolvedVMConfig): NicSpec | null => (hasNic(c) ? { kind: "dummy", mac: "02:00:00:00:00:01" } : null);
+
 
 /** A launch plan restoring from the warm template of these inputs, building the template the first time. */
 export async function warmPlan(
@@ -263,6 +271,7 @@ export async function warmPlan(
         hostname: TEMPLATE_HOSTNAME,
         agentBinary: w.agentBinary,
         accel: w.accel,
+        nic: captureNic(w.config),
       },
       { base: w.rootfsPath, baseFormat: "raw" },
       dir,
@@ -270,6 +279,9 @@ export async function warmPlan(
         const c = await AgentClient.connect(sock);
         try {
           await c.waitReady(60_000, 5);
+          // a NIC captured up is reconfigured in place after each restore, which is much cheaper than bringing it
+          // up then; the placeholder address (TEST-NET-1) is replaced before the clone sends anything
+          if (hasNic(w.config)) await c.netConfig({ addr: "192.0.2.2/30", gateway: "192.0.2.1", mac: "02:00:00:00:00:01", dns: [], mtu: 1500 });
         } finally {
           c.close();
         }
@@ -290,6 +302,7 @@ export async function warmPlan(
     incoming: fast.state,
     ram: fast.ram,
     ignoreShared: fast.ignoreShared,
+    nicInState: hasNic(w.config),
     from: "warm",
   };
 }
@@ -318,6 +331,7 @@ export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agent
         accel: snap.accel as AccelName,
         incoming: snap.memFile,
         startPaused: true, // the guest never runs here, so the snapshot's own disk layer stays exact
+        nic: captureNic(snap.config),
       },
       { base: snap.diskFile, baseFormat: "qcow2" },
       dir,
@@ -339,6 +353,7 @@ export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agent
     ram: fast.ram,
     ignoreShared: fast.ignoreShared,
     snapshotId: snap.id,
+    nicInState: hasNic(snap.config),
     from: "snapshot",
   };
 }

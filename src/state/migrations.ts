@@ -42,4 +42,24 @@ export const MIGRATIONS: string[] = [
      pid_start  TEXT NOT NULL,
      started_at TEXT NOT NULL
    );`,
+  `CREATE TABLE net_leases (
+     idx        INTEGER PRIMARY KEY,
+     vm_id      TEXT NOT NULL UNIQUE,
+     tap        TEXT NOT NULL,
+     created_at TEXT NOT NULL
+   );
+   CREATE TABLE vm_net (
+     vm_id TEXT PRIMARY KEY,
+     info  TEXT NOT NULL
+   );
+   CREATE TABLE ports (
+     vm_id      TEXT NOT NULL,
+     guest_port INTEGER NOT NULL,
+     host       TEXT NOT NULL,
+     host_port  INTEGER NOT NULL,
+     pid        INTEGER,
+     pid_start  TEXT,
+     created_at TEXT NOT NULL,
+     PRIMARY KEY (host, host_port)
+   );`,
 ];

@@ -13,6 +13,8 @@ import { getBackend } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { recoverInterrupted } from "../lifecycle/recover.js";
+import { reconcileNetwork } from "../network/index.js";
+import { vmRunDir } from "../paths.js";
 import { waitFor } from "../util/proc.js";
 import type { StateStore, VMRecord } from "./store.js";
 
@@ -61,6 +63,9 @@ export async function reconcile(store: StateStore): Promise<string[]> {
   for (const rec of store.list()) {
     const after = await reconcileVm(store, rec);
     if (after !== rec) fixed.push(rec.id);
+  }
+  for (const id of await reconcileNetwork(store, (vmId) => vmRunDir(vmId, store.dir))) {
+    if (!fixed.includes(id)) fixed.push(id);
   }
   return fixed;
 }

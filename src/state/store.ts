@@ -233,14 +233,14 @@ export class StateStore {
 
   update(
     id: string,
-    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId">>,
+    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId" | "config">>,
   ): void {
     const sets: string[] = [];
     const vals: unknown[] = [];
     const col: Record<string, string> = { diskPath: "disk_path", diskFormat: "disk_format", snapshotId: "snapshot_id" };
     for (const [k, v] of Object.entries(fields)) {
       sets.push(`${col[k] ?? k} = ?`);
-      vals.push(k === "handle" ? (v ? JSON.stringify(v) : null) : v);
+      vals.push(k === "handle" || k === "config" ? (v ? JSON.stringify(v) : null) : v);
     }
     sets.push("updated_at = ?");
     vals.push(new Date().toISOString());

@@ -74,7 +74,7 @@ export function which(cmd: string): string | null {
 export function runWithFds(
   file: string,
   args: string[],
-  fds: number[],
+  fds: (number | "ignore")[],
   opts: { timeoutMs?: number } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {

@@ -67,6 +67,23 @@ export function accelArgs(accel: string): string[] {
   return ["-accel", "tcg"];
 }
 
+/** Descriptor number of the NIC's backend in QEMU: the TAP (opened there by the launcher) or passt's socket. 3 and 4
+ * are the disk's. */
+export const NIC_FD = 5;
+
+/** The network device: always `net0`, a virtio-net on virtio-mmio, so saved state with a NIC loads into any NIC. */
+export function nicArgs(spec: BootSpec): string[] {
+  const n = spec.nic;
+  if (!n) return [];
+  const netdev =
+    n.kind === "tap"
+      ? `tap,id=net0,fd=${NIC_FD},vhost=off`
+      : n.kind === "stream"
+        ? `socket,id=net0,fd=${NIC_FD}`
+        : "hubport,id=net0,hubid=0";
+  return ["-netdev", netdev, "-device", `virtio-net-device,netdev=net0,mac=${n.mac}`];
+}
+
 /**
  * QEMU command line for a microvm with virtio-mmio disk, agent port and RNG, QMP on sockets, confined (seccomp,
  * unprivileged identity). It is started by the agent binary's `launch` mode, which waits for it to initialize.
@@ -138,6 +155,7 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths, c: Co
     "rng-random,id=rng0,filename=/dev/urandom",
     "-device",
     "virtio-rng-device,rng=rng0",
+    ...nicArgs(spec),
     "-qmp",
     `unix:${esc(p.qmpSocket)},server=on,wait=off`,
     "-qmp",

@@ -10,6 +10,7 @@ import {
   rmSync,
   statSync,
 } from "node:fs";
+import { createConnection, type Socket } from "node:net";
 import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
@@ -20,7 +21,7 @@ import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
-import { buildQemuArgs, qemuPaths } from "./args.js";
+import { buildQemuArgs, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
 import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
@@ -49,6 +50,33 @@ function emptyRoot(): string {
     throw new SmolVMError(`${dir} must be an empty folder owned by root that nobody can write`);
   }
   return dir;
+}
+
+/** A connected Unix socket (to hand its descriptor to a child); retried while its server is still starting. */
+async function connectUnix(path: string, timeoutMs = 3000): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = createConnection({ path });
+        s.once("connect", () => resolve(s));
+        s.once("error", reject);
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (Date.now() > deadline || (code !== "ECONNREFUSED" && code !== "ENOENT")) {
+        throw new SmolVMError(`cannot connect to ${path}: ${(e as Error).message}`);
+      }
+      await sleep(5);
+    }
+  }
+}
+
+/** The descriptor under a connected socket (libuv's pipe handle keeps it in `fd`). */
+function socketFd(s: Socket): number {
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== "number" || fd < 0) throw new SmolVMError("cannot get the descriptor of the network socket");
+  return fd;
 }
 
 /** Console log size at which the proxy keeps only the newest half. */
@@ -93,6 +121,11 @@ export class QemuBackend implements Backend {
     // the root disk is handed over as descriptors: once QEMU has dropped its privileges it cannot open paths, and a
     // snapshot reopens the layer read-only
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
+    // passt's socket is connected here and handed over: QEMU connects a stream netdev only after it has chrooted
+    const stream = spec.nic?.kind === "stream" ? await connectUnix(spec.nic.socket) : null;
+    const childFds: (number | "ignore")[] = stream
+      ? [fds[0] ?? "ignore", fds[1] ?? "ignore", socketFd(stream)]
+      : fds;
     const args = buildQemuArgs(spec, accel, paths, {
       runas: who,
       runWith: features.runWith,
@@ -110,17 +143,20 @@ export class QemuBackend implements Backend {
           ...["--log", paths.logFile, "--qmp", paths.qmpSocket, "--pidfile", paths.pidFile, "--timeout", "30000"],
           ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
           ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
+          ...(stream ? ["--keep-fd", String(NIC_FD)] : []),
           ...cg.flatMap((d) => ["--cgroup", d]),
+          ...(spec.nic?.kind === "tap" ? ["--tap", `${spec.nic.tap}:${NIC_FD}`] : []),
           ...(who ? ["--isolate"] : []),
           "--",
           qemu,
           ...args,
         ],
-        fds,
+        childFds,
         { timeoutMs: 40_000 },
       );
     } finally {
       for (const fd of fds) closeSync(fd);
+      stream?.destroy();
     }
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {

@@ -1,0 +1,73 @@
+/**
+ * Ending a VM, in one place: a clean stop (the guest syncs its disks, then the VMM goes) and a delete (everything the
+ * VM owns: VMM, proxy, network, exposed ports, disk layer, record). Both are idempotent, and a delete is journaled so
+ * that one interrupted by a kill is finished by `reconcile`.
+ */
+import { readdirSync, rmSync } from "node:fs";
+import type { AgentClient } from "../agent/client.js";
+import type { Backend } from "../backends/types.js";
+import { SmolVMError } from "../errors.js";
+import { detachNetwork } from "../network/index.js";
+import { closePorts } from "../network/ports.js";
+import { vmRunDir } from "../paths.js";
+import { beginOp, endOp } from "../state/journal.js";
+import { backendFor } from "../state/reconcile.js";
+import type { StateStore, VMRecord } from "../state/store.js";
+import { killByRunDir } from "./recover.js";
+
+/** Shut the guest down cleanly (disks synced), then make sure the VMM and its network are gone. */
+export async function stopVm(
+  store: StateStore,
+  backend: Backend,
+  rec: VMRecord,
+  agent: () => Promise<AgentClient>,
+  timeoutMs: number,
+): Promise<void> {
+  if (rec.handle) {
+    const h = rec.handle;
+    if (backend.isAlive(h)) {
+      try {
+        if (rec.status === "paused") {
+          await backend.resume(h);
+          store.update(rec.id, { status: "running" }); // or agent() would refuse the clean shutdown
+        }
+        // once the agent confirms its disk is synced and read-only, killing the VMM loses nothing
+        await (await agent()).shutdown(timeoutMs);
+      } catch {
+        // fall through to kill
+      }
+    }
+    await backend.kill(h);
+  }
+  await closePorts(store, rec.id);
+  await detachNetwork(store, rec.id, vmRunDir(rec.id, store.dir));
+  store.update(rec.id, { status: "stopped", handle: null });
+}
+
+/** Kill the VM and remove everything it owns. */
+export async function deleteVm(store: StateStore, rec: VMRecord): Promise<void> {
+  const op = beginOp(store, "delete", { vmId: rec.id });
+  try {
+    await closePorts(store, rec.id);
+    const runDir = vmRunDir(rec.id, store.dir);
+    if (rec.handle) await backendFor(rec.backend).kill(rec.handle);
+    else await killByRunDir(rec.id, runDir); // a start that never recorded its handle
+    await detachNetwork(store, rec.id, runDir);
+    // the private layer and console log (never the base image); retried: the VMM's supervisor may still be writing
+    // its exit status there for a moment after the VMM is gone
+    try {
+      rmSync(rec.vmDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+    } catch (e) {
+      let left: string[] = [];
+      try {
+        left = readdirSync(rec.vmDir);
+      } catch {
+        // gone meanwhile
+      }
+      throw new SmolVMError(`cannot remove ${rec.vmDir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`);
+    }
+    store.delete(rec.id);
+  } finally {
+    endOp(store, op);
+  }
+}

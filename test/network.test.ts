@@ -1,0 +1,170 @@
+/**
+ * Networking on real VMs, inside a fake host namespace whose "internet" is a veth peer in another test namespace
+ * (HTTP peers, dnsmasq, a fake metadata address). Each isolation check has a positive control: the same target
+ * answers once a CIDR allows it, so a check cannot pass because networking is simply broken.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import { isolatedState } from "./helpers.js";
+import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
+import { createVm, deleteVm, guestGet, guestSh, smolvm, status } from "./support/netvm.js";
+
+const canRun =
+  process.getuid?.() === 0 &&
+  ["passt", "dnsmasq", "nft"].every((b) => spawnSync("sh", ["-c", `command -v ${b}`]).status === 0);
+
+/** An HTTP server on every address of the host namespace (so the gateway address would answer if allowed). */
+const ANY_PORT = 8091;
+const ANY_SERVER = `require("node:http").createServer((q, s) => s.end("host-any\\n")).listen(${ANY_PORT}, "0.0.0.0", () => console.log("ready"))`;
+
+describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and nft" }, () => {
+  isolatedState();
+  let net: FakeNet;
+  before(async () => {
+    net = await createFakeNet();
+    const srv = net.spawn(process.execPath, ["-e", ANY_SERVER]);
+    await new Promise((r) => srv.stdout?.once("data", r));
+  });
+  after(() => net?.destroy());
+
+  for (const mode of ["tap", "user"] as const) {
+    describe(`${mode} mode`, () => {
+      let vm: string;
+      before(async () => {
+        vm = (await createVm(net, ["--net", mode])).id;
+      });
+      after(() => deleteVm(net, vm));
+
+      it("reaches the fake internet by address and by name", async () => {
+        assert.equal(await guestGet(net, vm, F.peers[0] as string), `peer ${F.peers[0]}`);
+        assert.equal(await guestGet(net, vm, "a.test"), `peer ${F.records["a.test"]}`);
+        const r = await guestSh(net, vm, "cat /etc/resolv.conf");
+        assert.match(r.stdout, /^nameserver /m);
+      });
+
+      it("reaches nothing of the host: its addresses, the gateway, its LAN, the metadata address", async () => {
+        const st = await status(net, vm);
+        const n = st.network as { gatewayIp: string; guestIp: string; mode: string; macAddress: string };
+        assert.equal(n.mode, mode);
+        const targets: [string, number][] = [
+          [n.gatewayIp, ANY_PORT], // the gateway address: in user mode slirp would map it to the host's 127.0.0.1
+          [n.gatewayIp, F.loopbackPort],
+          [F.hostAddr, ANY_PORT],
+          [F.hostAddr, F.vethPort],
+          [F.lanAddr, F.lanPort],
+          [F.metadata, 80],
+        ];
+        for (const [host, port] of targets) assert.equal(await guestGet(net, vm, host, port), "", `${host}:${port}`);
+      });
+
+      it("an explicit CIDR opens the host address it names (positive control)", async () => {
+        const r = await smolvm(net, ["network", "set", vm, "--allow-cidr", `${F.hostAddr}/32`, F.peers[1] as string]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(await guestGet(net, vm, F.hostAddr, F.vethPort), "host-veth");
+        assert.equal(await guestGet(net, vm, F.peers[1] as string), `peer ${F.peers[1]}`);
+        assert.equal(await guestGet(net, vm, F.peers[0] as string), "", "a peer outside the allowlist");
+        assert.equal(await guestGet(net, vm, F.lanAddr, F.lanPort), "", "still not the LAN");
+      });
+
+      it("off reaches nothing, not even DNS; open again restores it", async () => {
+        assert.equal((await smolvm(net, ["network", "set", vm, "--internet", "off"])).code, 0);
+        assert.equal(await guestGet(net, vm, F.peers[0] as string), "");
+        const r = await guestSh(net, vm, "nslookup a.test 2>&1; echo rc=$?");
+        assert.doesNotMatch(r.stdout, /198\.51\.100\.10/);
+        assert.equal((await smolvm(net, ["network", "set", vm, "--internet", "open"])).code, 0);
+        assert.equal(await guestGet(net, vm, "a.test"), `peer ${F.records["a.test"]}`);
+      });
+    });
+  }
+
+  it("allowDomains allows a.test (even after its address changes) and blocks b.test", async () => {
+    const { id } = await createVm(net, ["--net", "tap", "--allow-domain", "a.test"]);
+    try {
+      assert.equal(await guestGet(net, id, "a.test"), `peer ${F.records["a.test"]}`);
+      assert.equal(await guestGet(net, id, "b.test"), "", "a name outside the allowlist");
+      assert.equal(await guestGet(net, id, F.records["b.test"] as string), "", "its address, directly");
+      assert.equal(await guestGet(net, id, F.peers[2] as string), "", "a.test's next address, before the change");
+      await net.setRecord("a.test", F.peers[2] as string);
+      assert.equal(await guestGet(net, id, "a.test"), `peer ${F.peers[2]}`);
+    } finally {
+      await net.setRecord("a.test", F.records["a.test"] as string);
+      await deleteVm(net, id);
+    }
+  });
+
+  it("user mode refuses a domain allowlist with a clear error", async () => {
+    const r = await smolvm(net, ["create", "--net", "user", "--allow-domain", "a.test"]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /allowDomains: needs mode "tap"/);
+  });
+
+  it("an exposed guest port answers on 127.0.0.1 only, outlives the CLI that exposed it, and closes (mode none)", async () => {
+    const { id } = await createVm(net, []);
+    try {
+      await guestSh(net, id, "mkdir -p /www && echo exposed > /www/index.html && httpd -p 8000 -h /www");
+      const r = await smolvm(net, ["port", "expose", id, "8000", "--json"]);
+      assert.equal(r.code, 0, r.stderr);
+      const p = JSON.parse(r.stdout) as { host: string; port: number; url: string; guestPort: number };
+      assert.equal(p.host, "127.0.0.1");
+      assert.equal(p.url, `http://127.0.0.1:${p.port}`);
+      // the CLI that exposed it has exited: the listener is the forward daemon's
+      assert.equal((await net.fetch(`${p.url}/index.html`)).body, "exposed\n");
+      await assert.rejects(net.fetch(`http://${F.hostAddr}:${p.port}/index.html`, { timeoutMs: 3000 }));
+      const forwarders = spawnSync("ps", ["-eo", "uid=,args="], { encoding: "utf8" })
+        .stdout.split("\n")
+        .filter((l) => l.includes(" forward --agent "));
+      assert.equal(forwarders.length, 1, forwarders.join("\n"));
+      assert.notEqual(Number(forwarders[0]?.trim().split(/\s+/)[0]), 0, "the forwarder dropped root");
+      const list = await smolvm(net, ["port", "list", id, "--json"]);
+      assert.deepEqual(JSON.parse(list.stdout), [p]);
+      assert.equal((await smolvm(net, ["port", "close", id, "8000"])).code, 0);
+      await assert.rejects(net.fetch(`${p.url}/index.html`, { timeoutMs: 3000 }));
+    } finally {
+      await deleteVm(net, id);
+    }
+  });
+
+  it("two VMs cannot reach each other", async () => {
+    const a = await createVm(net, ["--net", "tap"]);
+    const b = await createVm(net, ["--net", "tap"]);
+    try {
+      const aIp = ((await status(net, a.id)).network as { guestIp: string }).guestIp;
+      const bIp = ((await status(net, b.id)).network as { guestIp: string }).guestIp;
+      assert.notEqual(aIp, bIp);
+      await guestSh(net, a.id, "mkdir -p /www && echo vm-a > /www/index.html && httpd -p 8080 -h /www");
+      assert.equal(await guestGet(net, a.id, "127.0.0.1", 8080, "/index.html"), "vm-a", "a serves (positive control)");
+      assert.equal(await guestGet(net, b.id, aIp, 8080, "/index.html"), "", "b reaches a");
+      assert.equal(await guestGet(net, a.id, bIp, 22), "", "a reaches b");
+    } finally {
+      await deleteVm(net, a.id);
+      await deleteVm(net, b.id);
+    }
+  });
+
+  it("two forks of one snapshot each get their own address and both fetch at once", async () => {
+    const { id } = await createVm(net, ["--net", "tap"]);
+    const clones: string[] = [];
+    try {
+      await guestSh(net, id, "echo parent > /root/mark");
+      const snap = await smolvm(net, ["snapshot", "create", id, "--json"]);
+      assert.equal(snap.code, 0, snap.stderr);
+      const snapId = (JSON.parse(snap.stdout) as { id: string }).id;
+      for (let i = 0; i < 2; i++) clones.push((await createVm(net, ["--snapshot", snapId])).id);
+      const nets = await Promise.all(clones.map(async (c) => (await status(net, c)).network as Record<string, string>));
+      assert.notEqual(nets[0]?.guestIp, nets[1]?.guestIp);
+      assert.notEqual(nets[0]?.macAddress, nets[1]?.macAddress);
+      const got = await Promise.all(clones.map((c) => guestGet(net, c, F.peers[0] as string, 80, "/whoami")));
+      // the peer sees the fake host's address (NAT), once per clone
+      assert.deepEqual(got, [F.hostAddr, F.hostAddr]);
+      const macs = await Promise.all(clones.map((c) => guestSh(net, c, "cat /sys/class/net/eth0/address")));
+      assert.deepEqual(
+        macs.map((m) => m.stdout.trim()),
+        nets.map((n) => n.macAddress),
+      );
+    } finally {
+      for (const c of clones) await deleteVm(net, c);
+      await deleteVm(net, id);
+    }
+  });
+});
