@@ -58,11 +58,7 @@ async function inner(): Promise<void> {
         if (r.exitCode !== 0) throw new Error(`GET loop failed in ${mode}: ${r.stderr}`);
         put(mode, "TCP connect + HTTP GET from the guest, per request (ms)", (performance.now() - t) / 10);
         t = performance.now();
-        const d = await vm.run([
-          "sh",
-          "-c",
-          `${get(`/big?bytes=${BIG}`)} | wc -c`,
-        ]);
+        const d = await vm.run(["sh", "-c", `${get(`/big?bytes=${BIG}`)} | wc -c`]);
         const bytes = Number(d.stdout.trim());
         if (bytes < BIG) throw new Error(`download in ${mode} got ${bytes} bytes: ${d.stderr}`);
         put(mode, "download peer to guest (MB/s)", bytes / 1e6 / ((performance.now() - t) / 1000));
@@ -83,8 +79,22 @@ async function outer(): Promise<void> {
   try {
     const r = spawnSync(
       "ip",
-      ["netns", "exec", net.hostNs, process.execPath, fileURLToPath(import.meta.url), "--inner", "--runs", String(RUNS)],
-      { encoding: "utf8", env: { ...process.env, SMOLVM_STATE_DIR: state }, maxBuffer: 64 << 20, stdio: ["ignore", "pipe", "inherit"] },
+      [
+        "netns",
+        "exec",
+        net.hostNs,
+        process.execPath,
+        fileURLToPath(import.meta.url),
+        "--inner",
+        "--runs",
+        String(RUNS),
+      ],
+      {
+        encoding: "utf8",
+        env: { ...process.env, SMOLVM_STATE_DIR: state },
+        maxBuffer: 64 << 20,
+        stdio: ["ignore", "pipe", "inherit"],
+      },
     );
     if (r.status !== 0) throw new Error(`inner run failed (exit ${r.status})`);
     samples = JSON.parse(r.stdout.trim().split("\n").pop() as string) as Samples;

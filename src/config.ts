@@ -224,10 +224,14 @@ function stringList(field: string, v: unknown, check: (s: string) => string): st
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new ConfigError(field, "must be an array of strings");
   if (v.length > MAX_RULES) throw new ConfigError(field, `at most ${MAX_RULES} entries`);
-  return [...new Set(v.map((x, i) => {
-    if (typeof x !== "string") throw new ConfigError(`${field}[${i}]`, "must be a string");
-    return check(x);
-  }))];
+  return [
+    ...new Set(
+      v.map((x, i) => {
+        if (typeof x !== "string") throw new ConfigError(`${field}[${i}]`, "must be a string");
+        return check(x);
+      }),
+    ),
+  ];
 }
 
 /** The egress policy, validated: CIDRs normalised ("10.1.2.3" is "10.1.2.3/32"), names lowercased. */
@@ -268,7 +272,8 @@ export function resolveNetwork(v: unknown): ResolvedNetwork {
     throw new ConfigError("network", `must be ${NETWORK_MODES.join(" | ")} or { mode, internet }`);
   }
   for (const k of Object.keys(v)) {
-    if (k !== "mode" && k !== "internet") throw new ConfigError(`network.${k}`, "unknown field; known fields: mode, internet");
+    if (k !== "mode" && k !== "internet")
+      throw new ConfigError(`network.${k}`, "unknown field; known fields: mode, internet");
   }
   const o = v as { mode?: unknown; internet?: unknown };
   const mode = o.mode === undefined ? "user" : oneOf("network.mode", o.mode, NETWORK_MODES);

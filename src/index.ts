@@ -1,7 +1,16 @@
 /** Public SDK surface of SmolVM. */
 
-export type { AccelName, BackendName, DiskMode, ResolvedVMConfig, VMConfig } from "./config.js";
-export { BACKENDS, DEFAULTS, DISK_MODES, LIMITS } from "./config.js";
+export type {
+  AccelName,
+  BackendName,
+  DiskMode,
+  InternetPolicy,
+  NetworkMode,
+  NetworkOption,
+  ResolvedVMConfig,
+  VMConfig,
+} from "./config.js";
+export { BACKENDS, DEFAULTS, DISK_MODES, LIMITS, NETWORK_MODES } from "./config.js";
 export { type DoctorCheck, type DoctorReport, doctor } from "./doctor.js";
 export {
   AgentError,
@@ -23,7 +32,15 @@ export type { Env } from "./sandbox/env.js";
 export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";
 export type { Processes, ProcessInfo } from "./sandbox/processes.js";
 export type { Pty, PtyHandle, PtyOptions } from "./sandbox/pty.js";
-export { SmolVM, type StartOptions, type StartTimings, type VMInfo, type VMStatus } from "./sandbox/smolvm.js";
+export {
+  type ExposedPort,
+  type NetworkInfo,
+  SmolVM,
+  type StartOptions,
+  type StartTimings,
+  type VMInfo,
+  type VMStatus,
+} from "./sandbox/smolvm.js";
 export { type SnapshotInfo, SnapshotInUseError, SnapshotNotFoundError } from "./sandbox/snapshots.js";
 export { TransferLimitError, UnsafeArchiveError } from "./sandbox/tar.js";
 export type { TransferOptions } from "./sandbox/transfers.js";

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import Database from "better-sqlite3";
 import { after, before, describe, it } from "node:test";
+import Database from "better-sqlite3";
 import { isolatedState } from "./helpers.js";
 import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
 import { createVm, deleteVm, guestGet, smolvm, status } from "./support/netvm.js";

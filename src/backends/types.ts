@@ -7,7 +7,11 @@ export type BackendKind = "qemu" | "firecracker";
  * Unix socket speaking QEMU's stream netdev (passt); `dummy`: a device connected to nothing (templates and snapshots
  * taken with a NIC need one to restore into). The MAC is the device's initial one; the agent sets the VM's own.
  */
-export type NicSpec = { mac: string } & ({ kind: "tap"; tap: string } | { kind: "stream"; socket: string } | { kind: "dummy" });
+export type NicSpec = { mac: string } & (
+  | { kind: "tap"; tap: string }
+  | { kind: "stream"; socket: string }
+  | { kind: "dummy" }
+);
 
 /** Everything a backend needs to boot one VM. Paths are absolute. */
 export interface BootSpec {

@@ -31,7 +31,10 @@ export function registerNetwork(program: Command): void {
       const vm = await SmolVM.fromId(id);
       const ports = vm.ports();
       if (o.json) printJson(ports);
-      else process.stdout.write(`${table(ports as unknown as Record<string, unknown>[], ["guestPort", "host", "port", "url"])}\n`);
+      else
+        process.stdout.write(
+          `${table(ports as unknown as Record<string, unknown>[], ["guestPort", "host", "port", "url"])}\n`,
+        );
       vm.close();
     });
   port
@@ -59,7 +62,9 @@ export function registerNetwork(program: Command): void {
       const vm = await SmolVM.fromId(id);
       const n = vm.networkConfig;
       if (o.json) printJson(n);
-      else for (const [k, v] of Object.entries(n)) process.stdout.write(`${k.padEnd(11)} ${typeof v === "object" ? JSON.stringify(v) : (v ?? "-")}\n`);
+      else
+        for (const [k, v] of Object.entries(n))
+          process.stdout.write(`${k.padEnd(11)} ${typeof v === "object" ? JSON.stringify(v) : (v ?? "-")}\n`);
       vm.close();
     });
   net
@@ -69,13 +74,18 @@ export function registerNetwork(program: Command): void {
     .option("--allow-cidr <cidr...>", "allow only these IPv4 CIDRs")
     .option("--allow-domain <name...>", "allow only these names (tap mode)")
     .option("--json", "print JSON")
-    .action(async (id: string, o: { internet?: string; allowCidr?: string[]; allowDomain?: string[]; json?: boolean }) => {
-      const policy = internetFrom(o);
-      if (policy === undefined) throw new Error("give --internet, --allow-cidr or --allow-domain");
-      const vm = await SmolVM.fromId(id);
-      const n = await vm.setInternet(policy);
-      if (o.json) printJson(n);
-      else process.stdout.write(`internet ${typeof n.internet === "string" ? n.internet : JSON.stringify(n.internet)}\n`);
-      vm.close();
-    });
+    .action(
+      async (id: string, o: { internet?: string; allowCidr?: string[]; allowDomain?: string[]; json?: boolean }) => {
+        const policy = internetFrom(o);
+        if (policy === undefined) throw new Error("give --internet, --allow-cidr or --allow-domain");
+        const vm = await SmolVM.fromId(id);
+        const n = await vm.setInternet(policy);
+        if (o.json) printJson(n);
+        else
+          process.stdout.write(
+            `internet ${typeof n.internet === "string" ? n.internet : JSON.stringify(n.internet)}\n`,
+          );
+        vm.close();
+      },
+    );
 }

@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { networkFrom, type VmOptions } from "./lifecycle.js";
 
 type NetFlags = Pick<VmOptions, "net" | "internet" | "allowCidr" | "allowDomain">;
+
 import { readPackManifest, verifyPack } from "../images/pack.js";
 import { hostSignature } from "../images/pack-key.js";
 import { SmolVM } from "../sandbox/smolvm.js";

@@ -137,7 +137,8 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
     if (typeof v !== "string" || v.includes("\0")) bad(`config.env.${k}`, "must be a string without NUL bytes");
     env[k] = v as string;
   }
-  if (c.nic !== undefined && typeof c.nic !== "boolean") bad("config.nic", `must be true or false, got ${shown(c.nic)}`);
+  if (c.nic !== undefined && typeof c.nic !== "boolean")
+    bad("config.nic", `must be true or false, got ${shown(c.nic)}`);
   const backend = text("backend", m.backend, 64);
   const vmm = text("vmm", m.vmm, 256);
   if (typeof m.accel !== "string" || !(ACCELS as readonly string[]).includes(m.accel)) {

@@ -64,7 +64,9 @@ export async function deleteVm(store: StateStore, rec: VMRecord): Promise<void> 
       } catch {
         // gone meanwhile
       }
-      throw new SmolVMError(`cannot remove ${rec.vmDir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`);
+      throw new SmolVMError(
+        `cannot remove ${rec.vmDir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`,
+      );
     }
     store.delete(rec.id);
   } finally {

@@ -6,8 +6,15 @@ export function ipToInt(ip: string): number | null {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
   if (!m) return null;
   const parts = m.slice(1).map(Number);
-  if (parts.some((p, i) => p > 255 || (m[i + 1] as string).length > 1 && (m[i + 1] as string).startsWith("0"))) return null;
-  return ((parts[0] as number) * 2 ** 24 + (parts[1] as number) * 2 ** 16 + (parts[2] as number) * 2 ** 8 + (parts[3] as number)) >>> 0;
+  if (parts.some((p, i) => p > 255 || ((m[i + 1] as string).length > 1 && (m[i + 1] as string).startsWith("0"))))
+    return null;
+  return (
+    ((parts[0] as number) * 2 ** 24 +
+      (parts[1] as number) * 2 ** 16 +
+      (parts[2] as number) * 2 ** 8 +
+      (parts[3] as number)) >>>
+    0
+  );
 }
 
 export function intToIp(n: number): string {
@@ -34,7 +41,7 @@ export const cidrText = (c: Cidr): string => `${intToIp(c.base)}/${c.prefix}`;
 
 export function inCidr(ip: number, c: Cidr): boolean {
   const mask = c.prefix === 0 ? 0 : (0xffffffff << (32 - c.prefix)) >>> 0;
-  return ((ip & mask) >>> 0) === c.base;
+  return (ip & mask) >>> 0 === c.base;
 }
 
 export function overlaps(a: Cidr, b: Cidr): boolean {

@@ -53,9 +53,15 @@ export function dnsmasqArgs(vmId: string, listen: string, internet: ResolvedInte
 }
 
 /** Start the VM's resolver on its gateway address (the TAP must be up with that address). */
-export async function startDns(vmId: string, runDir: string, listen: string, internet: ResolvedInternet): Promise<DnsProcess> {
+export async function startDns(
+  vmId: string,
+  runDir: string,
+  listen: string,
+  internet: ResolvedInternet,
+): Promise<DnsProcess> {
   const bin = which("dnsmasq");
-  if (!bin) throw new SmolVMError('network mode "tap" needs dnsmasq for the guest\'s DNS: sudo apt-get install dnsmasq-base');
+  if (!bin)
+    throw new SmolVMError('network mode "tap" needs dnsmasq for the guest\'s DNS: sudo apt-get install dnsmasq-base');
   const pidFile = join(runDir, "dnsmasq.pid");
   rmSync(pidFile, { force: true });
   const child = withPrivateUmask(() =>

@@ -38,9 +38,21 @@ export async function networkChecks(add: Add): Promise<void> {
   const dnsmasq = which("dnsmasq");
   const ip = which("ip");
   add("passt", passt ? "ok" : "warn", passt ?? 'not found: network "user" needs it (sudo apt-get install passt)');
-  add("tun", tun ? "ok" : "warn", tun ? "/dev/net/tun" : '/dev/net/tun missing or not writable: network "tap" needs it');
-  add("nftables", nft.ok ? "ok" : "warn", nft.ok ? `${which("nft")} (SmolVM's rules live in table inet smolvm)` : nft.why);
-  add("dnsmasq", dnsmasq ? "ok" : "warn", dnsmasq ?? 'not found: the guest resolver of network "tap" (package dnsmasq-base)');
+  add(
+    "tun",
+    tun ? "ok" : "warn",
+    tun ? "/dev/net/tun" : '/dev/net/tun missing or not writable: network "tap" needs it',
+  );
+  add(
+    "nftables",
+    nft.ok ? "ok" : "warn",
+    nft.ok ? `${which("nft")} (SmolVM's rules live in table inet smolvm)` : nft.why,
+  );
+  add(
+    "dnsmasq",
+    dnsmasq ? "ok" : "warn",
+    dnsmasq ?? 'not found: the guest resolver of network "tap" (package dnsmasq-base)',
+  );
   const modes = ["none"];
   if (passt) modes.push(root && nft.ok ? "user" : "user (policy not enforced: no root)");
   if (root && tun && nft.ok && dnsmasq && ip) modes.push("tap");
@@ -56,7 +68,11 @@ export async function networkChecks(add: Add): Promise<void> {
   if (root && nft.ok) {
     const drops = await forwardDropPolicies();
     if (drops.length) {
-      add("forwarding", "warn", `forward chains with policy drop in ${drops.join(", ")}: tap-mode traffic may be dropped there too`);
+      add(
+        "forwarding",
+        "warn",
+        `forward chains with policy drop in ${drops.join(", ")}: tap-mode traffic may be dropped there too`,
+      );
     }
     const up = await uplink();
     let fwd = "?";
@@ -79,6 +95,10 @@ export async function networkChecks(add: Add): Promise<void> {
     }
   }
   const ns = hostNameservers();
-  add("dns", ns.length ? "ok" : "warn", ns.length ? `host resolvers ${ns.join(", ")}` : "no IPv4 nameserver in /etc/resolv.conf");
+  add(
+    "dns",
+    ns.length ? "ok" : "warn",
+    ns.length ? `host resolvers ${ns.join(", ")}` : "no IPv4 nameserver in /etc/resolv.conf",
+  );
   if (!existsSync("/proc/sys/net/ipv4")) add("ipv4", "fail", "no IPv4 stack");
 }

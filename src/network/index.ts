@@ -23,8 +23,8 @@ import type { StateStore } from "../state/store.js";
 import { addressPool, cidrText } from "./addr.js";
 import { dnsPidFrom, startDns, stopDns } from "./dns.js";
 import { applyVmRules, removeKnownVmRules, removeVmRules, type TapRules, type UserRules } from "./nft.js";
-import { closePorts } from "./ports.js";
 import { hostNameservers, passtDir, startPasst, stopPasst, USER_NET } from "./passt.js";
+import { closePorts } from "./ports.js";
 import { createTap, deleteTap, leaseFor, releaseLease, takeLease } from "./tap.js";
 
 /** What `vm.networkConfig` and `smolvm status` show. */
@@ -118,7 +118,12 @@ export async function attachNetwork(
   }
 }
 
-async function attachTap(store: StateStore, c: ResolvedVMConfig, runDir: string, mac: string): Promise<AttachedNetwork> {
+async function attachTap(
+  store: StateStore,
+  c: ResolvedVMConfig,
+  runDir: string,
+  mac: string,
+): Promise<AttachedNetwork> {
   const internet = networkOf(c).internet;
   if (!isRoot()) {
     throw new SmolVMError('network mode "tap" needs root or CAP_NET_ADMIN; use network "user" (passt) instead');
@@ -262,12 +267,18 @@ export async function setInternet(
   internet: ResolvedInternet,
 ): Promise<NetworkInfo> {
   const s = loadState(store, vmId);
-  if (!s || s.mode === "none") throw new SmolVMError(`VM ${vmId} has no network: create it with network "user" or "tap"`);
+  if (!s || s.mode === "none")
+    throw new SmolVMError(`VM ${vmId} has no network: create it with network "user" or "tap"`);
   checkPolicyForMode(s.mode, internet);
   if (s.mode === "tap") {
     const l = leaseFor(store, vmId);
     if (!l || !s.tapDevice || !s.gatewayIp || !s.guestIp) throw new SmolVMError(`VM ${vmId} has lost its TAP lease`);
-    await applyVmRules(vmId, { kind: "tap", tap: s.tapDevice, guestIp: s.guestIp, gatewayIp: s.gatewayIp }, internet, l.pool);
+    await applyVmRules(
+      vmId,
+      { kind: "tap", tap: s.tapDevice, guestIp: s.guestIp, gatewayIp: s.gatewayIp },
+      internet,
+      l.pool,
+    );
     await stopDns(s.dnsPid ?? dnsPidFrom(runDir));
     s.dnsPid = internet === "off" ? undefined : (await startDns(vmId, runDir, s.gatewayIp, internet)).pid;
     s.dns = internet === "off" ? [] : [s.gatewayIp];
@@ -275,7 +286,12 @@ export async function setInternet(
     if (s.uid === undefined) {
       throw new SmolVMError("the egress policy of a user-mode VM can only be changed when SmolVM runs as root");
     }
-    await applyVmRules(vmId, { kind: "user", uid: s.uid, nameservers: hostNameservers() }, internet, cidrText(addressPool()));
+    await applyVmRules(
+      vmId,
+      { kind: "user", uid: s.uid, nameservers: hostNameservers() },
+      internet,
+      cidrText(addressPool()),
+    );
   }
   s.internet = internet;
   saveState(store, vmId, s);

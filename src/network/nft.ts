@@ -146,15 +146,12 @@ export async function applyVmRules(
   r: TapRules | UserRules,
   internet: ResolvedInternet,
   pool: string,
-  replace = false,
 ): Promise<void> {
-  const k = vmKey(vmId);
-  // a replaced policy first unhooks the VM's chains, so the transaction can rebuild them in one go
-  const pre = replace ? `${unhookScript(k, r)}` : "";
-  await nft(baseScript(pool) + pre + vmScript(k, r, internet), `rules of VM ${vmId}`);
+  // a policy change flushes and refills the VM's chains and sets in the same transaction
+  await nft(baseScript(pool) + vmScript(vmKey(vmId), r, internet), `rules of VM ${vmId}`);
 }
 
-function unhookScript(k: string, r: TapRules | UserRules | null): string {
+function unhookScript(r: TapRules | UserRules | null): string {
   const lines: string[] = [];
   if (r?.kind === "tap") {
     lines.push(
@@ -205,7 +202,7 @@ export async function removeKnownVmRules(vmId: string, r: TapRules | UserRules):
   const k = vmKey(vmId);
   const chains = r.kind === "tap" ? [`g_${k}`, `h_${k}`] : [`u_${k}`];
   const script = [
-    unhookScript(k, r).trim(),
+    unhookScript(r).trim(),
     ...chains.map((c) => `delete chain inet ${TABLE} ${c}`),
     `delete set inet ${TABLE} a_${k}`,
     `delete set inet ${TABLE} d_${k}`,
@@ -245,7 +242,8 @@ export async function removeVmRules(vmId: string): Promise<void> {
   }
   const tapElems = tapElements(t, k);
   lines.push(...tapElems);
-  for (const c of [`g_${k}`, `h_${k}`, `u_${k}`]) if (names.has(`chain:${c}`)) lines.push(`delete chain inet ${TABLE} ${c}`);
+  for (const c of [`g_${k}`, `h_${k}`, `u_${k}`])
+    if (names.has(`chain:${c}`)) lines.push(`delete chain inet ${TABLE} ${c}`);
   for (const s of [`a_${k}`, `d_${k}`]) if (names.has(`set:${s}`)) lines.push(`delete set inet ${TABLE} ${s}`);
   if (lines.length) await nft(`${lines.join("\n")}\n`, `removing the rules of VM ${vmId}`);
   await dropTableIfUnused();
@@ -295,6 +293,7 @@ export async function nftUsable(): Promise<{ ok: boolean; why: string }> {
   const bin = which("nft");
   if (!bin) return { ok: false, why: "nft not found (package nftables)" };
   const r = await runHost(bin, ["list", "tables"], { timeoutMs: 10_000 });
-  if (r.code !== 0) return { ok: false, why: r.stderr.trim() || "nft list tables failed (needs root or CAP_NET_ADMIN)" };
+  if (r.code !== 0)
+    return { ok: false, why: r.stderr.trim() || "nft list tables failed (needs root or CAP_NET_ADMIN)" };
   return { ok: true, why: "" };
 }

@@ -70,7 +70,11 @@ export async function startPasst(vmId: string, owner: { uid: number; gid: number
   child.unref();
   if (!ok || exited || !pid) {
     if (pid && !exited) process.kill(pid, "SIGKILL");
-    const why = stderr.split("\n").filter((l) => l && !/syslog/.test(l)).slice(-3).join("; ");
+    const why = stderr
+      .split("\n")
+      .filter((l) => l && !/syslog/.test(l))
+      .slice(-3)
+      .join("; ");
     throw new SmolVMError(`passt failed to start for VM ${vmId}: ${why || "no socket after 5 s"}`);
   }
   return { pid, socket };

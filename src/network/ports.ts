@@ -68,7 +68,8 @@ export async function exposePort(
   checkPort("guestPort", guestPort, 1);
   const hostPort = opts.hostPort === undefined ? 0 : checkPort("hostPort", opts.hostPort, 0);
   const host = opts.host === undefined || opts.host === "localhost" ? "127.0.0.1" : opts.host;
-  if (!isIPv4(host) && !isIPv6(host)) throw new ConfigError("host", `must be an IP address, got ${JSON.stringify(host)}`);
+  if (!isIPv4(host) && !isIPv6(host))
+    throw new ConfigError("host", `must be an IP address, got ${JSON.stringify(host)}`);
   const h = rec.handle;
   if (!h || (rec.status !== "running" && rec.status !== "paused")) {
     throw new SmolVMError(`VM ${rec.id} is ${rec.status}: start it before exposing a port`);
@@ -146,4 +147,3 @@ export async function closePorts(
   }
   return rows.map(fromRow);
 }
-

@@ -40,7 +40,9 @@ export function takeLease(store: StateStore, vmId: string): TapLease {
   const size = poolSize(pool);
   return store.db
     .transaction(() => {
-      const had = store.db.prepare("SELECT idx FROM net_leases WHERE vm_id = ?").get(vmId) as { idx: number } | undefined;
+      const had = store.db.prepare("SELECT idx FROM net_leases WHERE vm_id = ?").get(vmId) as
+        | { idx: number }
+        | undefined;
       if (had) return leaseOf(had.idx);
       const used = new Set(
         (store.db.prepare("SELECT idx FROM net_leases").all() as { idx: number }[]).map((r) => r.idx),

@@ -12,9 +12,8 @@ import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
 import { takeSnapshot } from "../lifecycle/snapshot.js";
 import { deleteVm, stopVm } from "../lifecycle/teardown.js";
-import { vmRunDir } from "../paths.js";
-import { type ExposedPort } from "../network/ports.js";
-import { type NetworkInfo } from "../network/index.js";
+import type { NetworkInfo } from "../network/index.js";
+import type { ExposedPort } from "../network/ports.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
@@ -27,8 +26,8 @@ import {
   spawnCommand,
 } from "./commands.js";
 import { Env } from "./env.js";
-import { VmNetwork } from "./network.js";
 import { Files, type WriteResult } from "./files.js";
+import { VmNetwork } from "./network.js";
 import { packPlan, packSnapshot } from "./packs.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
@@ -42,40 +41,9 @@ import {
 } from "./snapshots.js";
 import { snapshotPlan } from "./templates.js";
 import type { TransferOptions } from "./transfers.js";
+import { info, type VMInfo } from "./vm-info.js";
 
-export type { ExposedPort, NetworkInfo, StartOptions, StartTimings, VMStatus };
-
-/** A summary of a VM, as `list` and `status` show it. */
-export interface VMInfo {
-  vmId: string;
-  name: string | null;
-  status: VMStatus;
-  backend: BackendKind;
-  accel: string | null;
-  pid: number | null;
-  vcpuCount: number;
-  memSizeMib: number;
-  diskMode: string;
-  createdAt: string;
-  error: string | null;
-}
-
-function info(rec: VMRecord): VMInfo {
-  return {
-    vmId: rec.id,
-    name: rec.name,
-    status: rec.status,
-    backend: rec.backend,
-    accel: rec.handle?.accel ?? null,
-    pid: rec.handle?.pid ?? null,
-    vcpuCount: rec.config.vcpuCount,
-    memSizeMib: rec.config.memSizeMib,
-    diskMode: rec.config.diskMode,
-    createdAt: rec.createdAt,
-    error: rec.error,
-  };
-}
-
+export type { ExposedPort, NetworkInfo, StartOptions, StartTimings, VMInfo, VMStatus };
 
 export class SmolVM implements AsyncDisposable {
   readonly config: ResolvedVMConfig;
@@ -411,7 +379,11 @@ export class SmolVM implements AsyncDisposable {
 
   private _net?: VmNetwork;
   private get net(): VmNetwork {
-    this._net ??= new VmNetwork(this.store, () => this.refresh(), () => this.agent());
+    this._net ??= new VmNetwork(
+      this.store,
+      () => this.refresh(),
+      () => this.agent(),
+    );
     return this._net;
   }
 

@@ -235,8 +235,8 @@ export function warmKey(w: WarmInputs, vmmIdentity: string): string {
 export const hasNic = (c: ResolvedVMConfig): boolean => networkOf(c).mode !== "none";
 
 /** The unconnected NIC a capture runs with, so the saved state has the device a networked VM restores into. */
-const captureNic = (c: ResolvedVMConfig): NicSpec | null => (hasNic(c) ? { kind: "dummy", mac: "02:00:00:00:00:01" } : null);
-
+const captureNic = (c: ResolvedVMConfig): NicSpec | null =>
+  hasNic(c) ? { kind: "dummy", mac: "02:00:00:00:00:01" } : null;
 
 /** A launch plan restoring from the warm template of these inputs, building the template the first time. */
 export async function warmPlan(
@@ -281,7 +281,14 @@ export async function warmPlan(
           await c.waitReady(60_000, 5);
           // a NIC captured up is reconfigured in place after each restore, which is much cheaper than bringing it
           // up then; the placeholder address (TEST-NET-1) is replaced before the clone sends anything
-          if (hasNic(w.config)) await c.netConfig({ addr: "192.0.2.2/30", gateway: "192.0.2.1", mac: "02:00:00:00:00:01", dns: [], mtu: 1500 });
+          if (hasNic(w.config))
+            await c.netConfig({
+              addr: "192.0.2.2/30",
+              gateway: "192.0.2.1",
+              mac: "02:00:00:00:00:01",
+              dns: [],
+              mtu: 1500,
+            });
         } finally {
           c.close();
         }

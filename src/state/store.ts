@@ -233,7 +233,9 @@ export class StateStore {
 
   update(
     id: string,
-    fields: Partial<Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId" | "config">>,
+    fields: Partial<
+      Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId" | "config">
+    >,
   ): void {
     const sets: string[] = [];
     const vals: unknown[] = [];

@@ -123,9 +123,7 @@ export class QemuBackend implements Backend {
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
     // passt's socket is connected here and handed over: QEMU connects a stream netdev only after it has chrooted
     const stream = spec.nic?.kind === "stream" ? await connectUnix(spec.nic.socket) : null;
-    const childFds: (number | "ignore")[] = stream
-      ? [fds[0] ?? "ignore", fds[1] ?? "ignore", socketFd(stream)]
-      : fds;
+    const childFds: (number | "ignore")[] = stream ? [fds[0] ?? "ignore", fds[1] ?? "ignore", socketFd(stream)] : fds;
     const args = buildQemuArgs(spec, accel, paths, {
       runas: who,
       runWith: features.runWith,
