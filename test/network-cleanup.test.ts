@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { isolatedState } from "./helpers.js";
+import { isolatedState, repoRoot } from "./helpers.js";
 import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
 import { createVm, deleteVm, guestGet, smolvm, status } from "./support/netvm.js";
 
@@ -25,11 +25,26 @@ function liveMatching(s: string): number[] {
     .map((l) => Number(l.trim().split(/\s+/)[0]));
 }
 
+/** Run `body` (an async function body with `SmolVM` in scope) in a Node process inside the fake host. */
+let sdkNet: FakeNet;
+async function sdk(body: string): Promise<unknown> {
+  const script = `const { SmolVM } = await import(${JSON.stringify(join(repoRoot, "dist/src/index.js"))});
+const out = await (async () => { ${body} })();
+process.stdout.write(JSON.stringify(out ?? null));`;
+  const r = await sdkNet.exec(process.execPath, ["--input-type=module", "-e", script], {
+    env: { SMOLVM_STATE_DIR: process.env.SMOLVM_STATE_DIR ?? "" },
+    timeoutMs: 240_000,
+  });
+  if (r.code !== 0) throw new Error(`SDK script failed (${r.code}): ${r.stderr.slice(-2000)}`);
+  return JSON.parse(r.stdout);
+}
+
 describe("network cleanup", { skip: canRun ? false : "needs root, passt, dnsmasq and nft" }, () => {
   const state = isolatedState();
   let net: FakeNet;
   before(async () => {
     net = await createFakeNet({ iperf: false });
+    sdkNet = net;
     await net.addForeign();
   });
   after(() => net?.destroy());
@@ -38,20 +53,35 @@ describe("network cleanup", { skip: canRun ? false : "needs root, passt, dnsmasq
     const before = await net.snapshot();
     assert.match(before.ruleset, /table inet foreign/);
     assert.match(before.links, /tap0/);
-    const modes = Array.from({ length: 20 }, (_, i) => (i % 2 ? "tap" : "user"));
-    const vms = await Promise.all(modes.map((m) => createVm(net, ["--net", m])));
+    // 4 processes with 5 VMs each, all at once: leases, rules and the table's creation race across processes too
+    // (20 CLI processes would spend most of the time starting Node on 2 cores)
+    const workers = Array.from({ length: 4 }, (_, w) =>
+      sdk(`return Promise.all(${JSON.stringify(["tap", "user", "tap", "user", w % 2 ? "tap" : "user"])}.map(async (network) => {
+        const vm = await SmolVM.create({ network });
+        vm.close();
+        return vm.vmId;
+      }));`),
+    );
+    const ids = (await Promise.all(workers)).flat() as string[];
+    assert.equal(new Set(ids).size, 20);
     const mid = await net.snapshot();
     assert.match(mid.ruleset, /table inet smolvm/);
     assert.equal((mid.links.match(/smvt\d+/g) ?? []).length, 10, mid.links);
     assert.match(mid.ruleset, /table inet foreign/);
-    assert.equal(await guestGet(net, vms[1]?.id as string, F.peers[0] as string), `peer ${F.peers[0]}`);
-    await Promise.all(vms.map((v) => deleteVm(net, v.id)));
+    const tapVm = ids.find((_, i) => i % 5 === 0) as string;
+    assert.equal(await guestGet(net, tapVm, F.peers[0] as string), `peer ${F.peers[0]}`);
+    await Promise.all(
+      [0, 1, 2, 3].map((w) =>
+        sdk(`return Promise.all(${JSON.stringify(ids.slice(w * 5, w * 5 + 5))}.map(async (id) => (await SmolVM.fromId(id)).delete()));`),
+      ),
+    );
     const afterAll = await net.snapshot();
     assert.equal(afterAll.ruleset, before.ruleset);
     assert.equal(afterAll.links, before.links);
     assert.equal(afterAll.addresses, before.addresses);
     assert.equal(afterAll.routes, before.routes);
-    assert.deepEqual(liveMatching("passt"), [], "passt processes left");
+    assert.deepEqual(liveMatching("passt -f"), [], "passt processes left");
+    assert.deepEqual(liveMatching("--filter-AAAA"), [], "the VMs' dnsmasq");
   });
 
   it("after kill -9 of the VMM and reconcile, no TAP, rule, lease, resolver, passt or listener remains", async () => {
