@@ -48,6 +48,5 @@ export function testTools(): HostTool[] {
     { what: "tmux", pkg: "tmux", found: which("tmux") },
     { what: "dropbear", pkg: "dropbear-bin", found: which("dropbear") },
     { what: "ssh client", pkg: "openssh-client", found: which("ssh") },
-    { what: "iperf3", pkg: "iperf3", found: which("iperf3") },
   ];
 }

@@ -5,6 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isolatedState } from "./helpers.js";
 import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
@@ -121,6 +124,29 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
       assert.equal((await smolvm(net, ["port", "close", id, "8000"])).code, 0);
       await assert.rejects(net.fetch(`${p.url}/index.html`, { timeoutMs: 3000 }));
     } finally {
+      await deleteVm(net, id);
+    }
+  });
+
+  it("a pack with memory from a networked VM restores with a network of its own", async () => {
+    const { id } = await createVm(net, ["--net", "tap"]);
+    const file = join(mkdtempSync(join(tmpdir(), "smolvm-netpack-")), "vm.smolmachine");
+    try {
+      await guestSh(net, id, "echo packed > /dev/shm/mark"); // tmpfs: only a memory restore keeps it
+      const p = await smolvm(net, ["pack", "create", id, "-o", file, "--with-memory"]);
+      assert.equal(p.code, 0, p.stderr);
+      const r = await smolvm(net, ["pack", "run", file, "--net", "user", "--json"]);
+      assert.equal(r.code, 0, r.stderr);
+      const clone = (JSON.parse(r.stdout) as { vmId: string }).vmId;
+      try {
+        assert.equal((await guestSh(net, clone, "cat /dev/shm/mark")).stdout.trim(), "packed", "its memory came along");
+        assert.equal(((await status(net, clone)).network as { mode: string }).mode, "user");
+        assert.equal(await guestGet(net, clone, F.peers[0] as string), `peer ${F.peers[0]}`);
+      } finally {
+        await deleteVm(net, clone);
+      }
+    } finally {
+      rmSync(join(file, ".."), { recursive: true, force: true });
       await deleteVm(net, id);
     }
   });

@@ -6,7 +6,7 @@
  * dnsmasq runs as nobody and keeps only CAP_NET_ADMIN (for the set); it caches nothing, so every lookup refreshes.
  */
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ResolvedInternet } from "../config.js";
 import { SmolVMError } from "../errors.js";
@@ -64,23 +64,32 @@ export async function startDns(
     throw new SmolVMError('network mode "tap" needs dnsmasq for the guest\'s DNS: sudo apt-get install dnsmasq-base');
   const pidFile = join(runDir, "dnsmasq.pid");
   rmSync(pidFile, { force: true });
-  const child = withPrivateUmask(() =>
-    spawn(bin, dnsmasqArgs(vmId, listen, internet, pidFile), { stdio: ["ignore", "ignore", "pipe"], detached: true }),
-  );
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => {
-    if (stderr.length < 4096) stderr += d.toString();
-  });
+  // its errors go to a file: a pipe closed after start-up would kill it (SIGPIPE) the next time it complains
+  const errPath = join(runDir, "dnsmasq.err");
+  const errFd = openSync(errPath, "w", 0o600);
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = withPrivateUmask(() =>
+      spawn(bin, dnsmasqArgs(vmId, listen, internet, pidFile), { stdio: ["ignore", "ignore", errFd], detached: true }),
+    );
+  } finally {
+    closeSync(errFd);
+  }
   let exited = false;
   child.on("exit", () => {
     exited = true;
   });
   const ok = await waitFor(() => exited || existsSync(pidFile), 5000);
-  child.stderr?.destroy();
   child.unref();
   if (!ok || exited || !child.pid) {
     if (child.pid && !exited) process.kill(child.pid, "SIGKILL");
-    throw new SmolVMError(`dnsmasq failed to start for VM ${vmId}: ${stderr.trim() || "no pid file after 5 s"}`);
+    let why = "";
+    try {
+      why = readFileSync(errPath, "utf8").trim().split("\n").slice(-3).join("; ");
+    } catch {
+      // none
+    }
+    throw new SmolVMError(`dnsmasq failed to start for VM ${vmId}: ${why || "no pid file after 5 s"}`);
   }
   return { pid: child.pid };
 }

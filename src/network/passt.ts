@@ -6,7 +6,7 @@
  * and the metadata address, and applies the egress policy. Without root there is no such chain: see doctor.
  */
 import { spawn } from "node:child_process";
-import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { SmolVMError } from "../errors.js";
 import { runtimeDir } from "../paths.js";
@@ -55,29 +55,39 @@ export async function startPasst(vmId: string, owner: { uid: number; gid: number
     ...["-t", "none", "-u", "none", "-s", socket],
     ...(owner ? ["--runas", `${owner.uid}:${owner.gid}`] : []),
   ];
-  const child = withPrivateUmask(() => spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], detached: true }));
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => {
-    if (stderr.length < 4096) stderr += d.toString();
-  });
+  // its errors go to a file of its own (it may fail after it has bound its socket; see passtError)
+  const errFd = openSync(join(dir, "passt.err"), "w", 0o600);
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = withPrivateUmask(() => spawn(bin, args, { stdio: ["ignore", "ignore", errFd], detached: true }));
+  } finally {
+    closeSync(errFd);
+  }
   let exited = false;
   child.on("exit", () => {
     exited = true;
   });
   const pid = child.pid;
   const ok = await waitFor(() => exited || existsSync(socket), 5000);
-  child.stderr?.destroy();
   child.unref();
   if (!ok || exited || !pid) {
     if (pid && !exited) process.kill(pid, "SIGKILL");
-    const why = stderr
-      .split("\n")
-      .filter((l) => l && !/syslog/.test(l))
-      .slice(-3)
-      .join("; ");
-    throw new SmolVMError(`passt failed to start for VM ${vmId}: ${why || "no socket after 5 s"}`);
+    throw new SmolVMError(`passt failed to start for VM ${vmId}: ${passtError(vmId) || "no socket after 5 s"}`);
   }
   return { pid, socket };
+}
+
+/** The last lines passt wrote to stderr (its syslog complaints left out), or "". */
+export function passtError(vmId: string): string {
+  try {
+    return readFileSync(join(passtDir(vmId), "passt.err"), "utf8")
+      .split("\n")
+      .filter((l) => l.trim() && !/syslog/.test(l))
+      .slice(-3)
+      .join("; ");
+  } catch {
+    return "";
+  }
 }
 
 /** Kill the VM's passt (found by pid, or by its folder when the pid is unknown) and remove its folder. */
