@@ -21,7 +21,7 @@ import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
-const TEMPLATE_VERSION = 2; // 2: NIC templates are captured with the NIC up
+const TEMPLATE_VERSION = 3; // 2: NIC templates are captured with the NIC up; 3: and with /etc/resolv.conf
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
 
@@ -280,15 +280,17 @@ export async function warmPlan(
         try {
           await c.waitReady(60_000, 5);
           // a NIC captured up is reconfigured in place after each restore, which is much cheaper than bringing it
-          // up then; the placeholder address (TEST-NET-1) is replaced before the clone sends anything
-          if (hasNic(w.config))
+          // up then; the placeholder address (TEST-NET-1) is replaced before the clone sends anything. Its
+          // /etc/resolv.conf then exists in the template's disk layer, so a clone rewrites it in place (cheap)
+          if (hasNic(w.config)) {
             await c.netConfig({
               addr: "192.0.2.2/30",
               gateway: "192.0.2.1",
               mac: "02:00:00:00:00:01",
-              dns: [],
+              dns: ["192.0.2.1"],
               mtu: 1500,
             });
+          }
         } finally {
           c.close();
         }

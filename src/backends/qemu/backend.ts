@@ -435,7 +435,11 @@ export class QemuBackend implements Backend {
   }
 
   async kill(h: VMHandle): Promise<void> {
+    const wasAlive = this.isAlive(h);
     await killAndWait(h.pid, `smolvm-${h.vmId}`);
+    // its supervisor writes the exit status a moment later, into the VM's folder: wait for it, so that a delete
+    // right after this does not race with that write
+    if (wasAlive && h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);
     await killAndWait(h.proxyPid, h.agentSocket);
     // the VMM's supervisor reaps it and removes its cgroups; a cgroup holding a dying process is retried briefly
     await waitFor(() => {
