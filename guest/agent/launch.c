@@ -166,7 +166,9 @@ static int open_tap(const struct tap *t) {
 	if (fd < 0) return -1;
 	struct ifreq ifr;
 	memset(&ifr, 0, sizeof ifr);
-	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+	/* no IFF_VNET_HDR: saved state records whether the NIC's peer had a vnet header, and only loads into a peer
+	 * that has the same; passt's socket and an unconnected NIC have none, so neither does a TAP (see nicArgs) */
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
 	memcpy(ifr.ifr_name, t->name, sizeof t->name);
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
 		int e = errno;

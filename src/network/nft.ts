@@ -24,14 +24,17 @@ export const DOMAIN_ADDR_TIMEOUT = "1h";
 
 export const vmKey = (vmId: string): string => createHash("sha256").update(vmId).digest("hex").slice(0, 12);
 
-async function nft(script: string, what: string): Promise<void> {
+/** Apply a script under the lock; `tryOnly`: report failure instead of throwing. */
+async function nft(script: string, what: string, tryOnly = false): Promise<boolean> {
   const bin = which("nft");
   if (!bin) throw new SmolVMError("nft not found: install the nftables package (sudo apt-get install nftables)");
   const flock = which("flock");
   const r = flock
     ? await runHost(flock, ["-w", "30", LOCK, bin, "-f", "-"], { input: script, timeoutMs: 40_000 })
     : await runHost(bin, ["-f", "-"], { input: script, timeoutMs: 30_000 });
-  if (r.code !== 0) throw new SmolVMError(`nftables (${what}) failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+  if (r.code === 0) return true;
+  if (tryOnly) return false;
+  throw new SmolVMError(`nftables (${what}) failed: ${r.stderr.trim() || `exit ${r.code}`}`);
 }
 
 /** The table and its base chains; `add` is a no-op for what already exists. */
@@ -147,8 +150,10 @@ export async function applyVmRules(
   internet: ResolvedInternet,
   pool: string,
 ): Promise<void> {
-  // a policy change flushes and refills the VM's chains and sets in the same transaction
-  await nft(baseScript(pool) + vmScript(vmKey(vmId), r, internet), `rules of VM ${vmId}`);
+  // a policy change flushes and refills the VM's chains and sets in the same transaction. The table and its base
+  // chains are (re)written only when the VM's rules alone do not apply (no table yet): it is the larger transaction
+  const vm = vmScript(vmKey(vmId), r, internet);
+  if (!(await nft(vm, `rules of VM ${vmId}`, true))) await nft(baseScript(pool) + vm, `rules of VM ${vmId}`);
 }
 
 function unhookScript(r: TapRules | UserRules | null): string {

@@ -4,7 +4,7 @@
  * Leases live in SQLite; a lease whose device name is taken on the host (another state dir, foreign software) is
  * skipped. The host side has one fixed MAC address, so a restored clone's cached gateway entry stays right.
  */
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { SmolVMError } from "../errors.js";
 import type { StateStore } from "../state/store.js";
 import { runHost, which } from "../util/run.js";
@@ -76,15 +76,17 @@ function sysctl(path: string, value: string): void {
   }
 }
 
-/** The interface of the host's default route (the uplink NAT goes out of), or null. */
+/** The interface of the host's IPv4 default route (the uplink NAT goes out of), or null. From /proc: no exec. */
 export async function uplink(): Promise<string | null> {
-  const r = await runHost(ipBin(), ["-j", "route", "show", "default"], { timeoutMs: 10_000 });
   try {
-    const routes = JSON.parse(r.stdout) as { dev?: string }[];
-    return routes.find((x) => x.dev)?.dev ?? null;
+    for (const line of readFileSync("/proc/net/route", "utf8").split("\n").slice(1)) {
+      const [iface, dest, , , , , , mask] = line.trim().split(/\s+/);
+      if (iface && dest === "00000000" && mask === "00000000") return iface;
+    }
   } catch {
-    return null;
+    // no IPv4
   }
+  return null;
 }
 
 /**
@@ -96,7 +98,7 @@ export async function createTap(l: TapLease): Promise<void> {
   if (existsSync(`/sys/class/net/${l.tap}`)) await runHost(ip, ["link", "del", l.tap]); // our own, left by a crash
   // one `ip` process for the whole device: each exec costs milliseconds on the warm-start path
   const batch = [
-    `tuntap add dev ${l.tap} mode tap vnet_hdr`,
+    `tuntap add dev ${l.tap} mode tap`,
     `link set dev ${l.tap} address ${GATEWAY_MAC}`,
     `addr add ${l.gateway}/30 dev ${l.tap}`,
     `link set dev ${l.tap} up`,

@@ -21,7 +21,7 @@ import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
-const TEMPLATE_VERSION = 3; // 2: NIC templates are captured with the NIC up; 3: and with /etc/resolv.conf
+const TEMPLATE_VERSION = 4; // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
 

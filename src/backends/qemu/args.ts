@@ -81,7 +81,12 @@ export function nicArgs(spec: BootSpec): string[] {
       : n.kind === "stream"
         ? `socket,id=net0,fd=${NIC_FD}`
         : "hubport,id=net0,hubid=0";
-  return ["-netdev", netdev, "-device", `virtio-net-device,netdev=net0,mac=${n.mac}`];
+  // offloads off: a TAP (with its vnet header) would offer features that passt's socket and an unconnected NIC
+  // cannot, and saved state only loads into a device offering the same features. With them off, state saved with
+  // any backend restores with any other (a tap VM's snapshot forked into user mode, a pack run elsewhere)
+  const same = "csum=off,guest_csum=off,gso=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off";
+  const host = "host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off";
+  return ["-netdev", netdev, "-device", `virtio-net-device,netdev=net0,mac=${n.mac},${same},${host}`];
 }
 
 /**

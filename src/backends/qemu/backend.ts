@@ -294,10 +294,18 @@ export class QemuBackend implements Backend {
         await sleep(2);
       }
     } catch (e) {
+      // QEMU says why on its stderr (a device that does not match, a truncated stream): keep its last line
+      let said = "";
+      try {
+        said = readFileSync(qemuPaths(h.runDir).logFile, "utf8").trim().split("\n").slice(-2).join("; ").slice(-400);
+      } catch {
+        // no log
+      }
       await this.kill(h);
       if (e instanceof SmolVMError && e.message.startsWith("restoring")) throw e;
       throw new SmolVMError(
-        `cannot restore from ${file}: the state file is corrupt or does not match this VM (${(e as Error).message})`,
+        `cannot restore from ${file}: the state file is corrupt or does not match this VM (${(e as Error).message}` +
+          `${said ? `; QEMU: ${said}` : ""})`,
       );
     } finally {
       q?.close();
