@@ -150,10 +150,10 @@ export async function applyVmRules(
   internet: ResolvedInternet,
   pool: string,
 ): Promise<void> {
-  // a policy change flushes and refills the VM's chains and sets in the same transaction. The table and its base
-  // chains are (re)written only when the VM's rules alone do not apply (no table yet): it is the larger transaction
-  const vm = vmScript(vmKey(vmId), r, internet);
-  if (!(await nft(vm, `rules of VM ${vmId}`, true))) await nft(baseScript(pool) + vm, `rules of VM ${vmId}`);
+  // one transaction: the table and base chains (created, or rewritten as they should be) and the VM's chains and
+  // sets (a policy change flushes and refills them). Trying the VM's part alone first costs a second process
+  // whenever the table is absent, which is every time VMs come and go one at a time
+  await nft(baseScript(pool) + vmScript(vmKey(vmId), r, internet), `rules of VM ${vmId}`);
 }
 
 function unhookScript(r: TapRules | UserRules | null): string {
