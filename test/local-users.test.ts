@@ -12,7 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { defaultRootfsPath } from "../src/images/store.js";
 import { ConfigError, SmolVM } from "../src/index.js";
 import { StateStore } from "../src/state/store.js";
-import { cli, cliPath, isolatedState } from "./helpers.js";
+import { cli, isolatedState } from "./helpers.js";
 
 const state = isolatedState();
 chmodSync(state, 0o755); // a pre-existing state dir others can list: SmolVM must close it

@@ -72,7 +72,9 @@ describe("network cleanup", { skip: canRun ? false : "needs root, passt, dnsmasq
     assert.equal(await guestGet(net, tapVm, F.peers[0] as string), `peer ${F.peers[0]}`);
     await Promise.all(
       [0, 1, 2, 3].map((w) =>
-        sdk(`return Promise.all(${JSON.stringify(ids.slice(w * 5, w * 5 + 5))}.map(async (id) => (await SmolVM.fromId(id)).delete()));`),
+        sdk(
+          `return Promise.all(${JSON.stringify(ids.slice(w * 5, w * 5 + 5))}.map(async (id) => (await SmolVM.fromId(id)).delete()));`,
+        ),
       ),
     );
     const afterAll = await net.snapshot();

@@ -73,6 +73,21 @@ function loadState(store: StateStore, vmId: string): NetState | null {
   return r ? (JSON.parse(r.info) as NetState) : null;
 }
 
+/** The network of a VM that is not running: its config, no addresses. */
+export function unattached(c: ResolvedVMConfig): NetworkInfo {
+  const net = networkOf(c);
+  return {
+    mode: net.mode,
+    guestIp: null,
+    gatewayIp: null,
+    prefix: null,
+    macAddress: null,
+    dns: [],
+    internet: net.internet,
+    enforced: true,
+  };
+}
+
 /** The network a VM has now (null: none, or it is not running). */
 export function networkInfo(store: StateStore, vmId: string): NetworkInfo | null {
   const s = loadState(store, vmId);
@@ -93,16 +108,7 @@ export async function attachNetwork(
 ): Promise<AttachedNetwork> {
   const net = networkOf(c);
   const mac = guestMac(c.vmId);
-  const none: NetworkInfo = {
-    mode: net.mode,
-    guestIp: null,
-    gatewayIp: null,
-    prefix: null,
-    macAddress: null,
-    dns: [],
-    internet: net.internet,
-    enforced: true,
-  };
+  const none = unattached(c);
   if (net.mode === "none") {
     return { nic: nicInState ? { kind: "dummy", mac } : null, info: none, ready: Promise.resolve() };
   }

@@ -2,7 +2,7 @@
 import type { AgentClient } from "../agent/client.js";
 import { type InternetPolicy, networkOf, resolveInternet } from "../config.js";
 import { VMStateError } from "../errors.js";
-import { configureGuest, type NetworkInfo, networkInfo, setInternet } from "../network/index.js";
+import { configureGuest, type NetworkInfo, networkInfo, setInternet, unattached } from "../network/index.js";
 import { closePorts, type ExposedPort, exposePort, listPorts } from "../network/ports.js";
 import { vmRunDir } from "../paths.js";
 import type { StateStore, VMRecord } from "../state/store.js";
@@ -24,19 +24,7 @@ export class VmNetwork {
   config(): NetworkInfo {
     const r = this.rec();
     const live = r.handle ? networkInfo(this.store, r.id) : null;
-    const net = networkOf(r.config);
-    return (
-      live ?? {
-        mode: net.mode,
-        guestIp: null,
-        gatewayIp: null,
-        prefix: null,
-        macAddress: null,
-        dns: [],
-        internet: net.internet,
-        enforced: true,
-      }
-    );
+    return live ?? unattached(r.config);
   }
 
   expose(guestPort: number, opts: { hostPort?: number; host?: string } = {}): Promise<ExposedPort> {
