@@ -48,6 +48,8 @@ export interface BootSpec {
   startPaused?: boolean;
   /** A network device; absent: none. Saved guest state with a NIC restores only into a VM with one. */
   nic?: NicSpec | null;
+  /** Restore: start the vCPUs only once this settles (the VM's firewall rules); a rejection fails the start. */
+  beforeRun?: Promise<void>;
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */

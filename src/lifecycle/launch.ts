@@ -157,6 +157,8 @@ export async function launchVm(
     net = n.value.n;
     store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
     const tDisk = performance.now();
+    // a restore starts its vCPUs only once the VM's firewall rules are in place; a cold boot waits for them here
+    if (!plan.incoming) await net.rules;
     handle = await backend.boot({
       vmId: c.vmId,
       vcpuCount: c.vcpuCount,
@@ -170,6 +172,7 @@ export async function launchVm(
       runDir,
       logPath,
       nic: net.nic,
+      beforeRun: plan.incoming ? net.rules : undefined,
       agentBinary: plan.agentBinary,
       accel: plan.accel,
       incoming: plan.incoming,
@@ -200,7 +203,8 @@ export async function launchVm(
   } catch (e) {
     client?.close();
     if (handle) await backend.kill(handle);
-    await net?.ready.catch(() => {}); // a resolver still starting is stopped too
+    await net?.rules.catch(() => {}); // rules or a resolver still on their way are removed too
+    await net?.ready.catch(() => {});
     await detachNetwork(store, c.vmId, runDir).catch(() => {});
     const msg = (e as Error).message;
     store.update(rec.id, { status: "error", handle: null, error: msg });

@@ -52,8 +52,21 @@ export interface AttachedNetwork {
   /** The NIC to give the VMM, or null for none. */
   nic: NicSpec | null;
   info: NetworkInfo;
+  /**
+   * Settles when the VM's firewall rules are in place. The guest must not run before (a restore's vCPUs are
+   * started only then; a cold boot waits for it before the VMM starts), but the VMM may start meanwhile.
+   */
+  rules: Promise<void>;
   /** Settles when the parts the guest needs only once it is configured (its resolver) are up. */
   ready: Promise<void>;
+}
+
+const settled = Promise.resolve();
+
+/** Start `p` now, await it later: no unhandled rejection meanwhile. */
+function later<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
 }
 
 /** A MAC address of the VM's own (locally administered, unicast). */
@@ -110,7 +123,7 @@ export async function attachNetwork(
   const mac = guestMac(c.vmId);
   const none = unattached(c);
   if (net.mode === "none") {
-    return { nic: nicInState ? { kind: "dummy", mac } : null, info: none, ready: Promise.resolve() };
+    return { nic: nicInState ? { kind: "dummy", mac } : null, info: none, rules: settled, ready: settled };
   }
   checkPolicyForMode(net.mode, net.internet);
   await detachNetwork(store, c.vmId, runDir); // whatever a crashed earlier start left
@@ -147,22 +160,22 @@ async function attachTap(
     enforced: true,
   };
   saveState(store, c.vmId, state); // before anything exists, so a crash from here on is cleaned up by name
-  // the rules are in place before the VMM starts (the guest must never run unfiltered); the resolver may come up
-  // while the VMM starts, since the guest is told about it only once it is configured
-  await Promise.all([
-    createTap(l),
+  // the TAP must exist before the VMM starts (its launcher opens it); the rules only before the guest runs, and the
+  // resolver before the guest is told about it: both go on while the VMM starts
+  await createTap(l);
+  const rules = later(
     applyVmRules(c.vmId, { kind: "tap", tap: l.tap, guestIp: l.guest, gatewayIp: l.gateway }, internet, l.pool),
-  ]);
-  const ready =
+  );
+  const ready = later(
     internet === "off"
-      ? Promise.resolve()
+      ? settled
       : startDns(c.vmId, runDir, l.gateway, internet).then((p) => {
           state.dnsPid = p.pid;
           saveState(store, c.vmId, state);
-        });
-  ready.catch(() => {}); // awaited by the caller; not an unhandled rejection meanwhile
+        }),
+  );
   const { dnsPid: _d, ...info } = state;
-  return { nic: { kind: "tap", tap: l.tap, mac }, info, ready };
+  return { nic: { kind: "tap", tap: l.tap, mac }, info, rules, ready };
 }
 
 async function attachUser(
@@ -194,15 +207,12 @@ async function attachUser(
   if (!owner && internet === "off") {
     // no firewall without root: "off" is a NIC connected to nothing
     saveState(store, c.vmId, { ...state, enforced: true });
-    return {
-      nic: { kind: "dummy", mac },
-      info: { ...none, macAddress: mac, enforced: true },
-      ready: Promise.resolve(),
-    };
+    return { nic: { kind: "dummy", mac }, info: { ...none, macAddress: mac, enforced: true }, rules: settled, ready: settled };
   }
   saveState(store, c.vmId, state);
-  // both before the VMM starts: passt opens sockets only for the guest's traffic, and the rules must be there first
-  const [, p] = await Promise.all([
+  // passt before the VMM starts (the VMM is handed a connection to it); the rules only before the guest runs: passt
+  // opens sockets only for the guest's traffic
+  const rules = later(
     owner
       ? applyVmRules(
           c.vmId,
@@ -210,13 +220,19 @@ async function attachUser(
           internet,
           cidrText(addressPool()),
         )
-      : Promise.resolve(),
-    startPasst(c.vmId, owner),
-  ]);
+      : settled,
+  );
+  let p: Awaited<ReturnType<typeof startPasst>>;
+  try {
+    p = await startPasst(c.vmId, owner);
+  } catch (e) {
+    await rules.catch(() => {}); // settled before the caller removes them
+    throw e;
+  }
   state.passtPid = p.pid;
   saveState(store, c.vmId, state);
   const { passtPid: _p, uid: _u, ...info } = state;
-  return { nic: { kind: "stream", socket: p.socket, mac }, info, ready: Promise.resolve() };
+  return { nic: { kind: "stream", socket: p.socket, mac }, info, rules, ready: settled };
 }
 
 /** Give the guest its address, MAC, route and resolver (after every boot and restore). */

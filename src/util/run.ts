@@ -1,4 +1,5 @@
-import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { accessSync, constants, statSync } from "node:fs";
 import { isMainThread } from "node:worker_threads";
 
 /**
@@ -60,11 +61,37 @@ export async function mustRun(file: string, args: string[], opts: Parameters<typ
 }
 
 /** Absolute path of a program on PATH (plus the sbin folders, which non-root PATHs often lack), or null. */
+const found = new Map<string, string | null>();
+
+/**
+ * The absolute path of a program on PATH (plus the sbin folders), or null. Looked up in-process (no shell: a
+ * spawnSync blocked the event loop for ~10 ms a call, and hot paths ask for several programs) and remembered.
+ */
 export function which(cmd: string): string | null {
+  if (cmd.includes("/")) return isExecutable(cmd) ? cmd : null;
   const path = `${process.env.PATH ?? ""}:/usr/local/sbin:/usr/sbin:/sbin`;
-  const r = spawnSync("sh", ["-c", 'command -v "$1"', "sh", cmd], { encoding: "utf8", env: { PATH: path } });
-  const out = r.stdout.trim();
-  return r.status === 0 && out.startsWith("/") ? out : null;
+  const key = `${path}\0${cmd}`;
+  if (found.has(key)) return found.get(key) as string | null;
+  let hit: string | null = null;
+  for (const dir of path.split(":")) {
+    if (!dir.startsWith("/")) continue;
+    const candidate = `${dir}/${cmd}`;
+    if (isExecutable(candidate)) {
+      hit = candidate;
+      break;
+    }
+  }
+  if (hit) found.set(key, hit); // a miss is not remembered: `setup` may install it meanwhile
+  return hit;
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -52,6 +52,13 @@ function emptyRoot(): string {
   return dir;
 }
 
+/** What held a restored guest's start failed (not the restore itself). */
+class GateError extends Error {
+  constructor(override readonly cause: unknown) {
+    super("the guest's start was held, then refused");
+  }
+}
+
 /** A connected Unix socket (to hand its descriptor to a child); retried while its server is still starting. */
 async function connectUnix(path: string, timeoutMs = 3000): Promise<Socket> {
   const deadline = Date.now() + timeoutMs;
@@ -287,6 +294,7 @@ export class QemuBackend implements Backend {
         if (mig.status === "completed") {
           const st = (await q.execute("query-status")) as { status: string };
           if (spec.startPaused) return;
+          if (spec.beforeRun) await spec.beforeRun.catch((e) => Promise.reject(new GateError(e)));
           if (st.status !== "running") await q.execute("cont");
           return;
         }
@@ -294,6 +302,10 @@ export class QemuBackend implements Backend {
         await sleep(2);
       }
     } catch (e) {
+      if (e instanceof GateError) {
+        await this.kill(h);
+        throw e.cause;
+      }
       // QEMU says why on its stderr (a device that does not match, a truncated stream): keep its last line
       let said = "";
       try {
