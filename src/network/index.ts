@@ -207,7 +207,12 @@ async function attachUser(
   if (!owner && internet === "off") {
     // no firewall without root: "off" is a NIC connected to nothing
     saveState(store, c.vmId, { ...state, enforced: true });
-    return { nic: { kind: "dummy", mac }, info: { ...none, macAddress: mac, enforced: true }, rules: settled, ready: settled };
+    return {
+      nic: { kind: "dummy", mac },
+      info: { ...none, macAddress: mac, enforced: true },
+      rules: settled,
+      ready: settled,
+    };
   }
   saveState(store, c.vmId, state);
   // passt before the VMM starts (the VMM is handed a connection to it); the rules only before the guest runs: passt
