@@ -149,12 +149,12 @@ export async function launchVm(
             vmDir: rec.vmDir,
           });
     const [d, n] = await Promise.allSettled([preparing, netting]);
-    if (n.status === "fulfilled") net = n.value.n;
+    if (n.status === "fulfilled") net = n.value.n; // before any throw: the catch below removes it again
     if (d.status === "rejected") throw d.reason;
     if (n.status === "rejected") throw n.reason;
     const disk = d.value;
     const tNet = n.value.at;
-    net = n.value.n;
+    net = n.value.n; // (narrowed to non-null for the code below)
     store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
     const tDisk = performance.now();
     // a restore starts its vCPUs only once the VM's firewall rules are in place; a cold boot waits for them here

@@ -5,13 +5,13 @@
  * them: a name whose addresses change keeps working, because the guest's next lookup adds the new ones.
  * dnsmasq runs as nobody and keeps only CAP_NET_ADMIN (for the set); it caches nothing, so every lookup refreshes.
  */
-import { spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ResolvedInternet } from "../config.js";
 import { SmolVMError } from "../errors.js";
+import { startDaemon } from "../util/daemon.js";
 import { processAlive, waitFor } from "../util/proc.js";
-import { which, withPrivateUmask } from "../util/run.js";
+import { which } from "../util/run.js";
 import { TABLE, vmKey } from "./nft.js";
 import { hostNameservers } from "./passt.js";
 
@@ -64,34 +64,11 @@ export async function startDns(
     throw new SmolVMError('network mode "tap" needs dnsmasq for the guest\'s DNS: sudo apt-get install dnsmasq-base');
   const pidFile = join(runDir, "dnsmasq.pid");
   rmSync(pidFile, { force: true });
-  // its errors go to a file: a pipe closed after start-up would kill it (SIGPIPE) the next time it complains
-  const errPath = join(runDir, "dnsmasq.err");
-  const errFd = openSync(errPath, "w", 0o600);
-  let child: ReturnType<typeof spawn>;
-  try {
-    child = withPrivateUmask(() =>
-      spawn(bin, dnsmasqArgs(vmId, listen, internet, pidFile), { stdio: ["ignore", "ignore", errFd], detached: true }),
-    );
-  } finally {
-    closeSync(errFd);
-  }
-  let exited = false;
-  child.on("exit", () => {
-    exited = true;
+  const pid = await startDaemon(`dnsmasq for VM ${vmId}`, bin, dnsmasqArgs(vmId, listen, internet, pidFile), {
+    errPath: join(runDir, "dnsmasq.err"),
+    readyFile: pidFile,
   });
-  const ok = await waitFor(() => exited || existsSync(pidFile), 5000);
-  child.unref();
-  if (!ok || exited || !child.pid) {
-    if (child.pid && !exited) process.kill(child.pid, "SIGKILL");
-    let why = "";
-    try {
-      why = readFileSync(errPath, "utf8").trim().split("\n").slice(-3).join("; ");
-    } catch {
-      // none
-    }
-    throw new SmolVMError(`dnsmasq failed to start for VM ${vmId}: ${why || "no pid file after 5 s"}`);
-  }
-  return { pid: child.pid };
+  return { pid };
 }
 
 /** Kill the VM's resolver (it keeps no state) and wait until it is gone. */

@@ -5,13 +5,13 @@
  * VM's own uid, and SmolVM's nftables output chain for that uid keeps it off the host's addresses, private networks
  * and the metadata address, and applies the egress policy. Without root there is no such chain: see doctor.
  */
-import { spawn } from "node:child_process";
-import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { SmolVMError } from "../errors.js";
 import { runtimeDir } from "../paths.js";
-import { killAllMatching, killAndWait, waitFor } from "../util/proc.js";
-import { which, withPrivateUmask } from "../util/run.js";
+import { errorTail, startDaemon } from "../util/daemon.js";
+import { killAllMatching, killAndWait } from "../util/proc.js";
+import { which } from "../util/run.js";
 import { vmKey } from "./nft.js";
 
 /** The addresses a user-mode guest sees (the same in every VM: each has its own passt). */
@@ -55,40 +55,15 @@ export async function startPasst(vmId: string, owner: { uid: number; gid: number
     ...["-t", "none", "-u", "none", "-s", socket],
     ...(owner ? ["--runas", `${owner.uid}:${owner.gid}`] : []),
   ];
-  // its errors go to a file of its own (it may fail after it has bound its socket; see passtError)
-  const errFd = openSync(join(dir, "passt.err"), "w", 0o600);
-  let child: ReturnType<typeof spawn>;
-  try {
-    child = withPrivateUmask(() => spawn(bin, args, { stdio: ["ignore", "ignore", errFd], detached: true }));
-  } finally {
-    closeSync(errFd);
-  }
-  let exited = false;
-  child.on("exit", () => {
-    exited = true;
+  const pid = await startDaemon(`passt for VM ${vmId}`, bin, args, {
+    errPath: join(dir, "passt.err"),
+    readyFile: socket,
   });
-  const pid = child.pid;
-  const ok = await waitFor(() => exited || existsSync(socket), 5000);
-  child.unref();
-  if (!ok || exited || !pid) {
-    if (pid && !exited) process.kill(pid, "SIGKILL");
-    throw new SmolVMError(`passt failed to start for VM ${vmId}: ${passtError(vmId) || "no socket after 5 s"}`);
-  }
   return { pid, socket };
 }
 
-/** The last lines passt wrote to stderr (its syslog complaints left out), or "". */
-export function passtError(vmId: string): string {
-  try {
-    return readFileSync(join(passtDir(vmId), "passt.err"), "utf8")
-      .split("\n")
-      .filter((l) => l.trim() && !/syslog/.test(l))
-      .slice(-3)
-      .join("; ");
-  } catch {
-    return "";
-  }
-}
+/** The last lines passt wrote to stderr, or "". */
+export const passtError = (vmId: string): string => errorTail(join(passtDir(vmId), "passt.err"));
 
 /** Kill the VM's passt (found by pid, or by its folder when the pid is unknown) and remove its folder. */
 export async function stopPasst(vmId: string, pid: number | null | undefined): Promise<void> {
