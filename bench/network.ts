@@ -50,6 +50,8 @@ async function inner(): Promise<void> {
       await vm.run(["true"]);
       put(mode, "warm create to first command (ms)", performance.now() - t);
       put(mode, "network setup on the host (ms)", vm.startTimings?.networkMs ?? 0);
+      if (process.env.BENCH_DETAIL)
+        for (const [k, v] of Object.entries(vm.startTimings ?? {})) if (typeof v === "number") put(mode, k, v);
       if (mode !== "none") {
         // 10 connections, each a busybox nc process doing one HTTP GET (the same process cost in every mode)
         const script = `for i in 1 2 3 4 5 6 7 8 9 10; do ${get("/")} >/dev/null; done`;

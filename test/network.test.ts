@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { isolatedState } from "./helpers.js";
+import { cliPath, isolatedState } from "./helpers.js";
 import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
 import { createVm, deleteVm, guestGet, guestSh, smolvm, status } from "./support/netvm.js";
 
@@ -46,6 +46,30 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
         assert.match(r.stdout, /^nameserver /m);
       });
 
+      it("was restored with its network configured already (not reconfigured), translated at the host", async () => {
+        // the warm template's guest has the configuration every guest has; a reconfiguration would have rewritten
+        // /etc/resolv.conf after the VM was created
+        const st = await status(net, vm);
+        const created = Date.parse(String(st.createdAt)) / 1000;
+        const r = await guestSh(net, vm, "stat -c %Y /etc/resolv.conf; ip -4 addr show eth0; ip neigh");
+        const [mtime] = r.stdout.trim().split("\n");
+        assert.ok(Number(mtime) < created - 1, `resolv.conf written at ${mtime}, VM created at ${created}`);
+        assert.match(r.stdout, /inet 10\.0\.2\.15\/24/);
+        assert.match(r.stdout, /10\.0\.2\.2 dev eth0 lladdr 02:53:4d:00:00:01 .*PERMANENT/);
+        const n = st.network as { guestIp: string; tapDevice?: string; interfaceIp?: string };
+        if (mode === "tap") {
+          // the host and the network see the VM at its leased address only
+          assert.match(n.guestIp, /^172\.16\./);
+          assert.equal(n.interfaceIp, "10.0.2.15");
+          const neigh = await net.exec("ip", ["neigh", "show", "dev", n.tapDevice as string]);
+          assert.match(
+            neigh.stdout,
+            new RegExp(`^${n.guestIp.replace(/\./g, "\\.")} lladdr 02:53:4d:00:00:02 PERMANENT`, "m"),
+          );
+          assert.equal(await guestGet(net, vm, F.peers[0] as string, 80, "/whoami"), F.hostAddr);
+        }
+      });
+
       it("reaches nothing of the host: its addresses, the gateway, its LAN, the metadata address", async () => {
         const st = await status(net, vm);
         const n = st.network as { gatewayIp: string; guestIp: string; mode: string; macAddress: string };
@@ -73,8 +97,9 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
       it("off reaches nothing, not even DNS; open again restores it", async () => {
         assert.equal((await smolvm(net, ["network", "set", vm, "--internet", "off"])).code, 0);
         assert.equal(await guestGet(net, vm, F.peers[0] as string), "");
-        const r = await guestSh(net, vm, "nslookup a.test 2>&1; echo rc=$?");
+        const r = await guestSh(net, vm, "nslookup a.test 2>&1; echo rc=$?; cat /etc/resolv.conf");
         assert.doesNotMatch(r.stdout, /198\.51\.100\.10/);
+        assert.doesNotMatch(r.stdout, /^nameserver/m, "no resolver: a lookup fails at once");
         assert.equal((await smolvm(net, ["network", "set", vm, "--internet", "open"])).code, 0);
         assert.equal(await guestGet(net, vm, "a.test"), `peer ${F.records["a.test"]}`);
       });
@@ -93,6 +118,28 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
     } finally {
       await net.setRecord("a.test", F.records["a.test"] as string);
       await deleteVm(net, id);
+    }
+  });
+
+  it("user mode on a host where passt cannot start fails with passt's own words, leaving nothing", async () => {
+    // a namespace of this test's own with no uplink: passt refuses to run without an external interface
+    const ns = `smolvm-nouplink-${process.pid}`;
+    const running = () =>
+      spawnSync("ps", ["-eo", "stat=,comm="], { encoding: "utf8" })
+        .stdout.split("\n")
+        .filter((l) => /^[^Z]\S*\s+(passt|qemu-system)/.test(l.trim())).length;
+    const before = running();
+    assert.equal(spawnSync("ip", ["netns", "add", ns]).status, 0);
+    try {
+      const r = spawnSync("ip", ["netns", "exec", ns, process.execPath, cliPath, "create", "--net", "user"], {
+        encoding: "utf8",
+        timeout: 120_000,
+      });
+      assert.notEqual(r.status, 0, r.stdout);
+      assert.match(r.stderr, /passt for VM \S+ exited: .*interface/i);
+      assert.equal(running(), before, "no passt or QEMU left running");
+    } finally {
+      spawnSync("ip", ["netns", "del", ns]);
     }
   });
 
@@ -178,8 +225,14 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
       const snapId = (JSON.parse(snap.stdout) as { id: string }).id;
       for (let i = 0; i < 2; i++) clones.push((await createVm(net, ["--snapshot", snapId])).id);
       const nets = await Promise.all(clones.map(async (c) => (await status(net, c)).network as Record<string, string>));
+      // each clone has its own leased address and TAP; inside, both have the address every guest has (translated
+      // at their TAPs), so neither was reconfigured after the restore
       assert.notEqual(nets[0]?.guestIp, nets[1]?.guestIp);
-      assert.notEqual(nets[0]?.macAddress, nets[1]?.macAddress);
+      assert.notEqual(nets[0]?.tapDevice, nets[1]?.tapDevice);
+      assert.deepEqual(
+        nets.map((n) => n.interfaceIp),
+        ["10.0.2.15", "10.0.2.15"],
+      );
       const got = await Promise.all(clones.map((c) => guestGet(net, c, F.peers[0] as string, 80, "/whoami")));
       // the peer sees the fake host's address (NAT), once per clone
       assert.deepEqual(got, [F.hostAddr, F.hostAddr]);

@@ -6,6 +6,11 @@
  *   - with --isolate, in network and IPC namespaces of its own (needs root);
  *   - with --tap NAME:FD, the existing (persistent) tap device NAME opened in the host's network namespace, before
  *     --isolate, and left open as descriptor FD for the VMM (QEMU: -netdev tap,fd=FD,vhost=off);
+ *   - with --new-tap NAME:FD instead, a new tap device NAME created (it must not exist; needs CAP_NET_ADMIN) the same
+ *     way; it is not persistent, so it goes when the VMM ends, however it ends. The options after it set it up
+ *     before the VMM starts: --tap-mac MAC, --tap-addr A.B.C.D/PREFIX (then IPv6 off and IPv4 forwarding on for
+ *     this interface, and the link up), --tap-neigh A.B.C.D=MAC (a permanent neighbour entry). One process, a few
+ *     ioctls: what `ip` would do in several, off the start's critical path;
  *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
  *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
@@ -23,8 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <arpa/inet.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <net/if_arp.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -139,8 +147,103 @@ static void write_status(const char *path, int status) {
 
 struct tap {
 	char name[IFNAMSIZ];
-	int fd;
+	int fd, create, has_mac, has_addr, has_neigh, prefix;
+	uint8_t mac[6], neigh_mac[6];
+	struct in_addr addr, neigh;
 };
+
+static int parse_mac6(const char *s, uint8_t mac[6]) {
+	unsigned b[6];
+	char tail;
+	if (strlen(s) != 17 || sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+		return -1;
+	for (int i = 0; i < 6; i++) mac[i] = (uint8_t)b[i];
+	return mac[0] & 1 ? -1 : 0; /* a station address is unicast */
+}
+
+/* "A.B.C.D/PREFIX" (prefix 1-30: a TAP's gateway address with room for the guest) */
+static int parse_addr(const char *v, struct tap *t) {
+	char a[32], *slash, *end;
+	if (strlen(v) >= sizeof a) return -1;
+	strcpy(a, v);
+	if (!(slash = strchr(a, '/'))) return -1;
+	*slash = 0;
+	long p = strtol(slash + 1, &end, 10);
+	if (!slash[1] || *end || p < 1 || p > 30 || inet_pton(AF_INET, a, &t->addr) != 1) return -1;
+	t->prefix = (int)p;
+	return 0;
+}
+
+/* "A.B.C.D=MAC" */
+static int parse_neigh(const char *v, struct tap *t) {
+	char a[64], *eq;
+	if (strlen(v) >= sizeof a) return -1;
+	strcpy(a, v);
+	if (!(eq = strchr(a, '='))) return -1;
+	*eq = 0;
+	return inet_pton(AF_INET, a, &t->neigh) == 1 && parse_mac6(eq + 1, t->neigh_mac) == 0 ? 0 : -1;
+}
+
+static void write_proc(const char *fmt, const char *name, const char *value) {
+	char path[128];
+	snprintf(path, sizeof path, fmt, name);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0) return; /* absent (no IPv6 here): nothing to switch */
+	if (write(fd, value, strlen(value)) < 0) { /* read-only /proc/sys: the firewall rules still hold */
+	}
+	close(fd);
+}
+
+/* Set up a tap device created here; returns 0, or -1 with errno set and *step naming what failed. */
+static int setup_tap(const struct tap *t, const char **step) {
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), ret = -1;
+	if (s < 0) return -1;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	memcpy(ifr.ifr_name, t->name, sizeof t->name);
+	if (t->has_mac) {
+		*step = "set MAC";
+		ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+		memcpy(ifr.ifr_hwaddr.sa_data, t->mac, 6);
+		if (ioctl(s, SIOCSIFHWADDR, &ifr) < 0) goto out;
+	}
+	if (t->has_addr) {
+		write_proc("/proc/sys/net/ipv6/conf/%s/disable_ipv6", t->name, "1"); /* before up: no link-local, no RS */
+		write_proc("/proc/sys/net/ipv4/conf/%s/forwarding", t->name, "1");
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+		*step = "set address";
+		memset(&ifr.ifr_addr, 0, sizeof ifr.ifr_addr);
+		sin->sin_family = AF_INET;
+		sin->sin_addr = t->addr;
+		if (ioctl(s, SIOCSIFADDR, &ifr) < 0) goto out;
+		*step = "set netmask";
+		sin->sin_addr.s_addr = htonl(0xffffffffu << (32 - t->prefix));
+		if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) goto out;
+		*step = "link up";
+		if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) goto out;
+		ifr.ifr_flags |= IFF_UP;
+		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) goto out;
+	}
+	if (t->has_neigh) {
+		*step = "set neighbour";
+		struct arpreq r;
+		memset(&r, 0, sizeof r);
+		struct sockaddr_in *pa = (struct sockaddr_in *)&r.arp_pa;
+		pa->sin_family = AF_INET;
+		pa->sin_addr = t->neigh;
+		r.arp_ha.sa_family = ARPHRD_ETHER;
+		memcpy(r.arp_ha.sa_data, t->neigh_mac, 6);
+		r.arp_flags = ATF_PERM | ATF_COM;
+		memcpy(r.arp_dev, t->name, sizeof t->name);
+		if (ioctl(s, SIOCSARP, &r) < 0) goto out;
+	}
+	ret = 0;
+out:;
+	int e = errno;
+	close(s);
+	errno = e;
+	return ret;
+}
 
 /* "NAME:FD" with a valid interface name and 3 <= FD < 1024 */
 static int parse_tap(const char *v, struct tap *t) {
@@ -156,10 +259,13 @@ static int parse_tap(const char *v, struct tap *t) {
 	return 0;
 }
 
-/* Attach to the existing tap device t->name (never create one) as descriptor t->fd, inherited by the VMM. */
-static int open_tap(const struct tap *t) {
-	if (!if_nametoindex(t->name)) { /* TUNSETIFF would create a new, non-persistent device */
-		errno = ENODEV;
+/* Attach to the existing tap device t->name as descriptor t->fd, inherited by the VMM; or, with t->create, create it
+ * (it must not exist) and set it up. */
+static int open_tap(const struct tap *t, const char **step) {
+	*step = "open";
+	int exists = if_nametoindex(t->name) != 0;
+	if (exists != !t->create) { /* TUNSETIFF attaches to a device that exists and creates one that does not */
+		errno = t->create ? EEXIST : ENODEV;
 		return -1;
 	}
 	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
@@ -170,9 +276,9 @@ static int open_tap(const struct tap *t) {
 	 * that has the same; passt's socket and an unconnected NIC have none, so neither does a TAP (see nicArgs) */
 	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
 	memcpy(ifr.ifr_name, t->name, sizeof t->name);
-	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (t->create && setup_tap(t, step) < 0)) {
 		int e = errno;
-		close(fd);
+		close(fd); /* a device created here goes with it */
 		errno = e;
 		return -1;
 	}
@@ -202,11 +308,24 @@ int launch_main(int argc, char **argv) {
 		else if (!strcmp(argv[i], "--timeout")) timeout_ms = atoi(v);
 		else if (!strcmp(argv[i], "--keep-fd") && nkeep < MAX_KEEP) keep[nkeep++] = atoi(v);
 		else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_CGROUPS) cgroups[ncg++] = v;
-		else if (!strcmp(argv[i], "--tap") && ntap < MAX_TAPS) {
-			if (parse_tap(v, &taps[ntap]) < 0) {
-				fprintf(stderr, "launch: --tap wants NAME:FD (FD 3-1023), got %s\n", v);
+		else if (!strcmp(argv[i], "--tap-mac") || !strcmp(argv[i], "--tap-addr") || !strcmp(argv[i], "--tap-neigh")) {
+			struct tap *t = ntap ? &taps[ntap - 1] : NULL;
+			int bad = !t || !t->create;
+			if (!bad && argv[i][6] == 'm') bad = parse_mac6(v, t->mac) < 0 || !(t->has_mac = 1);
+			else if (!bad && argv[i][6] == 'a') bad = parse_addr(v, t) < 0 || !(t->has_addr = 1);
+			else if (!bad) bad = parse_neigh(v, t) < 0 || !(t->has_neigh = 1);
+			if (bad) {
+				fprintf(stderr, "launch: %s %s: bad value, or not after a --new-tap\n", argv[i], v);
 				return 2;
 			}
+		}
+		else if ((!strcmp(argv[i], "--tap") || !strcmp(argv[i], "--new-tap")) && ntap < MAX_TAPS) {
+			memset(&taps[ntap], 0, sizeof taps[ntap]);
+			if (parse_tap(v, &taps[ntap]) < 0) {
+				fprintf(stderr, "launch: %s wants NAME:FD (FD 3-1023), got %s\n", argv[i], v);
+				return 2;
+			}
+			taps[ntap].create = argv[i][2] == 'n';
 			for (int k = 0; k < nkeep; k++) /* a descriptor number may carry one thing only */
 				if (keep[k] == taps[ntap].fd) goto usage;
 			for (int k = 0; k < ntap; k++)
@@ -224,11 +343,13 @@ int launch_main(int argc, char **argv) {
 			if (keep[j] == taps[k].fd) goto usage;
 	close_fds_except(keep, nkeep);
 	/* tap devices are opened here, in the caller's network namespace, before the VMM gets one of its own */
-	for (int k = 0; k < ntap; k++)
-		if (open_tap(&taps[k]) < 0) {
-			fprintf(stderr, "launch: tap %s: %s\n", taps[k].name, strerror(errno));
+	for (int k = 0; k < ntap; k++) {
+		const char *step = "";
+		if (open_tap(&taps[k], &step) < 0) {
+			fprintf(stderr, "launch: tap %s: %s: %s\n", taps[k].name, step, strerror(errno));
 			return 125;
 		}
+	}
 	if (status_file) unlink(status_file);
 	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -357,6 +478,7 @@ int launch_main(int argc, char **argv) {
 	return 1;
 usage:
 	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
-			"[--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
+			"[--keep-fd N]... [--tap NAME:FD | --new-tap NAME:FD [--tap-mac MAC] [--tap-addr A/P] [--tap-neigh A=MAC]]... "
+			"[--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;
 }

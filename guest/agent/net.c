@@ -23,14 +23,15 @@
 #include "server_int.h"
 
 #define MAX_DNS 3
+#define MAX_NEIGH 4
 #define MAX_OLD_ADDRS 64
 #define IF_WAIT_MS 2000
 
 struct netcfg {
-	int down, has_addr, has_gw, has_mac, has_mtu, ndns;
-	struct in_addr addr, gw, dns[MAX_DNS];
+	int down, has_addr, has_gw, has_mac, has_mtu, ndns, nneigh;
+	struct in_addr addr, gw, dns[MAX_DNS], neigh[MAX_NEIGH];
 	int prefix;
-	uint8_t mac[6];
+	uint8_t mac[6], neigh_mac[MAX_NEIGH][6];
 	uint32_t mtu;
 };
 
@@ -89,6 +90,14 @@ static const char *parse(const uint8_t *pl, size_t n, struct netcfg *cfg) {
 			if (field_str(v, vl, s, sizeof s) < 0 || inet_pton(AF_INET, s, &cfg->dns[cfg->ndns]) != 1)
 				return "bad DNS server";
 			cfg->ndns++;
+		} else if (tag == NC_NEIGH) {
+			char *sp;
+			if (cfg->nneigh >= MAX_NEIGH) return "more than 4 neighbours";
+			if (field_str(v, vl, s, sizeof s) < 0 || !(sp = strchr(s, ' '))) return "bad neighbour (a.b.c.d MAC)";
+			*sp = 0;
+			if (inet_pton(AF_INET, s, &cfg->neigh[cfg->nneigh]) != 1 || parse_mac(sp + 1, cfg->neigh_mac[cfg->nneigh]) < 0)
+				return "bad neighbour (a.b.c.d MAC)";
+			cfg->nneigh++;
 		} else if (tag == NC_MTU) {
 			if (vl != 4) return "bad MTU";
 			cfg->mtu = get_be32(v);
@@ -283,6 +292,21 @@ static void del_neigh(int s, const char *ifname, struct in_addr a) {
 	ioctl(s, SIOCDARP, &r); /* ENXIO (no entry) is the usual answer */
 }
 
+/* A permanent link-layer address for `a` (the gateway and resolver of a TAP: the host does not answer ARP for the
+ * addresses every guest sees, it translates them). */
+static int set_neigh(int s, const char *ifname, struct in_addr a, const uint8_t mac[6]) {
+	struct arpreq r;
+	memset(&r, 0, sizeof r);
+	struct sockaddr_in *pa = (struct sockaddr_in *)&r.arp_pa;
+	pa->sin_family = AF_INET;
+	pa->sin_addr = a;
+	r.arp_ha.sa_family = ARPHRD_ETHER;
+	memcpy(r.arp_ha.sa_data, mac, 6);
+	r.arp_flags = ATF_PERM | ATF_COM;
+	snprintf(r.arp_dev, sizeof r.arp_dev, "%s", ifname);
+	return ioctl(s, SIOCSARP, &r);
+}
+
 /* ---- files ---- */
 static int write_resolv(const struct netcfg *cfg) {
 	char text[512];
@@ -397,14 +421,15 @@ static int apply(const struct netcfg *cfg, const char **step) {
 		if (cfg->has_gw) del_neigh(s, ifname, cfg->gw);
 		for (int i = 0; i < cfg->ndns; i++) del_neigh(s, ifname, cfg->dns[i]);
 	}
+	*step = "set neighbour";
+	for (int i = 0; i < cfg->nneigh; i++)
+		if (set_neigh(s, ifname, cfg->neigh[i], cfg->neigh_mac[i]) < 0) goto out;
 	if (cfg->has_gw) {
 		*step = "add default route";
 		if (add_default_route(nl, idx, cfg->gw) < 0) goto out;
 	}
-	if (cfg->ndns) {
-		*step = "write /etc/resolv.conf";
-		if (write_resolv(cfg) < 0) goto out;
-	}
+	*step = "write /etc/resolv.conf"; /* without servers too: none must mean none, not the last ones */
+	if (write_resolv(cfg) < 0) goto out;
 	ret = 0;
 out:;
 	int e = errno;

@@ -34,6 +34,7 @@
 #define NC_DNS 4     /* "a.b.c.d", repeated (at most 3): /etc/resolv.conf */
 #define NC_MTU 5     /* u32 */
 #define NC_DOWN 6    /* any value: take the interface down, remove its addresses */
+#define NC_NEIGH 7   /* "a.b.c.d aa:bb:cc:dd:ee:ff", repeated (at most 4): a permanent neighbour entry */
 #define T_RESIZE 0x17   /* u16 cols, u16 rows: terminal size of a PTY command */
 #define T_ENV_SET 0x40
 #define T_ENV_UNSET 0x41

@@ -149,10 +149,20 @@ export class ExecHandle extends StreamWriter {
 
 /**
  * Network configuration of the guest's first ethernet interface (NETCFG): an IPv4 address with its prefix
- * ("10.0.0.2/24"), the default gateway, the MAC ("aa:bb:cc:dd:ee:ff"), up to 3 DNS servers (none: /etc/resolv.conf
- * is left alone), an optional MTU. `{ down: true }` takes the interface down and removes its addresses.
+ * ("10.0.0.2/24"), the default gateway, the MAC ("aa:bb:cc:dd:ee:ff"), up to 3 DNS servers (written to
+ * /etc/resolv.conf; none: a resolv.conf without servers), an optional MTU, up to 4 permanent neighbour entries.
+ * `{ down: true }` takes the interface down and removes its addresses.
  */
-export type NetConfig = { addr: string; gateway: string; mac: string; dns: string[]; mtu?: number } | { down: true };
+export type NetConfig =
+  | {
+      addr: string;
+      gateway: string;
+      mac: string;
+      dns: string[];
+      mtu?: number;
+      neighbors?: { ip: string; mac: string }[];
+    }
+  | { down: true };
 
 export interface ConnectOptions {
   /** Give up connecting after this long (default 5000 ms). */
@@ -566,6 +576,8 @@ export class AgentClient {
         if (!Number.isInteger(cfg.mtu) || cfg.mtu < 68 || cfg.mtu > 65535) throw new RangeError(`bad MTU ${cfg.mtu}`);
         fields.push([NC.MTU, u32(cfg.mtu)]);
       }
+      if ((cfg.neighbors?.length ?? 0) > 4) throw new RangeError("at most 4 neighbours");
+      for (const n of cfg.neighbors ?? []) fields.push([NC.NEIGH, `${n.ip} ${n.mac}`]);
     }
     await this.op(T.NETCFG, fields).done;
   }

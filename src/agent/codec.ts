@@ -62,7 +62,7 @@ export const FL = { PARENTS: 1, RECURSIVE: 2, REGULAR: 4 } as const;
 /** Field tags of stat / list entries. */
 export const E = { PATH: 1, TYPE: 2, SIZE: 3, MODE: 4, MTIME: 5, LINK: 6 } as const;
 /** Field tags of NETCFG requests (strings, except MTU: u32; DOWN: any value). */
-export const NC = { ADDR: 1, GATEWAY: 2, MAC: 3, DNS: 4, MTU: 5, DOWN: 6 } as const;
+export const NC = { ADDR: 1, GATEWAY: 2, MAC: 3, DNS: 4, MTU: 5, DOWN: 6, NEIGH: 7 } as const;
 /** Field tags of TCPCONNECT requests (PORT and OUTWIN: u32; HOST: an IPv4 literal, default 127.0.0.1). */
 export const TC = { PORT: 1, HOST: 2, OUTWIN: 3 } as const;
 /** Field tags of ERROR payloads. */

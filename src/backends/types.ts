@@ -3,15 +3,24 @@ import type { AccelName } from "../config.js";
 export type BackendKind = "qemu" | "firecracker";
 
 /**
- * The VM's network device. `tap`: a TAP device on the host (created and firewalled by src/network); `stream`: a
- * Unix socket speaking QEMU's stream netdev (passt); `dummy`: a device connected to nothing (templates and snapshots
- * taken with a NIC need one to restore into). The MAC is the device's initial one; the agent sets the VM's own.
+ * The VM's network device. `tap`: a TAP device on the host (firewalled by src/network), opened by the VMM's launcher;
+ * with `create`, the launcher creates it (it must not exist), sets it up as given, and it goes when the VMM ends.
+ * `stream`: a connected stream socket speaking QEMU's stream netdev (passt's): the VMM gets a copy of the
+ * descriptor `fd()` returns, called right before the VMM is spawned (it throws if the socket is no longer usable). `dummy`: a device connected to nothing (templates and snapshots taken with a NIC need one to restore into).
+ * The MAC is the device's initial one; the agent sets the guest's.
  */
 export type NicSpec = { mac: string } & (
-  | { kind: "tap"; tap: string }
-  | { kind: "stream"; socket: string }
+  | { kind: "tap"; tap: string; create?: TapSetup }
+  | { kind: "stream"; fd: () => number }
   | { kind: "dummy" }
 );
+
+/** A TAP set up by the launcher: the host end's MAC and address (`a.b.c.d/prefix`), one permanent neighbour. */
+export interface TapSetup {
+  mac: string;
+  address: string;
+  neighbor: { ip: string; mac: string };
+}
 
 /** Everything a backend needs to boot one VM. Paths are absolute. */
 export interface BootSpec {
@@ -48,8 +57,13 @@ export interface BootSpec {
   startPaused?: boolean;
   /** A network device; absent: none. Saved guest state with a NIC restores only into a VM with one. */
   nic?: NicSpec | null;
-  /** Restore: start the vCPUs only once this settles (the VM's firewall rules); a rejection fails the start. */
-  beforeRun?: Promise<void>;
+  /**
+   * Restore: called as soon as the VMM process has been spawned (work that may run beside its start, like the VM's
+   * firewall rules); the vCPUs start only once the promise it returns settles, and a rejection fails the start.
+   */
+  beforeRun?: () => Promise<void>;
+  /** Called once the VMM process is up (its NIC exists), before a restore loads; not called if it fails to start. */
+  onStarted?: () => void;
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */

@@ -87,10 +87,11 @@ function describeNetwork(n: SmolVM["networkConfig"]): string {
       ? n.internet
       : `allow ${[...n.internet.allowCidrs, ...n.internet.allowDomains].join(", ") || "nothing"}`;
   const addr = n.guestIp ? ` ${n.guestIp}/${n.prefix} via ${n.gatewayIp}` : "";
+  const inside = n.interfaceIp ? ` (inside: ${n.interfaceIp})` : "";
   const dev = n.tapDevice ? ` dev ${n.tapDevice}` : "";
   const mac = n.macAddress ? ` mac ${n.macAddress}` : "";
   const dns = n.dns.length ? ` dns ${n.dns.join(",")}` : "";
-  return `${n.mode}${addr}${dev}${mac}${dns}; internet ${policy}${n.enforced ? "" : " (not enforced: no root)"}`;
+  return `${n.mode}${addr}${inside}${dev}${mac}${dns}; internet ${policy}${n.enforced ? "" : " (not enforced: no root)"}`;
 }
 
 const COLUMNS = ["vmId", "name", "status", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];

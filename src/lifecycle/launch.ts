@@ -19,6 +19,7 @@ import { warmPlan } from "../sandbox/templates.js";
 import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
 import type { Progress } from "../util/run.js";
+import { trace } from "../util/trace.js";
 
 export interface StartOptions {
   /** Progress lines for slow first-time steps (building the image). */
@@ -37,8 +38,10 @@ export interface StartTimings {
   networkMs: number;
   /** VMM process started and its agent socket listening. */
   bootMs: number;
-  /** From VMM start until the guest agent answered. */
+  /** From VMM start until the guest agent answered (and, after a restore, resynced its clock and entropy). */
   agentReadyMs: number;
+  /** The guest told its address, route and resolver; 0 without a network. */
+  guestNetworkMs: number;
   totalMs: number;
   /** How the guest got there: a kernel boot, the image's warm-start snapshot, or a snapshot. */
   from: "boot" | "warm" | "snapshot";
@@ -134,10 +137,13 @@ export async function launchVm(
       );
     }
     // the disk layer and the network are independent: set up side by side (both are mostly process starts)
-    const netting = attachNetwork(store, c, runDir, plan.nicInState === true).then((n) => ({
-      n,
-      at: performance.now(),
-    }));
+    trace("launch: start");
+    const netting = attachNetwork(store, c, runDir, plan.nicInState === true).then((n) => {
+      trace("launch: network attached");
+      // the firewall rules (an nft process) go on while the disk layer is made: ready long before the vCPUs run
+      n.rules().catch(() => {});
+      return { n, at: performance.now() };
+    });
     // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
     const preparing =
       rec.diskPath && rec.diskFormat && existsSync(rec.diskPath)
@@ -157,8 +163,9 @@ export async function launchVm(
     net = n.value.n; // (narrowed to non-null for the code below)
     store.update(rec.id, { diskPath: disk.path, diskFormat: disk.format });
     const tDisk = performance.now();
+    trace("launch: disk and network ready");
     // a restore starts its vCPUs only once the VM's firewall rules are in place; a cold boot waits for them here
-    if (!plan.incoming) await net.rules;
+    if (!plan.incoming) await net.rules();
     handle = await backend.boot({
       vmId: c.vmId,
       vcpuCount: c.vcpuCount,
@@ -172,7 +179,8 @@ export async function launchVm(
       runDir,
       logPath,
       nic: net.nic,
-      beforeRun: plan.incoming ? net.rules : undefined,
+      beforeRun: plan.incoming ? net.rules : undefined, // (started above)
+      onStarted: () => net?.vmmStarted(true),
       agentBinary: plan.agentBinary,
       accel: plan.accel,
       incoming: plan.incoming,
@@ -184,10 +192,14 @@ export async function launchVm(
     const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
     client = await AgentClient.connect(handle.agentSocket);
     await client.waitReady(timeout, plan.incoming ? 5 : 25);
+    trace("launch: agent ready");
     if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
-    await net.ready;
-    await configureGuest(client, net.info);
+    const tAgent = performance.now();
+    trace("launch: resynced");
+    await net.ready();
+    await configureGuest(client, net.info, plan.guestNet);
     const tReady = performance.now();
+    trace("launch: guest network configured");
     return {
       client,
       timings: {
@@ -195,7 +207,8 @@ export async function launchVm(
         diskMs: tDisk - tImage,
         networkMs: tNet - tImage,
         bootMs: tBoot - tDisk,
-        agentReadyMs: tReady - tBoot,
+        agentReadyMs: tAgent - tBoot,
+        guestNetworkMs: tReady - tAgent,
         totalMs: tReady - t0,
         from: plan.from ?? "boot",
       },
@@ -203,8 +216,7 @@ export async function launchVm(
   } catch (e) {
     client?.close();
     if (handle) await backend.kill(handle);
-    await net?.rules.catch(() => {}); // rules or a resolver still on their way are removed too
-    await net?.ready.catch(() => {});
+    await net?.idle(); // rules or a resolver still on their way are removed too
     await detachNetwork(store, c.vmId, runDir).catch(() => {});
     const msg = (e as Error).message;
     store.update(rec.id, { status: "error", handle: null, error: msg });

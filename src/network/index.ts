@@ -5,7 +5,6 @@
  * (idempotent: it finds what is left by name, so a crash at any point leaves nothing), and `setInternet` for a
  * policy change on a running VM. Nothing else in SmolVM knows how networking is done.
  */
-import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import type { AgentClient } from "../agent/client.js";
 import { vmmIdentity } from "../backends/qemu/vmm-user.js";
@@ -20,17 +19,25 @@ import {
 import { SmolVMError } from "../errors.js";
 import { ensurePrivateDir } from "../paths.js";
 import type { StateStore } from "../state/store.js";
+import { trace } from "../util/trace.js";
 import { addressPool, cidrText } from "./addr.js";
 import { dnsPidFrom, startDns, stopDns } from "./dns.js";
+import { GUEST_NET, guestNetConfig, guestNetKey } from "./guest.js";
 import { applyVmRules, removeKnownVmRules, removeVmRules, type TapRules, type UserRules } from "./nft.js";
-import { hostNameservers, passtDir, startPasst, stopPasst, USER_NET } from "./passt.js";
+import { hostNameservers, passtDir, startPasst, stopPasst } from "./passt.js";
 import { closePorts } from "./ports.js";
-import { createTap, deleteTap, leaseFor, releaseLease, takeLease } from "./tap.js";
+import { deleteTap, leaseFor, releaseLease, takeLease, uplinkForwarding } from "./tap.js";
 
 /** What `vm.networkConfig` and `smolvm status` show. */
 export interface NetworkInfo {
   mode: NetworkMode;
+  /**
+   * The VM's address: in tap mode its leased one, which the host and the network see (the guest's own interface has
+   * 10.0.2.15, translated at the TAP: `interfaceIp`); in user mode 10.0.2.15, private to its passt.
+   */
   guestIp: string | null;
+  /** In tap mode, the address of the guest's own interface (the same in every VM). */
+  interfaceIp?: string;
   gatewayIp: string | null;
   /** Prefix length of the guest's subnet. */
   prefix: number | null;
@@ -53,26 +60,35 @@ export interface AttachedNetwork {
   nic: NicSpec | null;
   info: NetworkInfo;
   /**
-   * Settles when the VM's firewall rules are in place. The guest must not run before (a restore's vCPUs are
-   * started only then; a cold boot waits for it before the VMM starts), but the VMM may start meanwhile.
+   * Put the VM's firewall rules in place (started on the first call; later calls return the same promise). The
+   * guest must not run before they are (a restore's vCPUs are started only then; a cold boot waits for them before
+   * the VMM starts), but the VMM may start meanwhile.
    */
-  rules: Promise<void>;
-  /** Settles when the parts the guest needs only once it is configured (its resolver) are up. */
-  ready: Promise<void>;
+  rules(): Promise<void>;
+  /** Settles once whatever was started (rules, resolver) has settled: before undoing a failed start. */
+  idle(): Promise<void>;
+  /** Tell it the VMM is up (`ok`: its NIC exists) or will not be: what waited for that goes on (or is dropped). */
+  vmmStarted(ok: boolean): void;
+  /** Settles when what the guest needs once it runs (its resolver, passt) is up; call after `vmmStarted`. */
+  ready(): Promise<void>;
 }
 
 const settled = Promise.resolve();
+const nothing = { rules: () => settled, vmmStarted: () => {}, ready: () => settled, idle: () => settled };
+
+/** `f` run on the first call only, its rejection handled until someone awaits it. */
+function once(f: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | null = null;
+  return () => {
+    p ??= later(f());
+    return p;
+  };
+}
 
 /** Start `p` now, await it later: no unhandled rejection meanwhile. */
 function later<T>(p: Promise<T>): Promise<T> {
   p.catch(() => {});
   return p;
-}
-
-/** A MAC address of the VM's own (locally administered, unicast). */
-export function guestMac(vmId: string): string {
-  const h = createHash("sha256").update(`mac\0${vmId}`).digest();
-  return ["02", ...Array.from(h.subarray(0, 5), (b) => b.toString(16).padStart(2, "0"))].join(":");
 }
 
 const isRoot = () => process.getuid?.() === 0;
@@ -120,13 +136,15 @@ export async function attachNetwork(
   nicInState: boolean,
 ): Promise<AttachedNetwork> {
   const net = networkOf(c);
-  const mac = guestMac(c.vmId);
+  const mac = GUEST_NET.mac;
   const none = unattached(c);
   if (net.mode === "none") {
-    return { nic: nicInState ? { kind: "dummy", mac } : null, info: none, rules: settled, ready: settled };
+    return { nic: nicInState ? { kind: "dummy", mac } : null, info: none, ...nothing };
   }
   checkPolicyForMode(net.mode, net.internet);
+  trace("net: attach");
   await detachNetwork(store, c.vmId, runDir); // whatever a crashed earlier start left
+  trace("net: leftovers checked");
   ensurePrivateDir(runDir);
   try {
     if (net.mode === "tap") return await attachTap(store, c, runDir, mac);
@@ -151,31 +169,58 @@ async function attachTap(
   const state: NetState = {
     mode: "tap",
     guestIp: l.guest,
+    interfaceIp: GUEST_NET.ip,
     gatewayIp: l.gateway,
     prefix: 30,
     macAddress: mac,
     tapDevice: l.tap,
-    dns: internet === "off" ? [] : [l.gateway],
+    dns: internet === "off" ? [] : [GUEST_NET.dns],
     internet,
     enforced: true,
   };
   saveState(store, c.vmId, state); // before anything exists, so a crash from here on is cleaned up by name
-  // the TAP must exist before the VMM starts (its launcher opens it); the rules only before the guest runs, and the
-  // resolver before the guest is told about it: both go on while the VMM starts
-  await createTap(l);
-  const rules = later(
-    applyVmRules(c.vmId, { kind: "tap", tap: l.tap, guestIp: l.guest, gatewayIp: l.gateway }, internet, l.pool),
-  );
-  const ready = later(
-    internet === "off"
-      ? settled
-      : startDns(c.vmId, runDir, l.gateway, internet).then((p) => {
-          state.dnsPid = p.pid;
-          saveState(store, c.vmId, state);
-        }),
+  // the VMM's launcher creates the TAP; the rules only have to be in place before the guest runs, and the resolver
+  // (which listens on the TAP's address) starts once the TAP exists: neither is on the way to the VMM's start
+  let rulesStarted: Promise<void> | null = null;
+  const rules = once(() => {
+    rulesStarted = applyVmRules(
+      c.vmId,
+      { kind: "tap", tap: l.tap, guestIp: l.guest, gatewayIp: l.gateway },
+      internet,
+      l.pool,
+    ).then(() => trace("net: rules applied"));
+    return rulesStarted;
+  });
+  await uplinkForwarding();
+  let go: (ok: boolean) => void = () => {};
+  const dns = later(
+    new Promise<boolean>((res) => {
+      go = res;
+    }).then(async (ok) => {
+      if (!ok || internet === "off") return;
+      const p = await startDns(c.vmId, runDir, l.gateway, internet);
+      trace("net: dns started");
+      state.dnsPid = p.pid;
+      saveState(store, c.vmId, state);
+    }),
   );
   const { dnsPid: _d, ...info } = state;
-  return { nic: { kind: "tap", tap: l.tap, mac }, info, rules, ready };
+  return {
+    nic: {
+      kind: "tap",
+      tap: l.tap,
+      mac,
+      create: { mac: GUEST_NET.gatewayMac, address: `${l.gateway}/30`, neighbor: { ip: l.guest, mac } },
+    },
+    info,
+    rules,
+    vmmStarted: (ok) => go(ok),
+    ready: () => dns,
+    idle: async () => {
+      go(false);
+      await Promise.allSettled([rulesStarted ?? settled, dns]);
+    },
+  };
 }
 
 async function attachUser(
@@ -195,11 +240,11 @@ async function attachUser(
   }
   const state: NetState = {
     mode: "user",
-    guestIp: USER_NET.guest,
-    gatewayIp: USER_NET.gateway,
-    prefix: USER_NET.prefix,
+    guestIp: GUEST_NET.ip,
+    gatewayIp: GUEST_NET.gateway,
+    prefix: GUEST_NET.prefix,
     macAddress: mac,
-    dns: internet === "off" ? [] : [USER_NET.dns],
+    dns: internet === "off" ? [] : [GUEST_NET.dns],
     internet,
     enforced: !!owner,
     ...(owner ? { uid: owner.uid } : {}),
@@ -210,47 +255,55 @@ async function attachUser(
     return {
       nic: { kind: "dummy", mac },
       info: { ...none, macAddress: mac, enforced: true },
-      rules: settled,
-      ready: settled,
+      ...nothing,
     };
   }
   saveState(store, c.vmId, state);
   // passt before the VMM starts (the VMM is handed a connection to it); the rules only before the guest runs: passt
   // opens sockets only for the guest's traffic
-  const rules = later(
-    owner
+  let rulesStarted: Promise<void> | null = null;
+  const rules = once(() => {
+    rulesStarted = owner
       ? applyVmRules(
           c.vmId,
           { kind: "user", uid: owner.uid, nameservers: hostNameservers() },
           internet,
           cidrText(addressPool()),
         )
-      : settled,
-  );
-  let p: Awaited<ReturnType<typeof startPasst>>;
-  try {
-    p = await startPasst(c.vmId, owner);
-  } catch (e) {
-    await rules.catch(() => {}); // settled before the caller removes them
-    throw e;
-  }
+      : settled;
+    return rulesStarted;
+  });
+  const p = startPasst(c.vmId, owner);
+  trace("net: passt started");
   state.passtPid = p.pid;
   saveState(store, c.vmId, state);
   const { passtPid: _p, uid: _u, ...info } = state;
-  return { nic: { kind: "stream", socket: p.socket, mac }, info, rules, ready: settled };
+  return {
+    nic: { kind: "stream", fd: p.fd, mac },
+    info,
+    rules,
+    vmmStarted: (ok) => p.handedOver(ok), // the VMM has its copy (or never will)
+    ready: () => p.ready(),
+    idle: async () => {
+      p.handedOver(false);
+      await (rulesStarted ?? settled).catch(() => {});
+    },
+  };
 }
 
-/** Give the guest its address, MAC, route and resolver (after every boot and restore). */
-export async function configureGuest(client: AgentClient, info: NetworkInfo): Promise<void> {
-  if (!info.guestIp || !info.gatewayIp || !info.macAddress) return;
-  await client.netConfig({
-    addr: `${info.guestIp}/${info.prefix}`,
-    gateway: info.gatewayIp,
-    mac: info.macAddress,
-    dns: info.dns,
-    mtu: info.mode === "user" ? USER_NET.mtu : 1500,
-  });
+/**
+ * Give the guest its address, MAC, route and resolver (after every boot and restore), unless `inState` says the
+ * restored guest has them already (a warm template is captured with them: guest.ts).
+ */
+export async function configureGuest(client: AgentClient, info: NetworkInfo, inState?: string): Promise<void> {
+  if (!info.guestIp) return;
+  const cfg = guestNetConfig(info.internet);
+  if (inState === guestNetKey(cfg)) return;
+  await client.netConfig(cfg);
 }
+
+/** The configuration a warm template's guest is captured with. */
+export const templateGuestNet = (): ReturnType<typeof guestNetConfig> => guestNetConfig("open");
 
 /** Remove everything the VM's network used. Safe to call at any time, any number of times. */
 export async function detachNetwork(store: StateStore, vmId: string, runDir: string): Promise<void> {
@@ -308,7 +361,6 @@ export async function setInternet(
     );
     await stopDns(s.dnsPid ?? dnsPidFrom(runDir));
     s.dnsPid = internet === "off" ? undefined : (await startDns(vmId, runDir, s.gatewayIp, internet)).pid;
-    s.dns = internet === "off" ? [] : [s.gatewayIp];
   } else {
     if (s.uid === undefined) {
       throw new SmolVMError("the egress policy of a user-mode VM can only be changed when SmolVM runs as root");
@@ -321,6 +373,7 @@ export async function setInternet(
     );
   }
   s.internet = internet;
+  s.dns = internet === "off" ? [] : [GUEST_NET.dns];
   saveState(store, vmId, s);
   const { passtPid: _p, dnsPid: _d, uid: _u, ...info } = s;
   return info;

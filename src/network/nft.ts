@@ -9,12 +9,16 @@
  *   chain g_k     tap: what the guest may reach through the host (forward hook)
  *   chain h_k     tap: what the guest may reach on the host itself (input hook): only its DNS resolver
  *   chain u_k     user: what the VM's passt process (its own uid) may connect to (output hook)
+ * and elements of the shared maps and sets, keyed by the VM's TAP. A tap-mode guest has the addresses every guest has
+ * (guest.ts); the first rules of `prerouting` (before conntrack) and all of `egress` (after NAT) translate them,
+ * statelessly, to the VM's leased address and its gateway: nothing else on the host ever sees 10.0.2.x from a TAP.
  */
 import { createHash } from "node:crypto";
 import type { ResolvedInternet } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { runHost, which } from "../util/run.js";
 import { BLOCKED_BY_DEFAULT } from "./addr.js";
+import { GUEST_NET } from "./guest.js";
 
 export const TABLE = "smolvm";
 export const TAP_PREFIX = "smvt";
@@ -40,11 +44,15 @@ async function nft(script: string, what: string, tryOnly = false): Promise<boole
 /** The table and its base chains; `add` is a no-op for what already exists. */
 function baseScript(pool: string): string {
   const p = `${TAP_PREFIX}*`;
+  const g = GUEST_NET;
   return `add table inet ${TABLE}
 add set inet ${TABLE} blocked { type ipv4_addr; flags interval; auto-merge; }
 add element inet ${TABLE} blocked { ${[...BLOCKED_BY_DEFAULT, pool].join(", ")} }
 add set inet ${TABLE} guests { type ifname . ipv4_addr; }
 add set inet ${TABLE} guest_ips { type ipv4_addr; }
+add set inet ${TABLE} gateways { type ifname . ipv4_addr; }
+add map inet ${TABLE} tap_addr { type ifname : ipv4_addr; }
+add map inet ${TABLE} tap_gw { type ifname : ipv4_addr; }
 add map inet ${TABLE} tap_fwd { type ifname : verdict; }
 add map inet ${TABLE} tap_in { type ifname : verdict; }
 add map inet ${TABLE} uid_out { type uid : verdict; }
@@ -53,11 +61,15 @@ add chain inet ${TABLE} input { type filter hook input priority filter - 5; poli
 add chain inet ${TABLE} forward { type filter hook forward priority filter - 5; policy accept; }
 add chain inet ${TABLE} output { type filter hook output priority filter - 5; policy accept; }
 add chain inet ${TABLE} postrouting { type nat hook postrouting priority srcnat; policy accept; }
+add chain inet ${TABLE} egress { type filter hook postrouting priority 110; policy accept; }
 flush chain inet ${TABLE} prerouting
 flush chain inet ${TABLE} input
 flush chain inet ${TABLE} forward
 flush chain inet ${TABLE} output
 flush chain inet ${TABLE} postrouting
+flush chain inet ${TABLE} egress
+add rule inet ${TABLE} prerouting iifname "${p}" ip saddr ${g.ip} ip saddr set iifname map @tap_addr
+add rule inet ${TABLE} prerouting iifname "${p}" ip daddr { ${g.gateway}, ${g.dns} } ip daddr set iifname map @tap_gw
 add rule inet ${TABLE} prerouting iifname "${p}" meta nfproto ipv6 drop
 add rule inet ${TABLE} prerouting iifname "${p}" iifname . ip saddr != @guests drop
 add rule inet ${TABLE} input iifname "${p}" iifname vmap @tap_in
@@ -68,6 +80,10 @@ add rule inet ${TABLE} forward oifname "${p}" ct state established,related accep
 add rule inet ${TABLE} forward oifname "${p}" drop
 add rule inet ${TABLE} output meta skuid vmap @uid_out
 add rule inet ${TABLE} postrouting ip saddr @guest_ips oifname != "${p}" masquerade
+add rule inet ${TABLE} egress oifname "${p}" oifname . ip daddr @guests ip daddr set ${g.ip}
+add rule inet ${TABLE} egress oifname "${p}" oifname . ip saddr @gateways udp sport 53 ip saddr set ${g.dns}
+add rule inet ${TABLE} egress oifname "${p}" oifname . ip saddr @gateways tcp sport 53 ip saddr set ${g.dns}
+add rule inet ${TABLE} egress oifname "${p}" oifname . ip saddr @gateways ip saddr set ${g.gateway}
 `;
 }
 
@@ -121,6 +137,9 @@ function vmScript(k: string, r: TapRules | UserRules, internet: ResolvedInternet
       `add rule inet ${TABLE} h_${k} drop`,
       `add element inet ${TABLE} guests { "${r.tap}" . ${r.guestIp} }`,
       `add element inet ${TABLE} guest_ips { ${r.guestIp} }`,
+      `add element inet ${TABLE} gateways { "${r.tap}" . ${r.gatewayIp} }`,
+      `add element inet ${TABLE} tap_addr { "${r.tap}" : ${r.guestIp} }`,
+      `add element inet ${TABLE} tap_gw { "${r.tap}" : ${r.gatewayIp} }`,
       `add element inet ${TABLE} tap_fwd { "${r.tap}" : jump g_${k} }`,
       `add element inet ${TABLE} tap_in { "${r.tap}" : jump h_${k} }`,
     );
@@ -164,6 +183,9 @@ function unhookScript(r: TapRules | UserRules | null): string {
       `delete element inet ${TABLE} tap_in { "${r.tap}" }`,
       `delete element inet ${TABLE} guests { "${r.tap}" . ${r.guestIp} }`,
       `delete element inet ${TABLE} guest_ips { ${r.guestIp} }`,
+      `delete element inet ${TABLE} gateways { "${r.tap}" . ${r.gatewayIp} }`,
+      `delete element inet ${TABLE} tap_addr { "${r.tap}" }`,
+      `delete element inet ${TABLE} tap_gw { "${r.tap}" }`,
     );
   } else if (r?.kind === "user") {
     lines.push(`delete element inet ${TABLE} uid_out { ${r.uid} }`);
@@ -269,14 +291,20 @@ function tapElements(t: TableJson, k: string): string[] {
   const out: string[] = [];
   for (const o of t.nftables) {
     const s = o.set;
-    if (s?.name !== "guests" || !Array.isArray(s.elem)) continue;
+    if ((s?.name !== "guests" && s?.name !== "gateways") || !Array.isArray(s.elem)) continue;
     for (const e of s.elem) {
       const c = (e as { concat?: unknown[] }).concat;
       if (Array.isArray(c) && c[0] === tap && typeof c[1] === "string") {
-        out.push(`delete element inet ${TABLE} guests { "${tap}" . ${c[1]} }`);
-        out.push(`delete element inet ${TABLE} guest_ips { ${c[1]} }`);
+        out.push(`delete element inet ${TABLE} ${s.name} { "${tap}" . ${c[1]} }`);
+        if (s.name === "guests") out.push(`delete element inet ${TABLE} guest_ips { ${c[1]} }`);
       }
     }
+  }
+  for (const o of t.nftables) {
+    const m = o.map;
+    if ((m?.name !== "tap_addr" && m?.name !== "tap_gw") || !Array.isArray(m.elem)) continue;
+    for (const e of m.elem)
+      if ((e as unknown[])[0] === tap) out.push(`delete element inet ${TABLE} ${m.name} { "${tap}" }`);
   }
   return out;
 }

@@ -1,8 +1,10 @@
 /**
- * TAP mode: one persistent TAP device per VM (`smvt<lease>`), routed, never bridged: the host side holds the /30's
- * gateway address, the guest the other one, so a VM's TAP is a link of its own and VMs never share a segment.
- * Leases live in SQLite; a lease whose device name is taken on the host (another state dir, foreign software) is
- * skipped. The host side has one fixed MAC address, so a restored clone's cached gateway entry stays right.
+ * TAP mode: one TAP device per VM (`smvt<lease>`), routed, never bridged: the host side holds the /30's gateway
+ * address, the VM is seen at the other one, so a VM's TAP is a link of its own and VMs never share a segment. The
+ * TAP is created and set up by the VMM's launcher (`--new-tap`: a few ioctls in the process that starts the VMM,
+ * instead of an `ip` process before it), not persistent: it goes when the VMM ends, however it ends. Inside, the
+ * guest has the addresses every guest has (guest.ts), translated at the TAP by nft.ts. Leases live in SQLite; a
+ * lease whose device name is taken on the host (another state dir, foreign software) is skipped.
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { SmolVMError } from "../errors.js";
@@ -10,9 +12,6 @@ import type { StateStore } from "../state/store.js";
 import { runHost, which } from "../util/run.js";
 import { addressPool, cidrText, leaseAddresses, poolSize } from "./addr.js";
 import { TAP_PREFIX } from "./nft.js";
-
-/** Host side of every TAP. */
-export const GATEWAY_MAC = "02:53:4d:00:00:01";
 
 export interface TapLease {
   idx: number;
@@ -89,39 +88,14 @@ export async function uplink(): Promise<string | null> {
   return null;
 }
 
-/**
- * Create and address the TAP. Forwarding is switched on for this TAP and the uplink only (the per-interface
- * switch, not the host-wide `ip_forward`); what may be forwarded is decided by SmolVM's nftables chains.
- */
-export async function createTap(l: TapLease): Promise<void> {
-  const ip = ipBin();
-  if (existsSync(`/sys/class/net/${l.tap}`)) await runHost(ip, ["link", "del", l.tap]); // our own, left by a crash
-  // one `ip` process for the whole device: each exec costs milliseconds on the warm-start path
-  const batch = [
-    `tuntap add dev ${l.tap} mode tap`,
-    `link set dev ${l.tap} address ${GATEWAY_MAC}`,
-    `addr add ${l.gateway}/30 dev ${l.tap}`,
-    `link set dev ${l.tap} up`,
-  ].join("\n");
-  const r = await runHost(ip, ["-batch", "-"], { input: `${batch}\n`, timeoutMs: 20_000 });
-  if (r.code !== 0) {
-    await deleteTap(l.tap);
-    const why = r.stderr.trim();
-    throw new SmolVMError(
-      /not permitted|denied/i.test(why)
-        ? `network mode "tap" needs root or CAP_NET_ADMIN (creating ${l.tap}: ${why}); use network "user" instead`
-        : `cannot create TAP device ${l.tap}: ${why}`,
-    );
-  }
-  sysctl(`ipv6/conf/${l.tap}/disable_ipv6`, "1");
-  sysctl(`ipv4/conf/${l.tap}/forwarding`, "1");
-  await uplinkForwarding();
-}
-
 let uplinkDone: string | null = null;
 
-/** Forwarding on for the uplink (checked once per process: the default route rarely moves). */
-async function uplinkForwarding(): Promise<void> {
+/**
+ * Forwarding on for the uplink (checked once per process: the default route rarely moves). Forwarding is switched on
+ * for each TAP (by its launcher) and the uplink only, not with the host-wide `ip_forward`; what may be forwarded is
+ * decided by SmolVM's nftables chains.
+ */
+export async function uplinkForwarding(): Promise<void> {
   const up = await (uplinkDone === null ? uplink() : Promise.resolve(uplinkDone));
   if (!up) return;
   if (uplinkDone !== up) sysctl(`ipv4/conf/${up}/forwarding`, "1");

@@ -39,6 +39,8 @@ export interface LaunchPlan {
   snapshotId?: string;
   /** The state being restored has a network device (so the VM needs one, if only an unconnected one). */
   nicInState?: boolean;
+  /** The network configuration the restored guest already has (guestNetKey), if known: it is not sent again. */
+  guestNet?: string;
   from?: "boot" | "warm" | "snapshot";
 }
 

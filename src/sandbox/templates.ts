@@ -14,6 +14,8 @@ import { AgentClient } from "../agent/client.js";
 import type { Backend, BootSpec, NicSpec, SplitInfo } from "../backends/types.js";
 import { type AccelName, networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
+import { GUEST_NET, guestNetKey } from "../network/guest.js";
+import { templateGuestNet } from "../network/index.js";
 import { dataDir, runtimeDir } from "../paths.js";
 import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
@@ -21,7 +23,8 @@ import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
-const TEMPLATE_VERSION = 4; // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off
+// 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network
+const TEMPLATE_VERSION = 5;
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
 
@@ -235,8 +238,7 @@ export function warmKey(w: WarmInputs, vmmIdentity: string): string {
 export const hasNic = (c: ResolvedVMConfig): boolean => networkOf(c).mode !== "none";
 
 /** The unconnected NIC a capture runs with, so the saved state has the device a networked VM restores into. */
-const captureNic = (c: ResolvedVMConfig): NicSpec | null =>
-  hasNic(c) ? { kind: "dummy", mac: "02:00:00:00:00:01" } : null;
+const captureNic = (c: ResolvedVMConfig): NicSpec | null => (hasNic(c) ? { kind: "dummy", mac: GUEST_NET.mac } : null);
 
 /** A launch plan restoring from the warm template of these inputs, building the template the first time. */
 export async function warmPlan(
@@ -279,18 +281,9 @@ export async function warmPlan(
         const c = await AgentClient.connect(sock);
         try {
           await c.waitReady(60_000, 5);
-          // a NIC captured up is reconfigured in place after each restore, which is much cheaper than bringing it
-          // up then; the placeholder address (TEST-NET-1) is replaced before the clone sends anything. Its
-          // /etc/resolv.conf then exists in the template's disk layer, so a clone rewrites it in place (cheap)
-          if (hasNic(w.config)) {
-            await c.netConfig({
-              addr: "192.0.2.2/30",
-              gateway: "192.0.2.1",
-              mac: "02:00:00:00:00:01",
-              dns: ["192.0.2.1"],
-              mtu: 1500,
-            });
-          }
+          // a NIC is captured with the configuration every guest has (network/guest.ts), so a VM restored from
+          // the template is not reconfigured at all (one without internet only gets its resolver removed)
+          if (hasNic(w.config)) await c.netConfig(templateGuestNet());
         } finally {
           c.close();
         }
@@ -312,6 +305,7 @@ export async function warmPlan(
     ram: fast.ram,
     ignoreShared: fast.ignoreShared,
     nicInState: hasNic(w.config),
+    ...(hasNic(w.config) ? { guestNet: guestNetKey(templateGuestNet()) } : {}),
     from: "warm",
   };
 }

@@ -10,7 +10,6 @@ import {
   rmSync,
   statSync,
 } from "node:fs";
-import { createConnection, type Socket } from "node:net";
 import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
@@ -18,6 +17,7 @@ import { agentPath } from "../../images/agent-build.js";
 import { checkPrivateDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
+import { trace } from "../../util/trace.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
@@ -59,33 +59,6 @@ class GateError extends Error {
   }
 }
 
-/** A connected Unix socket (to hand its descriptor to a child); retried while its server is still starting. */
-async function connectUnix(path: string, timeoutMs = 3000): Promise<Socket> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await new Promise<Socket>((resolve, reject) => {
-        const s = createConnection({ path });
-        s.once("connect", () => resolve(s));
-        s.once("error", reject);
-      });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (Date.now() > deadline || (code !== "ECONNREFUSED" && code !== "ENOENT")) {
-        throw new SmolVMError(`cannot connect to ${path}: ${(e as Error).message}`);
-      }
-      await sleep(5);
-    }
-  }
-}
-
-/** The descriptor under a connected socket (libuv's pipe handle keeps it in `fd`). */
-function socketFd(s: Socket): number {
-  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) throw new SmolVMError("cannot get the descriptor of the network socket");
-  return fd;
-}
-
 /** Console log size at which the proxy keeps only the newest half. */
 const CONSOLE_MAX_BYTES = 1 << 20;
 
@@ -124,13 +97,13 @@ export class QemuBackend implements Backend {
       throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
     const who = vmmIdentity(spec.runDir);
     const features = qemuFeatures(qemu);
+    trace("qemu: boot");
     const cg = createVmCgroups(basename(spec.runDir), limitsFor(spec.memSizeMib, spec.vcpuCount)).dirs;
     // the root disk is handed over as descriptors: once QEMU has dropped its privileges it cannot open paths, and a
     // snapshot reopens the layer read-only
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
-    // passt's socket is connected here and handed over: QEMU connects a stream netdev only after it has chrooted
-    const stream = spec.nic?.kind === "stream" ? await connectUnix(spec.nic.socket) : null;
-    const childFds: (number | "ignore")[] = stream ? [fds[0] ?? "ignore", fds[1] ?? "ignore", socketFd(stream)] : fds;
+    // passt's socket is handed over connected: QEMU would connect a stream netdev only after it has chrooted
+    const tap = spec.nic?.kind === "tap" ? spec.nic : null;
     const args = buildQemuArgs(spec, accel, paths, {
       runas: who,
       runWith: features.runWith,
@@ -139,18 +112,36 @@ export class QemuBackend implements Backend {
       ramReadonly: features.rom,
     });
     if (spec.incoming) args.push("-incoming", "defer");
-    let r: Awaited<ReturnType<typeof runWithFds>>;
+    let stream: number | null = null;
     try {
-      r = await runWithFds(
+      stream = spec.nic?.kind === "stream" ? spec.nic.fd() : null; // (nothing asynchronous from here to the spawn)
+    } catch (e) {
+      for (const fd of fds) closeSync(fd);
+      removeCgroups(cg);
+      throw e;
+    }
+    const childFds: (number | "ignore")[] = stream !== null ? [fds[0] ?? "ignore", fds[1] ?? "ignore", stream] : fds;
+    let r: Awaited<ReturnType<typeof runWithFds>>;
+    let gate: Promise<void> | null = null;
+    trace("qemu: launcher spawn");
+    try {
+      const launching = runWithFds(
         spec.agentBinary,
         [
           "launch",
           ...["--log", paths.logFile, "--qmp", paths.qmpSocket, "--pidfile", paths.pidFile, "--timeout", "30000"],
           ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
           ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
-          ...(stream ? ["--keep-fd", String(NIC_FD)] : []),
+          ...(stream !== null ? ["--keep-fd", String(NIC_FD)] : []),
           ...cg.flatMap((d) => ["--cgroup", d]),
-          ...(spec.nic?.kind === "tap" ? ["--tap", `${spec.nic.tap}:${NIC_FD}`] : []),
+          ...(tap && !tap.create ? ["--tap", `${tap.tap}:${NIC_FD}`] : []),
+          ...(tap?.create
+            ? [
+                ...["--new-tap", `${tap.tap}:${NIC_FD}`, "--tap-mac", tap.create.mac],
+                ...["--tap-addr", tap.create.address],
+                ...["--tap-neigh", `${tap.create.neighbor.ip}=${tap.create.neighbor.mac}`],
+              ]
+            : []),
           ...(who ? ["--isolate"] : []),
           "--",
           qemu,
@@ -159,12 +150,17 @@ export class QemuBackend implements Backend {
         childFds,
         { timeoutMs: 40_000 },
       );
+      // the launcher is on its way (spawned synchronously): what only has to be ready before the vCPUs run starts now
+      gate = spec.beforeRun ? spec.beforeRun() : null;
+      gate?.catch(() => {});
+      r = await launching;
     } finally {
       for (const fd of fds) closeSync(fd);
-      stream?.destroy();
     }
+    trace("qemu: launcher returned");
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
+      await gate?.catch(() => {}); // settled before the caller undoes it
       if (pid) await killAndWait(pid, `smolvm-${spec.vmId}`);
       removeCgroups(cg);
       rmSync(spec.runDir, { recursive: true, force: true });
@@ -176,6 +172,7 @@ export class QemuBackend implements Backend {
       }
       throw new SmolVMError(`QEMU failed to start VM ${spec.vmId}: ${why}`);
     }
+    spec.onStarted?.();
     const handle: VMHandle = {
       vmId: spec.vmId,
       pid,
@@ -199,9 +196,11 @@ export class QemuBackend implements Backend {
       exitPath: spec.exitPath ?? join(dirname(spec.logPath), "exit.json"),
       statusPath: join(dirname(spec.logPath), "vmm-status.json"),
     };
-    if (spec.incoming) await this.waitIncoming(handle, spec);
+    if (spec.incoming) await this.waitIncoming(handle, spec, gate);
     try {
-      return await this.startProxy(handle, !!spec.incoming);
+      const h = await this.startProxy(handle, !!spec.incoming);
+      trace("qemu: proxy started");
+      return h;
     } catch (e) {
       await this.kill(handle);
       throw e;
@@ -275,7 +274,7 @@ export class QemuBackend implements Backend {
   }
 
   /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
-  private async waitIncoming(h: VMHandle, spec: BootSpec): Promise<void> {
+  private async waitIncoming(h: VMHandle, spec: BootSpec, gate: Promise<void> | null): Promise<void> {
     const file = spec.incoming as string;
     const deadline = Date.now() + 60_000;
     let q: QmpClient | null = null;
@@ -293,9 +292,12 @@ export class QemuBackend implements Backend {
           throw new SmolVMError(`restoring ${file} failed: ${mig["error-desc"] ?? "failed"}`);
         if (mig.status === "completed") {
           const st = (await q.execute("query-status")) as { status: string };
+          trace("qemu: state loaded");
           if (spec.startPaused) return;
-          if (spec.beforeRun) await spec.beforeRun.catch((e) => Promise.reject(new GateError(e)));
+          if (gate) await gate.catch((e) => Promise.reject(new GateError(e)));
+          trace("qemu: rules in place");
           if (st.status !== "running") await q.execute("cont");
+          trace("qemu: cont");
           return;
         }
         if (Date.now() > deadline) throw new SmolVMError(`restoring ${file} did not finish within 60 s`);
