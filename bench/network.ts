@@ -21,6 +21,7 @@ const RUNS = Number(arg("runs") ?? 10);
 const MODES = ["none", "user", "tap"] as const;
 const PEER = "198.51.100.10";
 const BIG = 32 << 20;
+const SETTLE_MS = 500;
 
 /**
  * A GET with busybox nc whose request side stays open until the server closes (passt 2023.03 loses the server's
@@ -68,6 +69,9 @@ async function inner(): Promise<void> {
       t = performance.now();
       await vm.delete();
       put(mode, "delete (ms)", performance.now() - t);
+      // what a delete leaves to the kernel and to exiting helpers (a TAP's unregistering, passt's exit) settles
+      // before the next create is timed, so one mode's teardown is not billed to the next mode's start
+      await new Promise((r) => setTimeout(r, SETTLE_MS));
     }
   }
   process.stdout.write(`${JSON.stringify(samples)}\n`);
@@ -125,7 +129,7 @@ async function outer(): Promise<void> {
     "",
     `\`node dist/bench/network.js --runs ${RUNS}\` on ${machine()}. Interleaved rounds (none, user, tap), each a fresh`,
     "VM from the warm template, inside a fake host network namespace whose internet is a veth peer in another",
-    "namespace. Cells are p50 / p95. Guest-side tools are busybox's (`nc`), so per-request figures include one",
+    `namespace, ${SETTLE_MS} ms after the previous VM's delete. Cells are p50 / p95. Guest-side tools are busybox's (\`nc\`), so per-request figures include one`,
     "process start in the guest under TCG, the same in every mode.",
     "",
     "| what | none | user (passt) | tap |",

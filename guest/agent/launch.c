@@ -11,6 +11,10 @@
  *     before the VMM starts: --tap-mac MAC, --tap-addr A.B.C.D/PREFIX (then IPv6 off and IPv4 forwarding on for
  *     this interface, and the link up), --tap-neigh A.B.C.D=MAC (a permanent neighbour entry). One process, a few
  *     ioctls: what `ip` would do in several, off the start's critical path;
+ *   - with --peer FD --peer-err FILE --peer-pidfile FILE --peer-exec N PROGRAM ARGS (N words), a socket pair: one end is the
+ *     VMM's descriptor FD, the other goes to PROGRAM (passt: `--fd 3`) as its descriptor 3, started once the VMM
+ *     is up, in a session of its own, at nice 19 (its start-up must not slow the VMM's; the caller renices it), its
+ *     stderr to FILE. It outlives us; it sees end-of-file when the VMM ends;
  *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
  *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
@@ -34,6 +38,7 @@
 #include <net/if_arp.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -290,9 +295,33 @@ static int open_tap(const struct tap *t, const char **step) {
 	return r < 0 ? -1 : 0;
 }
 
+/* Start the peer on descriptor `end` (as its 3), as described above; returns its pid or -1. */
+static pid_t start_peer(int end, const char *errfile, char **peer) {
+	pid_t p = fork();
+	if (p != 0) return p;
+	setsid();
+	signal(SIGHUP, SIG_IGN);
+	if (setpriority(PRIO_PROCESS, 0, 19) < 0) { /* only slower to start otherwise */
+	}
+	if (end != 3 && dup2(end, 3) < 0) _exit(127); /* first: what is opened below must not land on 3 */
+	int nul = open("/dev/null", O_RDWR);
+	int err = errfile ? open(errfile, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600) : -1;
+	if (nul < 0) _exit(127);
+	dup2(nul, 0);
+	dup2(nul, 1);
+	dup2(err >= 0 ? err : nul, 2);
+	int k3[1] = {3};
+	close_fds_except(k3, 1); /* (also clears close-on-exec of 3: dup2 did) */
+	execvp(peer[0], peer);
+	dprintf(2, "launch: cannot run %s: %s\n", peer[0], strerror(errno));
+	_exit(127);
+}
+
 int launch_main(int argc, char **argv) {
 	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
-	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i, ntap = 0;
+	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i, ntap = 0, peer_fd = -1, peer_end = -1;
+	const char *peer_err = NULL, *peer_pidfile = NULL;
+	char **peer = NULL;
 	struct tap taps[MAX_TAPS];
 	for (i = 2; i < argc && strcmp(argv[i], "--"); i++) {
 		if (!strcmp(argv[i], "--isolate")) { /* flag: no value */
@@ -308,6 +337,22 @@ int launch_main(int argc, char **argv) {
 		else if (!strcmp(argv[i], "--timeout")) timeout_ms = atoi(v);
 		else if (!strcmp(argv[i], "--keep-fd") && nkeep < MAX_KEEP) keep[nkeep++] = atoi(v);
 		else if (!strcmp(argv[i], "--cgroup") && ncg < MAX_CGROUPS) cgroups[ncg++] = v;
+		else if (!strcmp(argv[i], "--peer")) {
+			peer_fd = atoi(v);
+			if (peer_fd < 3 || peer_fd >= 1024) goto usage;
+		} else if (!strcmp(argv[i], "--peer-err")) peer_err = v;
+		else if (!strcmp(argv[i], "--peer-pidfile")) peer_pidfile = v;
+		else if (!strcmp(argv[i], "--peer-exec")) {
+			int n = atoi(v);
+			if (n < 1 || i + 1 + n >= argc) goto usage;
+			peer = calloc((size_t)n + 1, sizeof *peer);
+			if (!peer) return 125;
+			for (int k = 0; k < n; k++) {
+				if (!strcmp(argv[i + 2 + k], "--")) goto usage; /* the count is wrong */
+				peer[k] = argv[i + 2 + k];
+			}
+			i += n;
+		}
 		else if (!strcmp(argv[i], "--tap-mac") || !strcmp(argv[i], "--tap-addr") || !strcmp(argv[i], "--tap-neigh")) {
 			struct tap *t = ntap ? &taps[ntap - 1] : NULL;
 			int bad = !t || !t->create;
@@ -335,7 +380,11 @@ int launch_main(int argc, char **argv) {
 		else goto usage;
 		i++;
 	}
-	if (i + 1 >= argc || !log || !qmp) goto usage;
+	if (i + 1 >= argc || !log || !qmp || (peer_fd >= 0) != (peer != NULL)) goto usage;
+	for (int k = 0; k < nkeep; k++)
+		if (keep[k] == peer_fd) goto usage;
+	for (int k = 0; k < ntap; k++)
+		if (taps[k].fd == peer_fd) goto usage;
 	char **prog = argv + i + 1;
 	umask(077);
 	for (int k = 0; k < ntap; k++) /* a --keep-fd given after the --tap with its number */
@@ -349,6 +398,26 @@ int launch_main(int argc, char **argv) {
 			fprintf(stderr, "launch: tap %s: %s: %s\n", taps[k].name, step, strerror(errno));
 			return 125;
 		}
+	}
+	if (peer) { /* the VMM's end at peer_fd (inherited), the peer's end kept here until the VMM is up */
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+			perror("launch: socketpair");
+			return 125;
+		}
+		if (sv[0] == peer_fd) {
+			fcntl(sv[0], F_SETFD, 0);
+		} else if (sv[1] == peer_fd) { /* move the peer's end out of the way first */
+			int moved = fcntl(sv[1], F_DUPFD_CLOEXEC, 3);
+			if (moved < 0) return 125;
+			sv[1] = moved;
+			if (dup2(sv[0], peer_fd) < 0) return 125;
+			close(sv[0]);
+		} else {
+			if (dup2(sv[0], peer_fd) < 0) return 125;
+			close(sv[0]);
+		}
+		peer_end = sv[1];
 	}
 	if (status_file) unlink(status_file);
 	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -394,6 +463,10 @@ int launch_main(int argc, char **argv) {
 		}
 		for (int k = 0; k < nkeep; k++) close(keep[k]); /* the VMM has them now */
 		for (int k = 0; k < ntap; k++) close(taps[k].fd);
+		if (peer) { /* neither end: the peer must see end-of-file when the VMM ends */
+			close(peer_fd);
+			close(peer_end);
+		}
 		dup2(nul, 0);
 		dup2(nul, 1);
 		dup2(nul, 2);
@@ -449,6 +522,7 @@ int launch_main(int argc, char **argv) {
 	close(logfd);
 	for (int k = 0; k < nkeep; k++) close(keep[k]);
 	for (int k = 0; k < ntap; k++) close(taps[k].fd);
+	if (peer) close(peer_fd);
 	char msg[64] = {0};
 	size_t got = 0;
 	while (got < sizeof msg - 1) {
@@ -461,6 +535,25 @@ int launch_main(int argc, char **argv) {
 	}
 	int pid = 0, code = 0, sig = 0;
 	if (sscanf(msg, "ok %d", &pid) == 1) {
+		if (peer) {
+			pid_t pp = start_peer(peer_end, peer_err, peer);
+			close(peer_end);
+			if (pp < 0) { /* the VMM runs without a network: say so, the caller decides */
+				fprintf(stderr, "launch: cannot start %s: %s\n", peer[0], strerror(errno));
+				printf("%d\n", pid);
+				return 3;
+			}
+			if (peer_pidfile) {
+				char tmp[4200], line[32];
+				snprintf(tmp, sizeof tmp, "%s.tmp", peer_pidfile);
+				snprintf(line, sizeof line, "%d\n", (int)pp);
+				int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+				if (fd < 0 || write_all(fd, line, strlen(line)) < 0 || close(fd) < 0 || rename(tmp, peer_pidfile) < 0)
+					fprintf(stderr, "launch: cannot write %s: %s\n", peer_pidfile, strerror(errno));
+			}
+			printf("%d\npeer %d\n", pid, (int)pp);
+			return 0;
+		}
 		printf("%d\n", pid);
 		return 0;
 	}
@@ -479,6 +572,6 @@ int launch_main(int argc, char **argv) {
 usage:
 	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
 			"[--keep-fd N]... [--tap NAME:FD | --new-tap NAME:FD [--tap-mac MAC] [--tap-addr A/P] [--tap-neigh A=MAC]]... "
-			"[--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
+			"[--peer FD [--peer-err FILE] [--peer-pidfile FILE] --peer-exec N PEER ARGS...] [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;
 }

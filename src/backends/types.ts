@@ -5,13 +5,14 @@ export type BackendKind = "qemu" | "firecracker";
 /**
  * The VM's network device. `tap`: a TAP device on the host (firewalled by src/network), opened by the VMM's launcher;
  * with `create`, the launcher creates it (it must not exist), sets it up as given, and it goes when the VMM ends.
- * `stream`: a connected stream socket speaking QEMU's stream netdev (passt's): the VMM gets a copy of the
- * descriptor `fd()` returns, called right before the VMM is spawned (it throws if the socket is no longer usable). `dummy`: a device connected to nothing (templates and snapshots taken with a NIC need one to restore into).
+ * `stream`: one end of a socket pair speaking QEMU's stream netdev; `peer` (passt, with `--fd 3`) gets the other
+ * end as its descriptor 3 and is started once the VMM is up, at low priority, in a session of its own, its stderr
+ * to `errPath`, its pid to `pidPath`; it is not waited for (the guest's frames wait in the socket). `dummy`: a device connected to nothing (templates and snapshots taken with a NIC need one to restore into).
  * The MAC is the device's initial one; the agent sets the guest's.
  */
 export type NicSpec = { mac: string } & (
   | { kind: "tap"; tap: string; create?: TapSetup }
-  | { kind: "stream"; fd: () => number }
+  | { kind: "stream"; peer: { argv: string[]; errPath: string; pidPath: string } }
   | { kind: "dummy" }
 );
 

@@ -18,18 +18,22 @@ export const GUEST_NET = {
   mac: "02:53:4d:00:00:02",
   /** The MAC of the gateway and resolver: the TAP's own (the host's end) and passt's. */
   gatewayMac: "02:53:4d:00:00:01",
-  mtu: 1500,
+  /** passt's: its frames are not limited by a wire, and large ones are what make it fast; a TAP's: the wire's. */
+  mtu: { user: 65520, tap: 1500 },
 } as const;
 
-/** What the guest is told: the same for every VM; without internet, no resolver (a lookup fails at once). */
-export function guestNetConfig(internet: ResolvedInternet): NetConfig {
+/**
+ * What the guest is told: the same for every VM of a mode (the MTU is the mode's: so warm templates are kept per
+ * mode); without internet, no resolver (a lookup fails at once).
+ */
+export function guestNetConfig(mode: "user" | "tap", internet: ResolvedInternet): NetConfig {
   const dns = internet === "off" ? [] : [GUEST_NET.dns];
   return {
     addr: `${GUEST_NET.ip}/${GUEST_NET.prefix}`,
     gateway: GUEST_NET.gateway,
     mac: GUEST_NET.mac,
     dns,
-    mtu: GUEST_NET.mtu,
+    mtu: GUEST_NET.mtu[mode],
     neighbors: [GUEST_NET.gateway, GUEST_NET.dns].map((ip) => ({ ip, mac: GUEST_NET.gatewayMac })),
   };
 }

@@ -24,7 +24,7 @@ import { addressPool, cidrText } from "./addr.js";
 import { dnsPidFrom, startDns, stopDns } from "./dns.js";
 import { GUEST_NET, guestNetConfig, guestNetKey } from "./guest.js";
 import { applyVmRules, removeKnownVmRules, removeVmRules, type TapRules, type UserRules } from "./nft.js";
-import { hostNameservers, passtDir, startPasst, stopPasst } from "./passt.js";
+import { hostNameservers, passtDir, passtPeer, stopPasst } from "./passt.js";
 import { closePorts } from "./ports.js";
 import { deleteTap, leaseFor, releaseLease, takeLease, uplinkForwarding } from "./tap.js";
 
@@ -269,23 +269,27 @@ async function attachUser(
           { kind: "user", uid: owner.uid, nameservers: hostNameservers() },
           internet,
           cidrText(addressPool()),
-        )
+        ).then(() => trace("net: rules applied"))
       : settled;
     return rulesStarted;
   });
-  const p = startPasst(c.vmId, owner);
-  trace("net: passt started");
-  state.passtPid = p.pid;
-  saveState(store, c.vmId, state);
+  const p = passtPeer(c.vmId, owner);
   const { passtPid: _p, uid: _u, ...info } = state;
+  let up: Promise<void> | null = null;
   return {
-    nic: { kind: "stream", fd: p.fd, mac },
+    nic: { kind: "stream", peer: p.peer, mac },
     info,
     rules,
-    vmmStarted: (ok) => p.handedOver(ok), // the VMM has its copy (or never will)
-    ready: () => p.ready(),
+    vmmStarted: () => {},
+    ready: () => {
+      up ??= p.ready().then((pid) => {
+        trace("net: passt ready");
+        state.passtPid = pid;
+        saveState(store, c.vmId, state);
+      });
+      return up;
+    },
     idle: async () => {
-      p.handedOver(false);
       await (rulesStarted ?? settled).catch(() => {});
     },
   };
@@ -296,14 +300,15 @@ async function attachUser(
  * restored guest has them already (a warm template is captured with them: guest.ts).
  */
 export async function configureGuest(client: AgentClient, info: NetworkInfo, inState?: string): Promise<void> {
-  if (!info.guestIp) return;
-  const cfg = guestNetConfig(info.internet);
+  if (!info.guestIp || info.mode === "none") return;
+  const cfg = guestNetConfig(info.mode, info.internet);
   if (inState === guestNetKey(cfg)) return;
   await client.netConfig(cfg);
 }
 
 /** The configuration a warm template's guest is captured with. */
-export const templateGuestNet = (): ReturnType<typeof guestNetConfig> => guestNetConfig("open");
+export const templateGuestNet = (mode: "user" | "tap"): ReturnType<typeof guestNetConfig> =>
+  guestNetConfig(mode, "open");
 
 /** Remove everything the VM's network used. Safe to call at any time, any number of times. */
 export async function detachNetwork(store: StateStore, vmId: string, runDir: string): Promise<void> {

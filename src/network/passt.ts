@@ -5,17 +5,14 @@
  * VM's own uid, and SmolVM's nftables output chain for that uid keeps it off the host's addresses, private networks
  * and the metadata address, and applies the egress policy. Without root there is no such chain: see doctor.
  */
-import { spawn } from "node:child_process";
-import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
-import type { Socket } from "node:net";
-import { setPriority as osSetPriority } from "node:os";
+import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { setPriority } from "node:os";
 import { join } from "node:path";
 import { SmolVMError } from "../errors.js";
 import { runtimeDir } from "../paths.js";
 import { errorTail } from "../util/daemon.js";
 import { killAllMatching, killAndWait, processAlive, waitFor } from "../util/proc.js";
-import { which, withPrivateUmask } from "../util/run.js";
-import { trace } from "../util/trace.js";
+import { which } from "../util/run.js";
 import { GUEST_NET } from "./guest.js";
 import { vmKey } from "./nft.js";
 
@@ -36,44 +33,21 @@ function ensureDir(dir: string, owner: { uid: number; gid: number } | null): voi
   if (owner) chownSync(dir, owner.uid, owner.gid);
 }
 
-export interface PasstProcess {
-  pid: number;
-  /**
-   * Our end of the socket pair passt serves, for the VMM: call it right before the VMM is spawned (synchronously).
-   * Throws if passt is gone: Node then closes our end, and the number may soon be another descriptor's.
-   */
-  fd(): number;
-  /** The VMM has its copy: let passt start (`ok`), or not; our end is closed either way. */
-  handedOver(ok: boolean): void;
-  /** Settles once passt is up (its pid file written), or rejects with what it said. */
-  ready(): Promise<void>;
-}
-
-/** Set a process's nice value (only as root: anyone else could not set it back). Gone already: nothing to do. */
-function setPriority(pid: number, nice: number): void {
-  if (process.getuid?.() !== 0) return;
-  try {
-    osSetPriority(pid, nice);
-  } catch {
-    // gone: ready() says so
-  }
-}
-
-/** The descriptor under a socket libuv made (its pipe handle keeps it in `fd`). */
-function socketFd(s: Socket): number {
-  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) throw new SmolVMError("cannot get the descriptor of passt's socket");
-  return fd;
+export interface PasstPeer {
+  /** For the VMM's launcher, which starts passt on its end of a socket pair once the VMM is up (NicSpec). */
+  peer: { argv: string[]; errPath: string; pidPath: string };
+  /** Settles with passt's pid once it is up (its pid file written), or rejects with what it said. */
+  ready(): Promise<number>;
 }
 
 /**
- * Prepare the VM's passt on one end of a socket pair (`--fd`; Node's stdio pipes are socket pairs) whose other end
- * goes to the VMM. A shell holds passt's end and execs passt only once the VMM has its copy (`handedOver`): passt's
- * start-up (~90 ms of CPU here, most of it page faults of its frame buffers) then runs while the VMM loads the
- * guest's state instead of competing with the VMM's own start, and at low priority until it is up. The guest sends
- * nothing before it runs, and frames wait in the socket. passt exits by itself once the VMM has gone (`--one-off`).
+ * The VM's passt, as the VMM's launcher starts it: on one end of a socket pair whose other end is the VMM's NIC
+ * (`--fd 3`), once the VMM is up, at low priority (its start-up costs ~90 ms of CPU here, mostly page faults of its
+ * frame buffers, and must not slow the VMM's), in a session of its own. Nothing waits for it before the VMM starts:
+ * the guest sends nothing until it runs, and frames wait in the socket. It exits by itself once the VMM has gone
+ * (`--one-off`). Without a process of ours in between, no descriptor is passed through Node.
  */
-export function startPasst(vmId: string, owner: { uid: number; gid: number } | null): PasstProcess {
+export function passtPeer(vmId: string, owner: { uid: number; gid: number } | null): PasstPeer {
   const bin = which("passt");
   if (!bin) {
     throw new SmolVMError('network mode "user" needs passt: sudo apt-get install passt (or use network "tap" as root)');
@@ -81,59 +55,37 @@ export function startPasst(vmId: string, owner: { uid: number; gid: number } | n
   const dir = passtDir(vmId);
   ensureDir(dir, owner);
   const errPath = join(dir, "passt.err");
-  const pidFile = join(dir, "passt.pid");
-  const args = [
-    ...["-f", "-q", "-4", "--no-map-gw", "-1", "-F", "3", "-P", pidFile],
+  const pidFile = join(dir, "passt.pid"); // passt's own, written once it is set up
+  const pidPath = join(dir, "peer.pid"); // the launcher's, written when it starts passt
+  const argv = [
+    ...[bin, "-f", "-q", "-4", "--no-map-gw", "-1", "-F", "3", "-P", pidFile],
     ...["-a", GUEST_NET.ip, "-n", String(GUEST_NET.prefix), "-g", GUEST_NET.gateway, "-M", GUEST_NET.gatewayMac],
     ...["--dns-forward", GUEST_NET.dns, "--no-dhcp-search", "-t", "none", "-u", "none"],
     ...(owner ? ["--runas", `${owner.uid}:${owner.gid}`] : []),
   ];
-  trace("passt: dir ready");
-  const errFd = openSync(errPath, "w", 0o600);
-  let child: ReturnType<typeof spawn>;
-  try {
-    // `go` on stdin: exec passt (same pid); end of input without it: exit
-    const sh = 'read -r go && [ "$go" = go ] && exec "$0" "$@"';
-    child = withPrivateUmask(() =>
-      spawn("/bin/sh", ["-c", sh, bin, ...args], { stdio: ["pipe", "ignore", errFd, "pipe"], detached: true }),
-    );
-  } finally {
-    closeSync(errFd);
-  }
-  trace("passt: spawned");
-  const sock = child.stdio[3] as Socket | null;
-  sock?.pause(); // never read here: every byte is the VMM's
-  child.unref();
-  const pid = child.pid;
-  if (!pid || !sock || !child.stdin) {
-    sock?.destroy();
-    child.stdin?.destroy();
-    throw new SmolVMError(`passt for VM ${vmId} failed to start: ${errorTail(errPath) || "spawn failed"}`);
-  }
-  setPriority(pid, 19);
-  const stdin = child.stdin;
-  stdin.on("error", () => {}); // the shell gone: ready() says why
-  let exited = false;
-  child.on("exit", () => {
-    exited = true;
-  });
-  const gone = () => exited || !processAlive(pid, dir);
-  const failed = () => new SmolVMError(`passt for VM ${vmId} exited: ${errorTail(errPath) || "no message"}`);
-  let told = false;
+  const read = (f: string): number => {
+    try {
+      return Number.parseInt(readFileSync(f, "utf8"), 10) || 0;
+    } catch {
+      return 0;
+    }
+  };
   return {
-    pid,
-    fd: () => {
-      if (gone() || sock.destroyed) throw failed();
-      return socketFd(sock);
-    },
-    handedOver: (ok) => {
-      if (!told && !stdin.destroyed) stdin.end(ok ? "go\n" : "");
-      told = true;
-      sock.destroy();
-    },
+    peer: { argv, errPath, pidPath },
     ready: async () => {
-      if (!(await waitFor(() => gone() || existsSync(pidFile), 10_000)) || gone()) throw failed();
-      setPriority(pid, 0);
+      const pid = read(pidPath);
+      const gone = () => !processAlive(pid, dir);
+      if (!(await waitFor(() => existsSync(pidFile) || gone(), 10_000)) || gone()) {
+        throw new SmolVMError(`passt for VM ${vmId} exited: ${errorTail(errPath) || "no message"}`);
+      }
+      if (process.getuid?.() === 0) {
+        try {
+          setPriority(pid, 0); // the launcher started it at nice 19
+        } catch {
+          // gone meanwhile: the guest's network says so
+        }
+      }
+      return pid;
     },
   };
 }

@@ -230,8 +230,21 @@ export function warmKey(w: WarmInputs, vmmIdentity: string): string {
   const c = w.config;
   const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, w.agentBinary, w.accel, vmmIdentity];
   parts.push(c.memSizeMib, c.vcpuCount, c.bootArgs);
-  if (hasNic(c)) parts.push("nic"); // the device set is part of the saved state
+  // the device set is part of the saved state, and the guest's network configuration (its MTU is the mode's)
+  if (hasNic(c)) parts.push(`nic:${networkOf(c).mode}`);
   return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16);
+}
+
+/** The network mode of a config that has a NIC, or null. */
+const nicMode = (c: ResolvedVMConfig): "user" | "tap" | null => {
+  const m = networkOf(c).mode;
+  return m === "none" ? null : m;
+};
+
+/** What a warm template of this config's guest has of its network (a LaunchPlan's `guestNet`). */
+function guestNetOf(c: ResolvedVMConfig): { guestNet?: string } {
+  const m = nicMode(c);
+  return m ? { guestNet: guestNetKey(templateGuestNet(m)) } : {};
 }
 
 /** A template or snapshot of this config has a network device in its saved state. */
@@ -283,7 +296,8 @@ export async function warmPlan(
           await c.waitReady(60_000, 5);
           // a NIC is captured with the configuration every guest has (network/guest.ts), so a VM restored from
           // the template is not reconfigured at all (one without internet only gets its resolver removed)
-          if (hasNic(w.config)) await c.netConfig(templateGuestNet());
+          const mode = networkOf(w.config).mode;
+          if (mode !== "none") await c.netConfig(templateGuestNet(mode));
         } finally {
           c.close();
         }
@@ -305,7 +319,7 @@ export async function warmPlan(
     ram: fast.ram,
     ignoreShared: fast.ignoreShared,
     nicInState: hasNic(w.config),
-    ...(hasNic(w.config) ? { guestNet: guestNetKey(templateGuestNet()) } : {}),
+    ...guestNetOf(w.config),
     from: "warm",
   };
 }

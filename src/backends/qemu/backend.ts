@@ -102,7 +102,7 @@ export class QemuBackend implements Backend {
     // the root disk is handed over as descriptors: once QEMU has dropped its privileges it cannot open paths, and a
     // snapshot reopens the layer read-only
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
-    // passt's socket is handed over connected: QEMU would connect a stream netdev only after it has chrooted
+    // passt's socket pair is made by the launcher: QEMU would connect a stream netdev only after it has chrooted
     const tap = spec.nic?.kind === "tap" ? spec.nic : null;
     const args = buildQemuArgs(spec, accel, paths, {
       runas: who,
@@ -112,15 +112,8 @@ export class QemuBackend implements Backend {
       ramReadonly: features.rom,
     });
     if (spec.incoming) args.push("-incoming", "defer");
-    let stream: number | null = null;
-    try {
-      stream = spec.nic?.kind === "stream" ? spec.nic.fd() : null; // (nothing asynchronous from here to the spawn)
-    } catch (e) {
-      for (const fd of fds) closeSync(fd);
-      removeCgroups(cg);
-      throw e;
-    }
-    const childFds: (number | "ignore")[] = stream !== null ? [fds[0] ?? "ignore", fds[1] ?? "ignore", stream] : fds;
+    const peer = spec.nic?.kind === "stream" ? spec.nic.peer : null;
+    const childFds: (number | "ignore")[] = fds;
     let r: Awaited<ReturnType<typeof runWithFds>>;
     let gate: Promise<void> | null = null;
     trace("qemu: launcher spawn");
@@ -132,7 +125,12 @@ export class QemuBackend implements Backend {
           ...["--log", paths.logFile, "--qmp", paths.qmpSocket, "--pidfile", paths.pidFile, "--timeout", "30000"],
           ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
           ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
-          ...(stream !== null ? ["--keep-fd", String(NIC_FD)] : []),
+          ...(peer
+            ? [
+                ...["--peer", String(NIC_FD), "--peer-err", peer.errPath, "--peer-pidfile", peer.pidPath],
+                ...["--peer-exec", String(peer.argv.length), ...peer.argv],
+              ]
+            : []),
           ...cg.flatMap((d) => ["--cgroup", d]),
           ...(tap && !tap.create ? ["--tap", `${tap.tap}:${NIC_FD}`] : []),
           ...(tap?.create
