@@ -59,8 +59,8 @@ export interface BootSpec {
   /** A network device; absent: none. Saved guest state with a NIC restores only into a VM with one. */
   nic?: NicSpec | null;
   /**
-   * Restore: called as soon as the VMM process has been spawned (work that may run beside its start, like the VM's
-   * firewall rules); the vCPUs start only once the promise it returns settles, and a rejection fails the start.
+   * Restore: called once the state is loaded; the vCPUs start only once the promise it returns settles (the VM's
+   * firewall rules), and a rejection fails the start. Work that may run meanwhile starts in `onStarted`.
    */
   beforeRun?: () => Promise<void>;
   /** Called once the VMM process is up (its NIC exists), before a restore loads; not called if it fails to start. */

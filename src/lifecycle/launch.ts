@@ -140,8 +140,9 @@ export async function launchVm(
     trace("launch: start");
     const netting = attachNetwork(store, c, runDir, plan.nicInState === true).then((n) => {
       trace("launch: network attached");
-      // the firewall rules (an nft process) go on while the disk layer is made: ready long before the vCPUs run
-      n.rules().catch(() => {});
+      // a cold boot's firewall rules (an nft process) go on while the disk layer is made; a restore's once its VMM
+      // is up, while it loads the guest's state (process starts here would delay the VMM's)
+      if (!plan.incoming) n.rules().catch(() => {});
       return { n, at: performance.now() };
     });
     // a VM that ran before keeps its own top disk layer (after a snapshot it is no longer disk.qcow2)
@@ -179,8 +180,11 @@ export async function launchVm(
       runDir,
       logPath,
       nic: net.nic,
-      beforeRun: plan.incoming ? net.rules : undefined, // (started above)
-      onStarted: () => net?.vmmStarted(true),
+      beforeRun: plan.incoming ? net.rules : undefined,
+      onStarted: () => {
+        if (plan.incoming) net?.rules().catch(() => {});
+        net?.vmmStarted(true);
+      },
       agentBinary: plan.agentBinary,
       accel: plan.accel,
       incoming: plan.incoming,

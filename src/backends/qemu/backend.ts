@@ -115,7 +115,6 @@ export class QemuBackend implements Backend {
     const peer = spec.nic?.kind === "stream" ? spec.nic.peer : null;
     const childFds: (number | "ignore")[] = fds;
     let r: Awaited<ReturnType<typeof runWithFds>>;
-    let gate: Promise<void> | null = null;
     trace("qemu: launcher spawn");
     try {
       const launching = runWithFds(
@@ -148,9 +147,6 @@ export class QemuBackend implements Backend {
         childFds,
         { timeoutMs: 40_000 },
       );
-      // the launcher is on its way (spawned synchronously): what only has to be ready before the vCPUs run starts now
-      gate = spec.beforeRun ? spec.beforeRun() : null;
-      gate?.catch(() => {});
       r = await launching;
     } finally {
       for (const fd of fds) closeSync(fd);
@@ -158,7 +154,6 @@ export class QemuBackend implements Backend {
     trace("qemu: launcher returned");
     const pid = readPid(paths.pidFile);
     if (r.code !== 0 || !pid) {
-      await gate?.catch(() => {}); // settled before the caller undoes it
       if (pid) await killAndWait(pid, `smolvm-${spec.vmId}`);
       removeCgroups(cg);
       rmSync(spec.runDir, { recursive: true, force: true });
@@ -194,7 +189,7 @@ export class QemuBackend implements Backend {
       exitPath: spec.exitPath ?? join(dirname(spec.logPath), "exit.json"),
       statusPath: join(dirname(spec.logPath), "vmm-status.json"),
     };
-    if (spec.incoming) await this.waitIncoming(handle, spec, gate);
+    if (spec.incoming) await this.waitIncoming(handle, spec);
     try {
       const h = await this.startProxy(handle, !!spec.incoming);
       trace("qemu: proxy started");
@@ -272,7 +267,7 @@ export class QemuBackend implements Backend {
   }
 
   /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
-  private async waitIncoming(h: VMHandle, spec: BootSpec, gate: Promise<void> | null): Promise<void> {
+  private async waitIncoming(h: VMHandle, spec: BootSpec): Promise<void> {
     const file = spec.incoming as string;
     const deadline = Date.now() + 60_000;
     let q: QmpClient | null = null;
@@ -292,7 +287,7 @@ export class QemuBackend implements Backend {
           const st = (await q.execute("query-status")) as { status: string };
           trace("qemu: state loaded");
           if (spec.startPaused) return;
-          if (gate) await gate.catch((e) => Promise.reject(new GateError(e)));
+          if (spec.beforeRun) await spec.beforeRun().catch((e) => Promise.reject(new GateError(e)));
           trace("qemu: rules in place");
           if (st.status !== "running") await q.execute("cont");
           trace("qemu: cont");
