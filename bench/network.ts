@@ -124,6 +124,14 @@ async function outer(): Promise<void> {
     rows.push(`| ${what} | ${cells.join(" | ")} |`);
   }
   const warm = (m: string) => out[m]?.["warm create to first command (ms)"]?.p50 ?? Number.NaN;
+  // the same rounds paired: each networked create against the `none` create of its own round (steadier than a
+  // difference of p50s when the machine's speed drifts during the run)
+  const paired = (m: string) => {
+    const a = samples[m]?.["warm create to first command (ms)"] ?? [];
+    const b = samples.none?.["warm create to first command (ms)"] ?? [];
+    const d = a.map((x, i) => x - (b[i] ?? Number.NaN)).filter((x) => !Number.isNaN(x));
+    return d.length ? stats(d).p50 : Number.NaN;
+  };
   const body = [
     `## Networking: cost per mode (${new Date().toISOString().slice(0, 10)})`,
     "",
@@ -136,7 +144,7 @@ async function outer(): Promise<void> {
     "| --- | ---: | ---: | ---: |",
     ...rows,
     "",
-    `Warm create with networking vs none, same run: user ${(warm("user") - warm("none")).toFixed(0)} ms, tap ${(warm("tap") - warm("none")).toFixed(0)} ms (p50 difference).`,
+    `Warm create with networking vs none, same run: user ${(warm("user") - warm("none")).toFixed(0)} ms, tap ${(warm("tap") - warm("none")).toFixed(0)} ms (difference of p50s); p50 of the per-round differences: user ${paired("user").toFixed(0)} ms, tap ${paired("tap").toFixed(0)} ms.`,
   ].join("\n");
   process.stdout.write(`${JSON.stringify({ runs: RUNS, machine: machine(), stats: out }, null, 2)}\n`);
   if (!process.argv.includes("--no-write")) writeSection(join(packageRoot(), "docs/BENCHMARKS.md"), "network", body);
