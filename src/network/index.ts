@@ -76,13 +76,17 @@ export interface AttachedNetwork {
 const settled = Promise.resolve();
 const nothing = { rules: () => settled, vmmStarted: () => {}, ready: () => settled, idle: () => settled };
 
-/** `f` run on the first call only, its rejection handled until someone awaits it. */
-function once(f: () => Promise<void>): () => Promise<void> {
+/**
+ * `f` run on the first call only, its rejection handled until someone awaits it; `settledIfStarted` waits for it
+ * only if it was started.
+ */
+function once(f: () => Promise<void>): (() => Promise<void>) & { settledIfStarted(): Promise<void> } {
   let p: Promise<void> | null = null;
-  return () => {
+  const run = () => {
     p ??= later(f());
     return p;
   };
+  return Object.assign(run, { settledIfStarted: async () => void (await p?.catch(() => {})) });
 }
 
 /** Start `p` now, await it later: no unhandled rejection meanwhile. */
@@ -181,16 +185,11 @@ async function attachTap(
   saveState(store, c.vmId, state); // before anything exists, so a crash from here on is cleaned up by name
   // the VMM's launcher creates the TAP; the rules only have to be in place before the guest runs, and the resolver
   // (which listens on the TAP's address) starts once the TAP exists: neither is on the way to the VMM's start
-  let rulesStarted: Promise<void> | null = null;
-  const rules = once(() => {
-    rulesStarted = applyVmRules(
-      c.vmId,
-      { kind: "tap", tap: l.tap, guestIp: l.guest, gatewayIp: l.gateway },
-      internet,
-      l.pool,
-    ).then(() => trace("net: rules applied"));
-    return rulesStarted;
-  });
+  const rules = once(() =>
+    applyVmRules(c.vmId, { kind: "tap", tap: l.tap, guestIp: l.guest, gatewayIp: l.gateway }, internet, l.pool).then(
+      () => trace("net: rules applied"),
+    ),
+  );
   await uplinkForwarding();
   let go: (ok: boolean) => void = () => {};
   const dns = later(
@@ -218,7 +217,7 @@ async function attachTap(
     ready: () => dns,
     idle: async () => {
       go(false);
-      await Promise.allSettled([rulesStarted ?? settled, dns]);
+      await Promise.allSettled([rules.settledIfStarted(), dns]);
     },
   };
 }
@@ -259,20 +258,18 @@ async function attachUser(
     };
   }
   saveState(store, c.vmId, state);
-  // passt before the VMM starts (the VMM is handed a connection to it); the rules only before the guest runs: passt
-  // opens sockets only for the guest's traffic
-  let rulesStarted: Promise<void> | null = null;
-  const rules = once(() => {
-    rulesStarted = owner
+  // passt is started by the VMM's launcher once the VMM is up; the rules only have to be in place before the guest
+  // runs: passt opens sockets only for the guest's traffic
+  const rules = once(() =>
+    owner
       ? applyVmRules(
           c.vmId,
           { kind: "user", uid: owner.uid, nameservers: hostNameservers() },
           internet,
           cidrText(addressPool()),
         ).then(() => trace("net: rules applied"))
-      : settled;
-    return rulesStarted;
-  });
+      : settled,
+  );
   const p = passtPeer(c.vmId, owner);
   const { passtPid: _p, uid: _u, ...info } = state;
   let up: Promise<void> | null = null;
@@ -290,7 +287,7 @@ async function attachUser(
       return up;
     },
     idle: async () => {
-      await (rulesStarted ?? settled).catch(() => {});
+      await rules.settledIfStarted();
     },
   };
 }

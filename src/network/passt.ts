@@ -90,9 +90,6 @@ export function passtPeer(vmId: string, owner: { uid: number; gid: number } | nu
   };
 }
 
-/** The last lines passt wrote to stderr, or "". */
-export const passtError = (vmId: string): string => errorTail(join(passtDir(vmId), "passt.err"));
-
 /** Kill the VM's passt (found by pid, or by its folder when the pid is unknown) and remove its folder. */
 export async function stopPasst(vmId: string, pid: number | null | undefined): Promise<void> {
   const dir = passtDir(vmId);
