@@ -46,8 +46,15 @@ export interface VMConfig {
   kernelPath?: string;
   /** Initramfs holding the SmolVM agent; default: the one `smolvm setup` built. */
   initrdPath?: string;
-  /** ext4 root filesystem image; default: the built-in busybox image. */
+  /** ext4 root filesystem image; default: the built-in busybox image. Not together with `image`. */
   rootfsPath?: string;
+  /**
+   * The image to run: a preset (`base`, the default busybox; `python`; `node`), an OCI reference
+   * (`python:3.12-slim`, `ghcr.io/org/app@sha256:...`: pulled on first use), or a local image id.
+   */
+  image?: string;
+  /** Size of the guest's root file system in MiB (64-1048576); default: the image's (pulled images get 1 GiB free). */
+  diskSizeMib?: number;
   /** Extra kernel command-line arguments. */
   bootArgs?: string;
   /** Environment given to every command run in the VM. */
@@ -78,6 +85,11 @@ export interface ResolvedVMConfig {
   kernelPath: string | null;
   initrdPath: string | null;
   rootfsPath: string | null;
+  /** The image as the caller named it, or null (the default image, or `rootfsPath`). */
+  image: string | null;
+  diskSizeMib: number | null;
+  /** What the image was resolved to at the VM's first start (kept through snapshots, forks and packs). */
+  imageInfo?: ImageDefaults;
   bootArgs: string;
   env: Record<string, string>;
   accel: AccelName;
@@ -85,8 +97,21 @@ export interface ResolvedVMConfig {
   network: ResolvedNetwork;
 }
 
+/** What an image gives the commands run in it (its OCI config): defaults for `run`, `spawn` and the terminal. */
+export interface ImageDefaults {
+  /** The image's id in the image store. */
+  id: string;
+  /** The reference it was resolved from (`docker.io/library/python:3.12-slim`, `preset:python`). */
+  ref: string;
+  workingDir?: string;
+  user?: string;
+  entrypoint?: string[];
+  cmd?: string[];
+}
+
 export const DEFAULTS = { vcpuCount: 2, memSizeMib: 512, diskMode: "isolated" as DiskMode };
-export const LIMITS = { vcpuCount: [1, 32], memSizeMib: [128, 16384] } as const;
+export const LIMITS = { vcpuCount: [1, 32], memSizeMib: [128, 16384], diskSizeMib: [64, 1048576] } as const;
+const IMAGE_RE = /^[A-Za-z0-9][A-Za-z0-9._\-/:@]{0,510}$/;
 
 const ID_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
 /** The shape of generated VM ids: names may not take it, so an id never resolves to another VM by name. */
@@ -102,6 +127,8 @@ const KNOWN = new Set<string>([
   "kernelPath",
   "initrdPath",
   "rootfsPath",
+  "image",
+  "diskSizeMib",
   "bootArgs",
   "env",
   "accel",
@@ -192,6 +219,29 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     throw new ConfigError("bootArgs", "must be a single-line string");
   }
   const diskMode = c.diskMode === undefined ? DEFAULTS.diskMode : oneOf("diskMode", c.diskMode, DISK_MODES);
+  let image: string | null = null;
+  if (c.image !== undefined && c.image !== null) {
+    if (typeof c.image !== "string" || !IMAGE_RE.test(c.image)) {
+      throw new ConfigError(
+        "image",
+        `must be a preset name, an OCI reference or an image id, got ${JSON.stringify(c.image)}`,
+      );
+    }
+    if (c.rootfsPath !== undefined && c.rootfsPath !== null) {
+      throw new ConfigError("image", "give either image or rootfsPath, not both");
+    }
+    image = c.image;
+  }
+  const diskSizeMib =
+    c.diskSizeMib === undefined || c.diskSizeMib === null
+      ? null
+      : intIn("diskSizeMib", c.diskSizeMib, LIMITS.diskSizeMib);
+  if (diskSizeMib !== null && c.rootfsPath !== undefined && c.rootfsPath !== null) {
+    throw new ConfigError("diskSizeMib", "applies to images; grow your own rootfsPath file with resize2fs");
+  }
+  if (diskSizeMib !== null && diskMode === "shared") {
+    throw new ConfigError("diskSizeMib", 'cannot resize an image written in place (diskMode "shared")');
+  }
   if (diskMode === "shared" && (c.rootfsPath === undefined || c.rootfsPath === null)) {
     throw new ConfigError(
       "diskMode",
@@ -209,6 +259,8 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     kernelPath: filePath("kernelPath", c.kernelPath),
     initrdPath: filePath("initrdPath", c.initrdPath),
     rootfsPath: filePath("rootfsPath", c.rootfsPath),
+    image,
+    diskSizeMib,
     bootArgs: (c.bootArgs as string | undefined) ?? "",
     env,
     accel: c.accel === undefined ? "auto" : oneOf("accel", c.accel, ACCELS),

@@ -26,6 +26,9 @@ export function hostTools(): HostTool[] {
     { what: "static libc", pkg: "libc6-dev", found: libcStatic() },
     { what: "dpkg-deb", pkg: "dpkg", found: which("dpkg-deb") },
     { what: "zstd", pkg: "zstd", found: which("zstd") },
+    // images: presets are built from Debian packages; debugfs and resize2fs finish and grow ext4 images
+    { what: "mmdebstrap", pkg: "mmdebstrap", found: which("mmdebstrap") },
+    { what: "debugfs", pkg: "e2fsprogs", found: which("debugfs") },
   ];
 }
 
@@ -42,11 +45,15 @@ export function networkTools(): HostTool[] {
   ];
 }
 
-/** Extra programs the test suite and benchmarks drive (tmux for terminal tests, dropbear/ssh for the SSH baseline). */
+/**
+ * Extra programs the test suite and benchmarks drive (tmux for terminal tests, dropbear/ssh for the SSH baseline,
+ * a registry on loopback for the image tests).
+ */
 export function testTools(): HostTool[] {
   return [
     { what: "tmux", pkg: "tmux", found: which("tmux") },
     { what: "dropbear", pkg: "dropbear-bin", found: which("dropbear") },
     { what: "ssh client", pkg: "openssh-client", found: which("ssh") },
+    { what: "OCI registry", pkg: "docker-registry", found: which("docker-registry") },
   ];
 }

@@ -26,6 +26,15 @@ export {
   VMNotFoundError,
   VMStateError,
 } from "./errors.js";
+export { type ImageInfo, type ImageUsers, images, type PruneResult, type PullOptions } from "./images/api.js";
+export {
+  DigestMismatchError,
+  ImageNotFoundError,
+  RegistryAuthError,
+  RegistryError,
+  RegistryUnreachableError,
+  UnsupportedPlatformError,
+} from "./images/oci/errors.js";
 export { PackError, type PackManifest } from "./images/pack.js";
 export type { CommandOptions, CommandResult, Process, RunOptions, SpawnOptions } from "./sandbox/commands.js";
 export type { Env } from "./sandbox/env.js";

@@ -24,34 +24,61 @@ struct user {
 	char name[64];
 };
 
-/* Look a user up in /etc/passwd by name or number (no NSS in a static binary). Returns 0 when found. */
-static int lookup_user(const char *who, struct user *u) {
-	FILE *f = fopen("/etc/passwd", "re");
-	char line[1024];
+/* Look a name or number up in a passwd-style file (7 fields: passwd; 4: group). Fills fields[] from the matching
+ * line (kept in line[]). Returns 0 when found. */
+static int lookup_file(const char *file, const char *who, int nfields, char *line, size_t linesz, char **fields) {
+	FILE *f = fopen(file, "re");
 	int numeric = who[0] && strspn(who, "0123456789") == strlen(who);
-	while (f && fgets(line, sizeof line, f)) {
-		char *fields[7] = {0}, *rest = line, *tok;
+	while (f && fgets(line, (int)linesz, f)) {
+		char *rest = line, *tok;
 		int i = 0;
 		line[strcspn(line, "\n")] = 0;
-		while (i < 7 && (tok = strsep(&rest, ":"))) fields[i++] = tok; /* keeps empty fields, unlike strtok */
-		if (i < 6) continue;
+		while (i < nfields && (tok = strsep(&rest, ":"))) fields[i++] = tok; /* keeps empty fields, unlike strtok */
+		if (i < nfields - 1 || i < 3 || !fields[2][0]) continue; /* an empty id field is not id 0 */
 		int match = numeric ? (strtoul(fields[2], NULL, 10) == strtoul(who, NULL, 10)) : !strcmp(fields[0], who);
 		if (!match) continue;
-		u->uid = (uid_t)strtoul(fields[2], NULL, 10);
-		u->gid = (gid_t)strtoul(fields[3], NULL, 10);
-		snprintf(u->home, sizeof u->home, "%s", fields[5]);
-		snprintf(u->name, sizeof u->name, "%s", fields[0]);
 		fclose(f);
 		return 0;
 	}
 	if (f) fclose(f);
-	if (numeric) { /* a uid with no passwd entry is still a valid identity */
-		u->uid = u->gid = (uid_t)strtoul(who, NULL, 10);
-		snprintf(u->home, sizeof u->home, "/");
-		snprintf(u->name, sizeof u->name, "%s", who);
-		return 0;
-	}
 	return -1;
+}
+
+/* Look a user up by name or number, optionally with a group: "name", "uid", "name:group", "uid:gid" (the forms of an
+ * OCI image's User). No NSS in a static binary: /etc/passwd and /etc/group are read directly. Returns 0 when found. */
+static int lookup_user(const char *spec, struct user *u) {
+	char who[128], line[4096], *fields[7] = {0};
+	const char *colon = strchr(spec, ':');
+	size_t wl = colon ? (size_t)(colon - spec) : strlen(spec);
+	if (wl == 0 || wl >= sizeof who) return -1;
+	memcpy(who, spec, wl);
+	who[wl] = 0;
+	int numeric = strspn(who, "0123456789") == wl;
+	if (lookup_file("/etc/passwd", who, 7, line, sizeof line, fields) == 0 && fields[5]) {
+		u->uid = (uid_t)strtoul(fields[2], NULL, 10);
+		u->gid = (gid_t)strtoul(fields[3], NULL, 10);
+		snprintf(u->home, sizeof u->home, "%s", fields[5]);
+		snprintf(u->name, sizeof u->name, "%s", fields[0]);
+	} else if (numeric) { /* a uid with no passwd entry is still a valid identity (group 0, as runc gives it) */
+		u->uid = (uid_t)strtoul(who, NULL, 10);
+		u->gid = 0;
+		snprintf(u->home, sizeof u->home, "/");
+		snprintf(u->name, sizeof u->name, "%.63s", who);
+	} else {
+		return -1;
+	}
+	if (colon) {
+		const char *g = colon + 1;
+		if (!*g) return -1;
+		if (strspn(g, "0123456789") == strlen(g)) {
+			u->gid = (gid_t)strtoul(g, NULL, 10);
+		} else {
+			char *gf[4] = {0};
+			if (lookup_file("/etc/group", g, 4, line, sizeof line, gf) < 0) return -1;
+			u->gid = (gid_t)strtoul(gf[2], NULL, 10);
+		}
+	}
+	return 0;
 }
 
 static int env_replace(char **env, int n, char *entry) {

@@ -1,5 +1,6 @@
 /** run (ephemeral VM) and exec (in an existing VM): stream output, exit with the command's code. */
 import type { Command } from "commander";
+import { ConfigError } from "../errors.js";
 import type { CommandResult } from "../sandbox/commands.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { onInterrupt } from "./cleanup.js";
@@ -45,10 +46,11 @@ async function runStreaming(
   args: string[],
   o: ExecOptions,
   env?: Record<string, string>,
+  asArgv = false,
 ): Promise<CommandResult> {
   const attach = o.interactive || !process.stdin.isTTY;
   try {
-    return await vm.run(toCommand(args), {
+    return await vm.run(asArgv ? args : toCommand(args), {
       timeoutMs: int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }),
       cwd: o.cwd,
       env,
@@ -69,7 +71,7 @@ function finish(r: CommandResult, json?: boolean): void {
 
 export function registerExec(program: Command): void {
   addVmOptions(program.command("run").description("run a command in a new VM, then delete it"))
-    .argument("<cmd...>", "command (one argument: a shell command line; several: an argv)")
+    .argument("[cmd...]", "command (one argument: a shell command line; several: an argv); default: the image's")
     .option("--timeout <ms>", "kill the command after this many ms")
     .option("--cwd <dir>", "working directory in the guest")
     .option("-u, --user <user>", "guest user (name or uid)")
@@ -78,10 +80,20 @@ export function registerExec(program: Command): void {
     .action(async (args: string[], o: VmOptions & ExecOptions) => {
       const vm = new SmolVM(vmConfigFrom(o));
       int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }); // before anything boots
+      if (args.length === 0 && !o.image) {
+        throw new ConfigError("cmd", "give a command to run (only an image with Entrypoint/Cmd has a default)");
+      }
       const cancel = onInterrupt(() => vm.delete()); // Ctrl-C, a closed terminal, a reader that went away
       try {
         await vm.start({ onProgress: progress });
-        finish(await runStreaming(vm, args, o), o.json);
+        // with no command, the image's own (Entrypoint then Cmd, as `docker run IMAGE` runs)
+        const d = vm.config.imageInfo;
+        const argv = args.length ? args : [...(d?.entrypoint ?? []), ...(d?.cmd ?? [])];
+        if (argv.length === 0) {
+          throw new ConfigError("cmd", `image ${o.image} has no Entrypoint or Cmd: give a command to run`);
+        }
+        // the image's own command is an argv even when it is one word
+        finish(await runStreaming(vm, argv, o, undefined, args.length === 0), o.json);
       } finally {
         await vm.delete();
         cancel();

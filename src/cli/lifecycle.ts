@@ -25,6 +25,8 @@ export interface VmOptions {
   backend?: string;
   diskMode?: string;
   rootfs?: string;
+  image?: string;
+  diskSize?: string;
   coldBoot?: boolean;
   env?: string[];
   json?: boolean;
@@ -41,6 +43,8 @@ export function addVmOptions(cmd: Command): Command {
     .option("--cpus <n>", "virtual CPUs (1-32, default 2)")
     .option("--backend <name>", "auto | firecracker | qemu")
     .option("--disk-mode <mode>", "isolated (default) | shared (writes --rootfs in place)")
+    .option("--image <image>", "preset (base, python, node), OCI reference (python:3.12-slim) or image id")
+    .option("--disk-size <mib>", "size of the guest's root file system in MiB (default: the image's)")
     .option("--rootfs <file>", "ext4 root file system image (default: the built-in one)")
     .option("--cold-boot", "boot the kernel instead of restoring the warm-start snapshot")
     .option("-e, --env <KEY=VALUE...>", "environment for every command")
@@ -74,6 +78,12 @@ export function vmConfigFrom(o: VmOptions) {
     backend: o.backend as BackendName | undefined,
     diskMode: o.diskMode as DiskMode | undefined,
     rootfsPath: o.rootfs,
+    image: o.image,
+    diskSizeMib: int("diskSizeMib", o.diskSize, {
+      min: LIMITS.diskSizeMib[0],
+      max: LIMITS.diskSizeMib[1],
+      unit: "MiB",
+    }),
     coldBoot: o.coldBoot,
     env: parseEnv(o.env),
     network: networkFrom(o),
@@ -94,7 +104,7 @@ function describeNetwork(n: SmolVM["networkConfig"]): string {
   return `${n.mode}${addr}${inside}${dev}${mac}${dns}; internet ${policy}${n.enforced ? "" : " (not enforced: no root)"}`;
 }
 
-const COLUMNS = ["vmId", "name", "status", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];
+const COLUMNS = ["vmId", "name", "status", "image", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];
 
 export function registerLifecycle(program: Command): void {
   addVmOptions(program.command("create").description("create and start a VM; prints its id"))

@@ -7,6 +7,7 @@ import { exitNow, installSignalHandlers } from "./cleanup.js";
 import { registerExec } from "./exec.js";
 import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
+import { registerImages } from "./images.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { registerNetwork } from "./network.js";
 import { reportError } from "./output.js";
@@ -48,6 +49,7 @@ registerShell(program);
 registerSnapshots(program);
 registerPack(program);
 registerNetwork(program);
+registerImages(program);
 
 try {
   await program.parseAsync(process.argv);

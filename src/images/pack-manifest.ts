@@ -53,7 +53,15 @@ export interface PackManifest {
   formatVersion: number;
   createdAt: string;
   /** `nic`: the memory state has a network device (the VM that restores it needs one). */
-  config: { vcpuCount: number; memSizeMib: number; bootArgs: string; env: Record<string, string>; nic?: boolean };
+  config: {
+    vcpuCount: number;
+    memSizeMib: number;
+    bootArgs: string;
+    env: Record<string, string>;
+    nic?: boolean;
+    /** The image the sandbox ran: its name and the defaults of its commands (working directory, user, command). */
+    image?: PackImage;
+  };
   backend: string;
   /** Identity of the VMM that wrote `mem`; memory is only restored by the same one. */
   vmm: string;
@@ -96,7 +104,54 @@ const HOSTNAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const HEX64_RE = /^[0-9a-f]{64}$/;
 const HEX16_RE = /^[0-9a-f]{16}$/;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
-const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+export const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+
+export interface PackImage {
+  ref: string;
+  workingDir?: string;
+  user?: string;
+  entrypoint?: string[];
+  cmd?: string[];
+}
+
+/** The `config.image` of a pack, checked like everything else in it (a pack may come from anyone). */
+function validateImage(v: unknown, bad: (field: string, why: string) => never): PackImage | undefined {
+  if (v === undefined) return undefined;
+  if (!isObj(v)) bad("config.image", "is not an object");
+  const o = v as Obj;
+  const str = (k: string, max: number): string | undefined => {
+    const x = o[k];
+    if (x === undefined) return undefined;
+    if (typeof x !== "string" || x.length === 0 || x.length > max || CONTROL_RE.test(x)) {
+      bad(`config.image.${k}`, `must be a printable string of 1-${max} characters, got ${shown(x)}`);
+    }
+    return x as string;
+  };
+  const list = (k: string): string[] | undefined => {
+    const x = o[k];
+    if (x === undefined) return undefined;
+    if (
+      !Array.isArray(x) ||
+      x.length > 256 ||
+      !x.every((e) => typeof e === "string" && !e.includes("\0") && e.length <= 4096)
+    ) {
+      bad(`config.image.${k}`, "must be a list of at most 256 strings");
+    }
+    return x as string[];
+  };
+  const ref = str("ref", 512);
+  if (ref === undefined) bad("config.image.ref", "is missing");
+  const out: PackImage = { ref: ref as string };
+  const wd = str("workingDir", 4096);
+  const user = str("user", 256);
+  const ep = list("entrypoint");
+  const cmd = list("cmd");
+  if (wd) out.workingDir = wd;
+  if (user) out.user = user;
+  if (ep) out.entrypoint = ep;
+  if (cmd) out.cmd = cmd;
+  return out;
+}
 
 /**
  * Check a parsed manifest field by field and return a clean copy holding only the known fields. Section positions
@@ -139,6 +194,7 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
   }
   if (c.nic !== undefined && typeof c.nic !== "boolean")
     bad("config.nic", `must be true or false, got ${shown(c.nic)}`);
+  const image = validateImage(c.image, bad);
   const backend = text("backend", m.backend, 64);
   const vmm = text("vmm", m.vmm, 256);
   if (typeof m.accel !== "string" || !(ACCELS as readonly string[]).includes(m.accel)) {
@@ -151,7 +207,14 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
   const manifest: PackManifest = {
     formatVersion: PACK_VERSION,
     createdAt,
-    config: { vcpuCount, memSizeMib, bootArgs: bootArgs as string, env, ...(c.nic === true ? { nic: true } : {}) },
+    config: {
+      vcpuCount,
+      memSizeMib,
+      bootArgs: bootArgs as string,
+      env,
+      ...(c.nic === true ? { nic: true } : {}),
+      ...(image ? { image } : {}),
+    },
     backend,
     vmm,
     accel: m.accel as string,

@@ -10,7 +10,9 @@ import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
 import { networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
+import { resolveImage } from "../images/resolve.js";
 import { ensureDefaultImage } from "../images/store.js";
+import { registerStateDir } from "../images/usage.js";
 import { type AttachedNetwork, attachNetwork, configureGuest, detachNetwork } from "../network/index.js";
 import { vmRunDir } from "../paths.js";
 import { tailFile } from "../sandbox/console-log.js";
@@ -54,6 +56,7 @@ export async function startPlan(
   isNew: boolean,
   progress: Progress,
 ): Promise<LaunchPlan> {
+  if (isNew && c.rootfsPath === null) await applyImage(c, progress);
   const needDefault = !c.kernelPath || !c.initrdPath || !c.rootfsPath;
   const image = needDefault ? await ensureDefaultImage(progress) : null;
   const boot: LaunchPlan = {
@@ -92,6 +95,20 @@ export async function startPlan(
   return plan;
 }
 
+/**
+ * Resolve a new VM's image once, at its first start (a preset is built and an OCI image pulled the first time): its
+ * file system becomes the VM's `rootfsPath`, its config the defaults of commands, its Env under the VM's own env.
+ */
+async function applyImage(c: ResolvedVMConfig, progress: Progress): Promise<void> {
+  if (c.image === null && c.diskSizeMib === null) return; // the built-in image, as it is
+  const img = await resolveImage(c.image, c.diskSizeMib, progress);
+  c.rootfsPath = img.rootfsPath;
+  if (img.defaults) {
+    c.imageInfo = img.defaults;
+    c.env = { ...img.env, ...c.env };
+  }
+}
+
 /** Launch `plan` for the VM of `config` (`existing`: its record, for a restart). */
 export async function launchVm(
   store: StateStore,
@@ -105,6 +122,7 @@ export async function launchVm(
   onRecord: (rec: VMRecord) => void,
 ): Promise<{ client: AgentClient; timings: StartTimings }> {
   const tImage = performance.now();
+  registerStateDir(store.dir); // so `image rm`/`prune` from any state dir see this VM on its image
   const op = beginOp(store, "create", { vmId: c.vmId, data: { newRecord: !existing } });
   let rec = existing;
   if (!rec) {

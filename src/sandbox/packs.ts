@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
 import type { Backend } from "../backends/types.js";
-import type { AccelName } from "../config.js";
+import type { AccelName, ImageDefaults } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import {
   checkPackDisk,
@@ -18,6 +18,7 @@ import {
   writePack,
 } from "../images/pack.js";
 import { hostSignature } from "../images/pack-key.js";
+import type { PackImage } from "../images/pack-manifest.js";
 import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
@@ -63,6 +64,7 @@ export async function packSnapshot(
           memSizeMib: snap.config.memSizeMib,
           bootArgs: snap.config.bootArgs,
           env: snap.config.env,
+          ...(snap.config.imageInfo ? { image: packImage(snap.config.imageInfo) } : {}),
         },
         backend: snap.backend,
         vmm: vmmVersion(snap.backend),
@@ -159,4 +161,10 @@ export async function packPlan(
     ...(memOk ? { incoming: join(dir, SECTION_FILES.mem), nicInState: manifest.config.nic === true } : {}),
   };
   return { plan, manifest };
+}
+
+/** What a pack keeps of the image: its name and run defaults (the store id means nothing on another host). */
+function packImage(i: ImageDefaults): PackImage {
+  const { id: _id, ...rest } = i;
+  return { ...rest, ref: rest.ref.slice(0, 512) };
 }

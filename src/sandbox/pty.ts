@@ -53,9 +53,12 @@ export class Pty {
   constructor(
     private readonly agent: () => Promise<AgentClient>,
     private readonly baseEnv: () => Record<string, string>,
+    /** The image's working directory and user, where `opts` gives none. */
+    private readonly defaults: (o: PtyOptions) => PtyOptions = (o) => o,
   ) {}
 
-  async create(opts: PtyOptions = {}): Promise<PtyHandle> {
+  async create(options: PtyOptions = {}): Promise<PtyHandle> {
+    const opts = this.defaults(options);
     const size = checkSize({ cols: opts.cols ?? 80, rows: opts.rows ?? 24 });
     const env = { ...this.baseEnv(), ...(opts.env ?? {}) };
     checkEnv(env);

@@ -199,6 +199,8 @@ export class SmolVM implements AsyncDisposable {
       bootArgs: c.bootArgs,
       network: opts.network ?? c.network, // a clone gets its own address, MAC and lease, with the same policy
     });
+    // the image it came from: its run defaults and what `image rm` must know uses it
+    Object.assign(vm.config, { image: c.image ?? null, diskSizeMib: c.diskSizeMib ?? null, imageInfo: c.imageInfo });
     try {
       const plan = await snapshotPlan(vm.driver(), snap, await ensureAgent());
       await vm.launch(plan, {}, t0);
@@ -277,6 +279,9 @@ export class SmolVM implements AsyncDisposable {
       bootArgs: manifest.config.bootArgs,
       network: opts.network,
     });
+    const img = manifest.config.image;
+    // the image's run defaults come along; its store id does not (the pack carries its whole disk)
+    if (img) Object.assign(vm.config, { image: img.ref, imageInfo: { id: "", ...img } });
     const { plan } = await packPlan(
       file,
       vm.store,
@@ -334,7 +339,7 @@ export class SmolVM implements AsyncDisposable {
 
   /** Run a command and collect its result: a string runs through `/bin/sh -c`, an array is an argv. */
   async run(cmd: string | string[], opts: RunOptions = {}): Promise<CommandResult> {
-    return runCommand(await this.agent(), cmd, this.config.env, opts);
+    return runCommand(await this.agent(), cmd, this.config.env, this.imageDefaults(opts));
   }
 
   /**
@@ -342,7 +347,14 @@ export class SmolVM implements AsyncDisposable {
    * client goes away unless `background: false`; `vm.processes.connect(pid)` reattaches.
    */
   async spawn(cmd: string | string[], opts: SpawnOptions = {}): Promise<Process> {
-    return spawnCommand(await this.agent(), cmd, this.config.env, opts);
+    return spawnCommand(await this.agent(), cmd, this.config.env, this.imageDefaults(opts));
+  }
+
+  /** A command's options with the image's working directory and user where the caller gave none. */
+  private imageDefaults<T extends { cwd?: string; user?: string }>(opts: T): T {
+    const d = this.config.imageInfo;
+    if (!d) return opts;
+    return { ...opts, cwd: opts.cwd ?? d.workingDir, user: opts.user ?? d.user };
   }
 
   private _files?: Files;
@@ -373,6 +385,7 @@ export class SmolVM implements AsyncDisposable {
     this._pty ??= new Pty(
       () => this.agent(),
       () => this.config.env,
+      (o) => this.imageDefaults(o),
     );
     return this._pty;
   }

@@ -14,6 +14,7 @@ import { AgentClient } from "../agent/client.js";
 import type { Backend, BootSpec, NicSpec, SplitInfo } from "../backends/types.js";
 import { type AccelName, networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
+import { setTemplateVersion } from "../images/usage.js";
 import { GUEST_NET, guestNetKey } from "../network/guest.js";
 import { templateGuestNet } from "../network/index.js";
 import { dataDir, runtimeDir } from "../paths.js";
@@ -25,6 +26,7 @@ import type { LaunchPlan } from "./snapshots.js";
 /** Bump when the template layout or capture procedure changes. */
 // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network
 const TEMPLATE_VERSION = 5;
+setTemplateVersion(TEMPLATE_VERSION);
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
 
@@ -171,6 +173,7 @@ async function capture(
   disk: { base: string; baseFormat: "raw" | "qcow2" },
   dir: string,
   ready: (agentSocket: string) => Promise<void>,
+  files: Record<string, string> = {},
 ): Promise<void> {
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   const runDir = join(runtimeDir(), `capture-${createHash("sha256").update(tmp).digest("hex").slice(0, 12)}`);
@@ -203,6 +206,7 @@ async function capture(
       stateBytes: statSync(f.state).size,
       format: "device-state",
     });
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(tmp, name), text, { mode: 0o600 });
     try {
       renameSync(tmp, dir);
     } catch {
@@ -301,6 +305,14 @@ export async function warmPlan(
         } finally {
           c.close();
         }
+      },
+      // what `image prune` reads to tell a template that can still be used from one that cannot
+      {
+        "inputs.json": JSON.stringify({
+          version: TEMPLATE_VERSION,
+          rootfsPath: w.rootfsPath,
+          initrdPath: w.initrdPath,
+        }),
       },
     );
     fast = readFast(dir);

@@ -7,6 +7,10 @@ export interface VMInfo {
   vmId: string;
   name: string | null;
   status: VMStatus;
+  /** The image as it was asked for (`python`, `python:3.12-slim`), or `base`. */
+  image: string;
+  /** Its id in the image store (null: the built-in image or a rootfsPath). */
+  imageId: string | null;
   backend: BackendKind;
   accel: string | null;
   pid: number | null;
@@ -22,6 +26,8 @@ export function info(rec: VMRecord): VMInfo {
     vmId: rec.id,
     name: rec.name,
     status: rec.status,
+    image: rec.config.image ?? (rec.config.rootfsPath ? "rootfs" : "base"),
+    imageId: rec.config.imageInfo?.id || null,
     backend: rec.backend,
     accel: rec.handle?.accel ?? null,
     pid: rec.handle?.pid ?? null,

@@ -26,7 +26,14 @@ export interface RunResult {
 export function runHost(
   file: string,
   args: string[],
-  opts: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {},
+  opts: {
+    timeoutMs?: number;
+    cwd?: string;
+    env?: NodeJS.ProcessEnv;
+    input?: string;
+    /** Each line the program writes to stderr, as it comes (for progress output). */
+    onStderrLine?: (line: string) => void;
+  } = {},
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = withPrivateUmask(() =>
@@ -48,6 +55,15 @@ export function runHost(
       ),
     );
     if (opts.input !== undefined) child.stdin?.end(opts.input);
+    const onLine = opts.onStderrLine;
+    if (onLine) {
+      let partial = "";
+      child.stderr?.on("data", (d: string) => {
+        const lines = (partial + d).split("\n");
+        partial = lines.pop() ?? "";
+        for (const l of lines) if (l.trim()) onLine(l);
+      });
+    }
   });
 }
 
