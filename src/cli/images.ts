@@ -146,6 +146,11 @@ export function registerImages(program: Command): void {
         copyFileSync(src, out); // the image is sparse; so is the copy where the file system supports it
         return;
       }
+      if (process.getuid?.() !== 0) {
+        throw new ImageError(
+          "export --tar needs root (debugfs can only keep owners and device files as root); export the ext4 image instead",
+        );
+      }
       // debugfs reads the ext4 image without mounting it; tar keeps owners and modes as numbers
       const dir = mkdtempSync(join(tmpdir(), "smolvm-export-"));
       try {

@@ -88,7 +88,7 @@ export function listTemplates(): WarmTemplate[] {
     return [];
   }
   return names
-    .filter((n) => !n.includes(".tmp-"))
+    .filter((n) => !n.includes(".tmp-") && !n.endsWith(".lock"))
     .map((n) => {
       const dir = join(warmDir(), n);
       return { dir, base: backingFile(join(dir, "disk.qcow2")), bytes: allocatedBytes(dir) };

@@ -20,6 +20,7 @@ import { templateGuestNet } from "../network/index.js";
 import { dataDir, runtimeDir } from "../paths.js";
 import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
+import { buildOnce } from "../util/build-lock.js";
 import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
@@ -232,7 +233,17 @@ export interface WarmInputs {
 /** Everything a warm template depends on: a change to any of them means another template. */
 export function warmKey(w: WarmInputs, vmmIdentity: string): string {
   const c = w.config;
-  const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, w.agentBinary, w.accel, vmmIdentity];
+  // the file system's identity too, not only its path: an image removed and pulled again is another file system
+  // (mkfs gives it a new UUID) at the same path, and a template of the old one must not be restored onto it
+  const fsId = (() => {
+    try {
+      const st = statSync(w.rootfsPath);
+      return `${st.ino}:${st.mtimeMs}`;
+    } catch {
+      return "";
+    }
+  })();
+  const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, fsId, w.agentBinary, w.accel, vmmIdentity];
   parts.push(c.memSizeMib, c.vcpuCount, c.bootArgs);
   // the device set is part of the saved state, and the guest's network configuration (its MTU is the mode's)
   if (hasNic(c)) parts.push(`nic:${networkOf(c).mode}`);
@@ -276,47 +287,20 @@ export async function warmPlan(
     fast = null;
   }
   if (!fast) {
-    progress("building the warm-start snapshot for this image and size (once)");
     mkdirSync(join(dir, ".."), { recursive: true, mode: 0o700 });
-    await capture(
-      backend,
-      {
-        vmId: `template-${warmKey(w, vmmIdentity)}`,
-        vcpuCount: w.config.vcpuCount,
-        memSizeMib: w.config.memSizeMib,
-        kernelPath: w.kernelPath,
-        initrdPath: w.initrdPath,
-        bootArgs: w.config.bootArgs,
-        hostname: TEMPLATE_HOSTNAME,
-        agentBinary: w.agentBinary,
-        accel: w.accel,
-        nic: captureNic(w.config),
+    // one capture at a time per template, across processes: the others wait for it and restore from it
+    fast = await buildOnce(
+      `${dir}.lock`,
+      () => readFast(dir),
+      async () => {
+        progress("building the warm-start snapshot for this image and size (once)");
+        await captureTemplate(backend, w, vmmIdentity, dir);
+        const made = readFast(dir);
+        if (!made) throw new SmolVMError(`warm template in ${dir} was not created`);
+        return made;
       },
-      { base: w.rootfsPath, baseFormat: "raw" },
-      dir,
-      async (sock) => {
-        const c = await AgentClient.connect(sock);
-        try {
-          await c.waitReady(60_000, 5);
-          // a NIC is captured with the configuration every guest has (network/guest.ts), so a VM restored from
-          // the template is not reconfigured at all (one without internet only gets its resolver removed)
-          const mode = networkOf(w.config).mode;
-          if (mode !== "none") await c.netConfig(templateGuestNet(mode));
-        } finally {
-          c.close();
-        }
-      },
-      // what `image prune` reads to tell a template that can still be used from one that cannot
-      {
-        "inputs.json": JSON.stringify({
-          version: TEMPLATE_VERSION,
-          rootfsPath: w.rootfsPath,
-          initrdPath: w.initrdPath,
-        }),
-      },
+      { onWait: () => progress("waiting for another process building the warm-start snapshot of this image") },
     );
-    fast = readFast(dir);
-    if (!fast) throw new SmolVMError(`warm template in ${dir} was not created`);
   }
   return {
     kernelPath: w.kernelPath,
@@ -334,6 +318,47 @@ export async function warmPlan(
     ...guestNetOf(w.config),
     from: "warm",
   };
+}
+
+/** Boot a template VM of these inputs, let its agent settle (and its network be configured), and capture it. */
+async function captureTemplate(backend: Backend, w: WarmInputs, vmmIdentity: string, dir: string): Promise<void> {
+  await capture(
+    backend,
+    {
+      vmId: `template-${warmKey(w, vmmIdentity)}`,
+      vcpuCount: w.config.vcpuCount,
+      memSizeMib: w.config.memSizeMib,
+      kernelPath: w.kernelPath,
+      initrdPath: w.initrdPath,
+      bootArgs: w.config.bootArgs,
+      hostname: TEMPLATE_HOSTNAME,
+      agentBinary: w.agentBinary,
+      accel: w.accel,
+      nic: captureNic(w.config),
+    },
+    { base: w.rootfsPath, baseFormat: "raw" },
+    dir,
+    async (sock) => {
+      const c = await AgentClient.connect(sock);
+      try {
+        await c.waitReady(60_000, 5);
+        // a NIC is captured with the configuration every guest has (network/guest.ts), so a VM restored from
+        // the template is not reconfigured at all (one without internet only gets its resolver removed)
+        const mode = networkOf(w.config).mode;
+        if (mode !== "none") await c.netConfig(templateGuestNet(mode));
+      } finally {
+        c.close();
+      }
+    },
+    // what `image prune` reads to tell a template that can still be used from one that cannot
+    {
+      "inputs.json": JSON.stringify({
+        version: TEMPLATE_VERSION,
+        rootfsPath: w.rootfsPath,
+        initrdPath: w.initrdPath,
+      }),
+    },
+  );
 }
 
 /**
