@@ -84,13 +84,9 @@ export function getImage(id: string): ImageRecord | null {
 
 /** Every complete image. */
 export function listImages(): ImageRecord[] {
-  let names: string[] = [];
-  try {
-    names = readdirSync(imagesDir());
-  } catch {
-    return [];
-  }
-  return names.map((n) => getImage(n)).filter((r): r is ImageRecord => r !== null);
+  return listDir(imagesDir())
+    .map((n) => getImage(n))
+    .filter((r): r is ImageRecord => r !== null);
 }
 
 const refFile = (name: string) =>
@@ -123,12 +119,7 @@ export function refTarget(name: string): string | null {
 
 /** Every name and the id it points at. */
 export function listRefs(): { name: string; id: string }[] {
-  let files: string[] = [];
-  try {
-    files = readdirSync(refsDir()).filter((f) => f.endsWith(".json"));
-  } catch {
-    return [];
-  }
+  const files = listDir(refsDir()).filter((f) => f.endsWith(".json"));
   const out: { name: string; id: string }[] = [];
   for (const f of files) {
     try {
@@ -219,25 +210,32 @@ export function allocatedBytes(path: string): number {
   }
 }
 
-/** Staging directories left by builds whose process died (`.build-*` of a pid that is gone). */
-export function staleStaging(): string[] {
-  let names: string[] = [];
+/** A directory's names, or none if it cannot be read. */
+export function listDir(dir: string): string[] {
   try {
-    names = readdirSync(imagesDir());
+    return readdirSync(dir);
   } catch {
     return [];
   }
-  return names
+}
+
+/** Whether a process with this pid exists (zombies included: their files are still being released). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+/** Staging directories left by builds whose process died (`.build-*` of a pid that is gone). */
+export function staleStaging(): string[] {
+  return listDir(imagesDir())
     .filter((n) => n.startsWith(".build-") || n.startsWith(".delete-"))
     .filter((n) => {
       const pid = Number(n.split("-")[2]);
-      if (!Number.isInteger(pid) || pid <= 0) return true;
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch (e) {
-        return (e as NodeJS.ErrnoException).code === "ESRCH";
-      }
+      return !Number.isInteger(pid) || pid <= 0 || !pidAlive(pid);
     })
     .map((n) => join(imagesDir(), n));
 }

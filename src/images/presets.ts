@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { ImageError } from "../errors.js";
 import { type Progress, runHost, silent, which } from "../util/run.js";
-import { makeExt4 } from "./ext4.js";
+import { finishImage } from "./build.js";
 import {
   getImage,
   IMAGE_FORMAT,
@@ -17,7 +17,7 @@ import {
   setRef,
   stagingDir,
 } from "./image-store.js";
-import { RootfsBuilder, resolveInRoot } from "./unpack.js";
+import { RootfsBuilder } from "./unpack.js";
 
 /** Bump when a preset's recipe changes meaning without its package list changing. */
 const PRESET_VERSION = 1;
@@ -143,29 +143,21 @@ export async function ensurePreset(name: string, progress: Progress = silent): P
     await builder.applyLayer(tar, `${name} (mmdebstrap)`);
     const done = builder.finish();
     rmSync(tar, { force: true });
-    const hasShell = resolveInRoot(tree, "/bin/sh") !== null;
-    const fs = await makeExt4(tree, join(staging, "rootfs.ext4"), {
-      label: `smolvm-${name}`,
-      fixups: done.fixups,
-      progress,
-    });
-    rmSync(tree, { recursive: true, force: true });
-    const rec = publishImage(staging, {
+    const facts = {
       id,
-      source: "preset",
+      source: "preset" as const,
       origin: presetRef(name),
       manifestDigest: null,
       layers: [],
-      platform: "linux/amd64",
+      platform: `linux/${process.arch === "arm64" ? "arm64" : "amd64"}`,
       config: { env: p.env },
-      contentBytes: fs.contentBytes,
-      sizeBytes: fs.sizeBytes,
-      hasShell,
-      format: IMAGE_FORMAT,
-      createdAt: new Date().toISOString(),
+    };
+    const rec = await finishImage(staging, tree, facts, presetRef(name), {
+      fixups: done.fixups,
+      label: `smolvm-${name}`,
+      progress,
     });
-    setRef(presetRef(name), rec.id);
-    progress(`${name} image ready (${Math.round(fs.contentBytes / 1e6)} MB of files)`);
+    progress(`${name} image ready (${Math.round(rec.contentBytes / 1e6)} MB of files)`);
     return rec;
   } finally {
     rmSync(staging, { recursive: true, force: true });

@@ -10,14 +10,13 @@ import { resolve } from "node:path";
 import { ImageError } from "../errors.js";
 import { dataDir } from "../paths.js";
 import { type Progress, silent } from "../util/run.js";
-import { makeExt4 } from "./ext4.js";
+import { finishImage } from "./build.js";
 import {
   blobsDir,
   getImage,
   IMAGE_FORMAT,
   type ImageRecord,
   type ImageRunConfig,
-  publishImage,
   recipeId,
   setRef,
   stagingDir,
@@ -25,7 +24,7 @@ import {
 import { parseRef, refString } from "./oci/reference.js";
 import { fetchBlob, fetchManifest, type OciConfigFile, type Platform } from "./oci/registry.js";
 import { CONTROL_RE } from "./pack-manifest.js";
-import { RootfsBuilder, resolveInRoot } from "./unpack.js";
+import { RootfsBuilder } from "./unpack.js";
 
 export interface PullOptions {
   /** Plain http for this registry (also: its host:port in SMOLVM_INSECURE_REGISTRIES). */
@@ -132,25 +131,17 @@ export async function pullImage(text: string, opts: PullOptions = {}): Promise<I
       await builder.applyLayer(b, `${i + 1} (${m.layers[i]?.digest})`, diffIds[i]);
     }
     const done = builder.finish();
-    const hasShell = resolveInRoot(tree, "/bin/sh") !== null;
     progress(`making the ext4 file system (${mb(done.bytes)} of files)`);
-    const fs = await makeExt4(tree, `${staging}/rootfs.ext4`, { label: "smolvm-root", fixups: done.fixups, progress });
-    rmSync(tree, { recursive: true, force: true });
-    const rec = publishImage(staging, {
+    const facts = {
       id,
-      source: "oci",
+      source: "oci" as const,
       origin: name,
       manifestDigest: m.manifestDigest,
       layers: m.layers.map((l) => l.digest),
       platform: [m.platform.os, m.platform.architecture, m.platform.variant].filter(Boolean).join("/"),
       config: runConfigOf(m.config),
-      contentBytes: fs.contentBytes,
-      sizeBytes: fs.sizeBytes,
-      hasShell,
-      format: IMAGE_FORMAT,
-      createdAt: new Date().toISOString(),
-    });
-    setRef(name, rec.id);
+    };
+    const rec = await finishImage(staging, tree, facts, name, { fixups: done.fixups, label: "smolvm-root", progress });
     progress(`pulled ${name} as ${rec.id.slice(0, 12)}`);
     return rec;
   } catch (e) {
@@ -201,25 +192,9 @@ export async function importImage(path: string, opts: ImportOptions = {}): Promi
       fixups = builder.finish().fixups;
       root = tree;
     }
-    const hasShell = resolveInRoot(root, "/bin/sh") !== null;
     progress("making the ext4 file system");
-    const fs = await makeExt4(root, `${staging}/rootfs.ext4`, { label: "smolvm-root", fixups, progress });
-    rmSync(tree, { recursive: true, force: true });
-    const rec = publishImage(staging, {
-      id,
-      source: "import",
-      origin,
-      manifestDigest: null,
-      layers: [],
-      platform: null,
-      config,
-      contentBytes: fs.contentBytes,
-      sizeBytes: fs.sizeBytes,
-      hasShell,
-      format: IMAGE_FORMAT,
-      createdAt: new Date().toISOString(),
-    });
-    setRef(origin, rec.id);
+    const facts = { id, source: "import" as const, origin, manifestDigest: null, layers: [], platform: null, config };
+    const rec = await finishImage(staging, root, facts, origin, { fixups, label: "smolvm-root", progress });
     return rec;
   } catch (e) {
     throw diskFull(e, origin);

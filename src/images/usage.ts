@@ -10,7 +10,6 @@ import {
   existsSync,
   mkdirSync,
   openSync,
-  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -28,8 +27,10 @@ import {
   type ImageRecord,
   imageDir,
   imagesDir,
+  listDir,
   listImages,
   listRefs,
+  pidAlive,
   refsOf,
   removeRef,
   shortId,
@@ -81,13 +82,7 @@ export interface WarmTemplate {
 export const warmDir = () => join(dataDir(), "warm");
 
 export function listTemplates(): WarmTemplate[] {
-  let names: string[] = [];
-  try {
-    names = readdirSync(warmDir());
-  } catch {
-    return [];
-  }
-  return names
+  return listDir(warmDir())
     .filter((n) => !n.includes(".tmp-") && !n.endsWith(".lock"))
     .map((n) => {
       const dir = join(warmDir(), n);
@@ -113,13 +108,7 @@ export function registerStateDir(dir: string): void {
 /** Every known state store that still exists (the caller's first); registrations of removed ones are dropped. */
 function allStores(store: StateStore): StateStore[] {
   const out = [store];
-  let names: string[] = [];
-  try {
-    names = readdirSync(stateDirsDir());
-  } catch {
-    return out;
-  }
-  for (const n of names) {
+  for (const n of listDir(stateDirsDir())) {
     const file = join(stateDirsDir(), n);
     let dir: string;
     try {
@@ -258,14 +247,14 @@ export function pruneImages(store: StateStore, opts: { all?: boolean } = {}): Pr
   const readers = diskReaders(store);
   // grown copies (rootfs-<N>M.ext4) whose process was killed half-way
   for (const rec of listImages()) {
-    for (const f of safeReaddir(imageDir(rec.id))) {
+    for (const f of listDir(imageDir(rec.id))) {
       const pid = Number(/\.tmp-(\d+)-/.exec(f)?.[1]);
-      if (pid && !alive(pid)) drop(join(imageDir(rec.id), f));
+      if (pid && !pidAlive(pid)) drop(join(imageDir(rec.id), f));
     }
   }
   // image directories that are not usable images (damaged, or of another format) and that nothing sits on
   const usable = new Set(listImages().map((r) => r.id));
-  for (const n of safeReaddir(imagesDir())) {
+  for (const n of listDir(imagesDir())) {
     if (!/^[0-9a-f]{64}$/.test(n) || usable.has(n)) continue;
     const dir = join(imagesDir(), n);
     if ([...readers.keys()].some((f) => inDir(f, dir))) continue;
@@ -291,7 +280,7 @@ export function pruneImages(store: StateStore, opts: { all?: boolean } = {}): Pr
   for (const r of listRefs()) if (!ids.has(r.id)) removeRef(r.name);
   const needed = new Set(listImages().flatMap((r) => r.layers.map((d) => d.replace(/^sha256:/, ""))));
   // and those a build under way will apply (listed in its staging dir before it fetches them)
-  for (const n of safeReaddir(imagesDir()).filter((d) => d.startsWith(".build-"))) {
+  for (const n of listDir(imagesDir()).filter((d) => d.startsWith(".build-"))) {
     try {
       for (const d of JSON.parse(readFileSync(join(imagesDir(), n, "layers.json"), "utf8")) as string[]) {
         needed.add(String(d).replace(/^sha256:/, ""));
@@ -301,36 +290,13 @@ export function pruneImages(store: StateStore, opts: { all?: boolean } = {}): Pr
     }
   }
   const dir = join(blobsDir(), "sha256");
-  let blobs: string[] = [];
-  try {
-    blobs = readdirSync(dir);
-  } catch {
-    // none yet
-  }
-  for (const b of blobs) {
+  for (const b of listDir(dir)) {
     if (needed.has(b)) continue;
     if (b.includes(".tmp-") && Date.now() - statSync(join(dir, b)).mtimeMs < 3600_000) continue; // a pull under way
     drop(join(dir, b));
     out.blobs.push(b);
   }
   return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
 }
 
 export { imagesDir };
