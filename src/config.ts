@@ -59,6 +59,12 @@ export interface VMConfig {
   bootArgs?: string;
   /** Environment given to every command run in the VM. */
   env?: Record<string, string>;
+  /**
+   * Labels: your own key/value strings (owner, task, session...), shown by `list` and `status`, filtered on by
+   * `list --filter label=k=v`, kept through snapshots, forks and packs. At most 64; keys 1-128 of letters, digits and
+   * `._/-`; values up to 256 printable characters.
+   */
+  labels?: Record<string, string>;
   /** Accelerator: `auto` (default: `SMOLVM_ACCEL`, else KVM/HVF when proven to work, else TCG). */
   accel?: AccelName;
   /**
@@ -92,6 +98,8 @@ export interface ResolvedVMConfig {
   imageInfo?: ImageDefaults;
   bootArgs: string;
   env: Record<string, string>;
+  /** Absent in records from before labels existed: read it through `labelsOf`. */
+  labels: Record<string, string>;
   accel: AccelName;
   coldBoot: boolean;
   network: ResolvedNetwork;
@@ -131,6 +139,7 @@ const KNOWN = new Set<string>([
   "diskSizeMib",
   "bootArgs",
   "env",
+  "labels",
   "accel",
   "coldBoot",
   "network",
@@ -263,11 +272,42 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     diskSizeMib,
     bootArgs: (c.bootArgs as string | undefined) ?? "",
     env,
+    labels: resolveLabels(c.labels),
     accel: c.accel === undefined ? "auto" : oneOf("accel", c.accel, ACCELS),
     coldBoot: coldBootOf(c.coldBoot),
     network: resolveNetwork(c.network),
   };
 }
+
+const LABEL_KEY_RE = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
+const LABEL_VALUE_BAD = /[\u0000-\u001f\u007f-\u009f]/;
+export const MAX_LABELS = 64;
+
+/** Labels, validated (ConfigError naming the bad key). */
+export function resolveLabels(v: unknown, field = "labels"): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== "object" || Array.isArray(v)) throw new ConfigError(field, "must be an object of string values");
+  const entries = Object.entries(v as Record<string, unknown>);
+  if (entries.length > MAX_LABELS) throw new ConfigError(field, `at most ${MAX_LABELS} labels, got ${entries.length}`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of entries) {
+    if (!LABEL_KEY_RE.test(k)) {
+      throw new ConfigError(
+        `${field}.${k}`,
+        "keys are 1-128 letters, digits, '.', '_', '/' or '-', starting and ending with a letter or digit",
+      );
+    }
+    if (typeof val !== "string" || val.length > 256 || LABEL_VALUE_BAD.test(val)) {
+      throw new ConfigError(`${field}.${k}`, "must be a string of at most 256 printable characters");
+    }
+    out[k] = val;
+  }
+  return out;
+}
+
+/** A VM's labels (records from before labels existed have none). */
+export const labelsOf = (c: ResolvedVMConfig): Record<string, string> => c.labels ?? {};
 
 const DOMAIN_RE = /^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const MAX_RULES = 256;

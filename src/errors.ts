@@ -26,6 +26,16 @@ export class VMNotFoundError extends SmolVMError {
 /** The VM is not in a state that allows the operation (e.g. running a command on a stopped VM). */
 export class VMStateError extends SmolVMError {}
 
+/**
+ * What makes a VM in `status` usable again, as a sentence naming the command (and SDK call) that does it; used by
+ * every "the VM is not running" error so none points at the wrong remedy.
+ */
+export function howToRun(vmId: string, status: string): string {
+  if (status === "paused") return `resume it: smolvm resume ${vmId} (vm.resume())`;
+  if (status === "running") return "it is running";
+  return `start it: smolvm start ${vmId} (vm.start()) boots it again from its disk`;
+}
+
 /** The VM (or its agent channel) went away while an operation was pending. */
 export class VMDiedError extends SmolVMError {}
 

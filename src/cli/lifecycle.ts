@@ -11,9 +11,9 @@ import {
   type NetworkMode,
   type VMConfig,
 } from "../config.js";
-import { ConfigError, SmolVMError, VMNotFoundError } from "../errors.js";
+import { ConfigError, howToRun, SmolVMError, VMNotFoundError, VMStateError } from "../errors.js";
 import { tailLines } from "../sandbox/console-log.js";
-import { SmolVM } from "../sandbox/smolvm.js";
+import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";
 import { int, parseEnv, printJson, progress, table } from "./output.js";
 import { guestTextSink } from "./terminal-filter.js";
@@ -29,6 +29,7 @@ export interface VmOptions {
   diskSize?: string;
   coldBoot?: boolean;
   env?: string[];
+  label?: string[];
   json?: boolean;
   net?: string;
   internet?: string;
@@ -48,6 +49,7 @@ export function addVmOptions(cmd: Command): Command {
     .option("--rootfs <file>", "ext4 root file system image (default: the built-in one)")
     .option("--cold-boot", "boot the kernel instead of restoring the warm-start snapshot")
     .option("-e, --env <KEY=VALUE...>", "environment for every command")
+    .option("-l, --label <KEY=VALUE...>", "labels (shown by list and status; list --filter label=KEY=VALUE)")
     .option("--net <mode>", "none (default) | user (passt, no privileges) | tap (root)")
     .option("--internet <policy>", "open (default with --net) | off")
     .option("--allow-cidr <cidr...>", "allow only these IPv4 CIDRs (and --allow-domain names)")
@@ -86,6 +88,7 @@ export function vmConfigFrom(o: VmOptions) {
     }),
     coldBoot: o.coldBoot,
     env: parseEnv(o.env),
+    labels: parseLabels(o.label),
     network: networkFrom(o),
   };
 }
@@ -104,7 +107,51 @@ function describeNetwork(n: SmolVM["networkConfig"]): string {
   return `${n.mode}${addr}${inside}${dev}${mac}${dns}; internet ${policy}${n.enforced ? "" : " (not enforced: no root)"}`;
 }
 
-const COLUMNS = ["vmId", "name", "status", "image", "backend", "accel", "pid", "memSizeMib", "vcpuCount", "createdAt"];
+/** `list`'s columns and the words that head them. */
+const COLUMNS: [string, string][] = [
+  ["vmId", "ID"],
+  ["name", "NAME"],
+  ["status", "STATUS"],
+  ["image", "IMAGE"],
+  ["backend", "BACKEND"],
+  ["accel", "ACCEL"],
+  ["pid", "PID"],
+  ["memory", "MEMORY"],
+  ["vcpuCount", "CPUS"],
+  ["labels", "LABELS"],
+  ["createdAt", "CREATED"],
+];
+
+/** A status value as text: objects (labels) as `k=v, k=v`. */
+function shown(v: unknown): string {
+  if (v === null || v === undefined || v === "") return "-";
+  if (typeof v === "object") {
+    const e = Object.entries(v as Record<string, unknown>);
+    return e.length ? e.map(([k, x]) => `${k}=${String(x)}`).join(", ") : "-";
+  }
+  return String(v);
+}
+
+function parseLabels(pairs: string[] = []): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const eq = p.indexOf("=");
+    if (eq <= 0) throw new ConfigError("--label", `expected KEY=VALUE, got ${JSON.stringify(p)}`);
+    out[p.slice(0, eq)] = p.slice(eq + 1);
+  }
+  return out;
+}
+
+/** `--filter label=KEY` (has the label) or `label=KEY=VALUE`; several filters must all hold. */
+export function vmFilter(filters: string[] = []): (vm: VMInfo) => boolean {
+  const tests = filters.map((f) => {
+    const m = /^label=([^=]+)(?:=(.*))?$/.exec(f);
+    if (!m) throw new ConfigError("--filter", `expected label=KEY or label=KEY=VALUE, got ${JSON.stringify(f)}`);
+    const [, key, value] = m as unknown as [string, string, string | undefined];
+    return (vm: VMInfo) => (value === undefined ? key in vm.labels : vm.labels[key] === value);
+  });
+  return (vm) => tests.every((t) => t(vm));
+}
 
 export function registerLifecycle(program: Command): void {
   addVmOptions(program.command("create").description("create and start a VM; prints its id"))
@@ -124,11 +171,26 @@ export function registerLifecycle(program: Command): void {
     .command("list")
     .alias("ls")
     .description("list VMs")
+    .option(
+      "--filter <filter...>",
+      "only VMs with this label: label=KEY or label=KEY=VALUE (repeatable: all must hold)",
+    )
     .option("--json", "print JSON")
-    .action(async (o: { json?: boolean }) => {
-      const vms = await SmolVM.list();
-      if (o.json) printJson(vms);
-      else process.stdout.write(`${table(vms as unknown as Record<string, unknown>[], COLUMNS)}\n`);
+    .action(async (o: { json?: boolean; filter?: string[] }) => {
+      const keep = vmFilter(o.filter);
+      const vms = (await SmolVM.list()).filter(keep);
+      if (o.json) {
+        printJson(vms);
+        return;
+      }
+      const rows = vms.map((v) => ({
+        ...v,
+        memory: `${v.memSizeMib} MiB`,
+        labels: Object.entries(v.labels)
+          .map(([k, val]) => `${k}=${val}`)
+          .join(","),
+      }));
+      process.stdout.write(`${table(rows as unknown as Record<string, unknown>[], COLUMNS)}\n`);
     });
 
   program
@@ -141,7 +203,7 @@ export function registerLifecycle(program: Command): void {
       if (o.json) printJson(info);
       else {
         const { network, ports, ...rest } = info;
-        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(11)} ${v ?? "-"}\n`);
+        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(11)} ${shown(v)}\n`);
         process.stdout.write(`${"network".padEnd(11)} ${describeNetwork(network)}\n`);
         for (const p of ports) process.stdout.write(`${"port".padEnd(11)} ${p.url} -> guest ${p.guestPort}\n`);
       }
@@ -168,8 +230,21 @@ export function registerLifecycle(program: Command): void {
     });
 
   program
+    .command("start <id>")
+    .description("boot a stopped VM again from its own disk (a running VM is left as it is)")
+    .option("--json", "print JSON")
+    .action(async (id: string, o: { json?: boolean }) => {
+      const vm = await SmolVM.fromId(id);
+      if (vm.status === "paused") throw new VMStateError(`VM ${vm.vmId} is paused; ${howToRun(vm.vmId, "paused")}`);
+      await vm.start({ onProgress: progress });
+      if (o.json) printJson(vm.info());
+      else process.stdout.write(`${vm.vmId} ${vm.status}\n`);
+      vm.close();
+    });
+
+  program
     .command("stop <id>")
-    .description("shut a VM down cleanly (its disk is kept)")
+    .description("shut a VM down cleanly (its disk is kept; 'smolvm start' boots it again)")
     .option("--json", "print JSON")
     .action(async (id: string, o: { json?: boolean }) => {
       const vm = await SmolVM.fromId(id);

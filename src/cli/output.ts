@@ -6,15 +6,22 @@ export const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(
 /** Progress lines go to stderr so stdout stays clean for data. */
 export const progress = (msg: string) => process.stderr.write(`smolvm: ${msg}\n`);
 
-export function table(rows: Record<string, unknown>[], columns: string[]): string {
-  const cells = rows.map((r) => columns.map((c) => (r[c] === null || r[c] === undefined ? "-" : String(r[c]))));
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => (row[i] as string).length)));
+/** Rows as aligned text; a column is a field name (headed by itself, upper-cased) or [field, heading]. */
+export function table(rows: Record<string, unknown>[], cols: (string | [string, string])[]): string {
+  const columns = cols.map((c) => (typeof c === "string" ? c : c[0]));
+  const heads = cols.map((c) => (typeof c === "string" ? c.toUpperCase() : c[1]));
+  const cells = rows.map((r) =>
+    columns.map((c) => (r[c] === null || r[c] === undefined || r[c] === "" ? "-" : String(r[c]))),
+  );
+  const widths = columns.map((_, i) =>
+    Math.max((heads[i] as string).length, ...cells.map((row) => (row[i] as string).length)),
+  );
   const line = (vals: string[]) =>
     vals
       .map((v, i) => v.padEnd(widths[i] as number))
       .join("  ")
       .trimEnd();
-  return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join("\n");
+  return [line(heads), ...cells.map(line)].join("\n");
 }
 
 /** The longest delay a Node.js timer honours: a longer one fires after 1 ms. */

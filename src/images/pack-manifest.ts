@@ -2,7 +2,7 @@
  * The `.smolmachine` manifest: its types, and the checks that turn a hostile file's JSON into a manifest every field
  * of which can be used as is. Every refusal is a `PackError` naming the file and the field or section.
  */
-import { ACCELS, LIMITS } from "../config.js";
+import { ACCELS, LIMITS, resolveLabels } from "../config.js";
 import { SmolVMError } from "../errors.js";
 
 export const PACK_VERSION = 1;
@@ -59,6 +59,7 @@ export interface PackManifest {
     bootArgs: string;
     env: Record<string, string>;
     nic?: boolean;
+    labels?: Record<string, string>;
     /** The image the sandbox ran: its name and the defaults of its commands (working directory, user, command). */
     image?: PackImage;
   };
@@ -195,6 +196,12 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
   if (c.nic !== undefined && typeof c.nic !== "boolean")
     bad("config.nic", `must be true or false, got ${shown(c.nic)}`);
   const image = validateImage(c.image, bad);
+  let labels: Record<string, string> | undefined;
+  try {
+    labels = c.labels === undefined ? undefined : resolveLabels(c.labels, "config.labels");
+  } catch (e) {
+    bad("config.labels", (e as Error).message.replace(/^config\.labels[^:]*: /, ""));
+  }
   const backend = text("backend", m.backend, 64);
   const vmm = text("vmm", m.vmm, 256);
   if (typeof m.accel !== "string" || !(ACCELS as readonly string[]).includes(m.accel)) {
@@ -214,6 +221,7 @@ export function validateManifest(file: string, raw: unknown): PackManifest {
       env,
       ...(c.nic === true ? { nic: true } : {}),
       ...(image ? { image } : {}),
+      ...(labels && Object.keys(labels).length ? { labels } : {}),
     },
     backend,
     vmm,

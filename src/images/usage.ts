@@ -5,16 +5,7 @@
  * template) are found by walking every VM's and snapshot's chain of backing files, read from the qcow2 headers.
  */
 import { createHash } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { ImageError } from "../errors.js";
 import { dataDir } from "../paths.js";

@@ -1,7 +1,7 @@
 /** `vm.expose()`, `vm.ports()`, `vm.networkConfig`, `vm.setInternet()`: the facade's side of src/network. */
 import type { AgentClient } from "../agent/client.js";
 import { type InternetPolicy, networkOf, resolveInternet } from "../config.js";
-import { VMStateError } from "../errors.js";
+import { howToRun, VMStateError } from "../errors.js";
 import { configureGuest, type NetworkInfo, networkInfo, setInternet, unattached } from "../network/index.js";
 import { closePorts, type ExposedPort, exposePort, listPorts } from "../network/ports.js";
 import { vmRunDir } from "../paths.js";
@@ -43,7 +43,7 @@ export class VmNetwork {
   async setInternet(policy: InternetPolicy): Promise<NetworkInfo> {
     const r = this.rec();
     const internet = resolveInternet(policy);
-    if (!r.handle) throw new VMStateError(`VM ${r.id} is ${r.status}: start it first`);
+    if (!r.handle) throw new VMStateError(`VM ${r.id} is ${r.status}; ${howToRun(r.id, r.status)}`);
     const info = await setInternet(this.store, r.id, vmRunDir(r.id, this.store.dir), internet);
     this.store.update(r.id, { config: { ...r.config, network: { mode: networkOf(r.config).mode, internet } } });
     await configureGuest(await this.agent(), info); // the resolver the guest uses may have come or gone

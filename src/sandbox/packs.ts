@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
 import type { Backend } from "../backends/types.js";
-import type { AccelName, ImageDefaults } from "../config.js";
+import { type AccelName, type ImageDefaults, labelsOf } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import {
   checkPackDisk,
@@ -65,6 +65,7 @@ export async function packSnapshot(
           bootArgs: snap.config.bootArgs,
           env: snap.config.env,
           ...(snap.config.imageInfo ? { image: packImage(snap.config.imageInfo) } : {}),
+          ...(Object.keys(labelsOf(snap.config)).length ? { labels: labelsOf(snap.config) } : {}),
         },
         backend: snap.backend,
         vmm: vmmVersion(snap.backend),

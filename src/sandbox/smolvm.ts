@@ -4,8 +4,8 @@ import { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
-import { type InternetPolicy, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
-import { ConfigError, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
+import { type InternetPolicy, labelsOf, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
+import { ConfigError, howToRun, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
@@ -196,6 +196,7 @@ export class SmolVM implements AsyncDisposable {
       vcpuCount: c.vcpuCount,
       memSizeMib: c.memSizeMib,
       env: c.env,
+      labels: labelsOf(c),
       bootArgs: c.bootArgs,
       network: opts.network ?? c.network, // a clone gets its own address, MAC and lease, with the same policy
     });
@@ -276,6 +277,7 @@ export class SmolVM implements AsyncDisposable {
       vcpuCount: manifest.config.vcpuCount,
       memSizeMib: manifest.config.memSizeMib,
       env: manifest.config.env,
+      labels: manifest.config.labels,
       bootArgs: manifest.config.bootArgs,
       network: opts.network,
     });
@@ -320,7 +322,7 @@ export class SmolVM implements AsyncDisposable {
     if (!rec) throw new VMNotFoundError(this.vmId);
     const status = this.status;
     if (status !== "running" || !rec.handle) {
-      throw new VMStateError(`VM ${this.vmId} is ${status}; start it first`);
+      throw new VMStateError(`VM ${this.vmId} is ${status}; ${howToRun(this.vmId, status)}`);
     }
     try {
       this.client = await AgentClient.connect(this.driver().agentChannel(rec.handle));
@@ -453,17 +455,27 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /** Freeze the VM's vCPUs. */
+  /** Freeze the VM's vCPUs. A paused VM stays paused (no error); a VM that is not running is an error saying why. */
   async pause(): Promise<void> {
     const rec = this.refresh();
-    if (!rec?.handle || this.status !== "running") throw new VMStateError(`VM ${this.vmId} is ${this.status}`);
+    if (this.status === "paused") return;
+    if (!rec?.handle || this.status !== "running") {
+      throw new VMStateError(
+        `VM ${this.vmId} is ${this.status}: only a running VM can be paused; ${howToRun(this.vmId, this.status)}`,
+      );
+    }
     await this.driver().pause(rec.handle);
     this.store.update(rec.id, { status: "paused" });
     this.refresh();
   }
 
+  /** Continue a paused VM. A running VM is left as it is (no error). */
   async resume(): Promise<void> {
     const rec = this.refresh();
-    if (!rec?.handle || this.status !== "paused") throw new VMStateError(`VM ${this.vmId} is ${this.status}`);
+    if (this.status === "running") return;
+    if (!rec?.handle || this.status !== "paused") {
+      throw new VMStateError(`VM ${this.vmId} is ${this.status}, not paused; ${howToRun(this.vmId, this.status)}`);
+    }
     await this.driver().resume(rec.handle);
     this.store.update(rec.id, { status: "running" });
     this.refresh();

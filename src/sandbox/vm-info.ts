@@ -1,5 +1,6 @@
 /** What `list` and `status` show about a VM. */
 import type { BackendKind } from "../backends/types.js";
+import { labelsOf } from "../config.js";
 import type { VMRecord, VMStatus } from "../state/store.js";
 
 /** A summary of a VM, as `list` and `status` show it. */
@@ -17,6 +18,7 @@ export interface VMInfo {
   vcpuCount: number;
   memSizeMib: number;
   diskMode: string;
+  labels: Record<string, string>;
   createdAt: string;
   error: string | null;
 }
@@ -34,6 +36,7 @@ export function info(rec: VMRecord): VMInfo {
     vcpuCount: rec.config.vcpuCount,
     memSizeMib: rec.config.memSizeMib,
     diskMode: rec.config.diskMode,
+    labels: labelsOf(rec.config),
     createdAt: rec.createdAt,
     error: rec.error,
   };
