@@ -5,6 +5,8 @@ import { SmolVMError } from "../../errors.js";
 export class QmpClient {
   private buf = "";
   private waiters: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
+  /** The connection is gone (QEMU exited): every later command fails at once instead of waiting forever. */
+  private closed = false;
   private greeting: Promise<void>;
 
   private constructor(private readonly sock: Socket) {
@@ -40,6 +42,7 @@ export class QmpClient {
       }
     });
     const fail = () => {
+      this.closed = true;
       for (const w of this.waiters.splice(0)) w.reject(new SmolVMError("QMP connection closed"));
     };
     sock.on("close", fail);
@@ -72,6 +75,12 @@ export class QmpClient {
 
   execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
     return new Promise((resolve, reject) => {
+      // a socket closed between two commands (QEMU exited while we polled it) emits nothing more: without this, the
+      // command would wait for an answer that never comes
+      if (this.closed || this.sock.destroyed) {
+        reject(new SmolVMError("QMP connection closed"));
+        return;
+      }
       this.waiters.push({ resolve, reject });
       this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
     });
