@@ -15,7 +15,7 @@ import { ConfigError, howToRun, SmolVMError, VMNotFoundError, VMStateError } fro
 import { tailLines } from "../sandbox/console-log.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";
-import { int, parseEnv, printJson, progress, table } from "./output.js";
+import { int, parseEnv, parsePairs, printJson, progress, table } from "./output.js";
 import { guestTextSink } from "./terminal-filter.js";
 
 export interface VmOptions {
@@ -88,7 +88,7 @@ export function vmConfigFrom(o: VmOptions) {
     }),
     coldBoot: o.coldBoot,
     env: parseEnv(o.env),
-    labels: parseLabels(o.label),
+    labels: parsePairs(o.label, "--label"),
     network: networkFrom(o),
   };
 }
@@ -130,16 +130,6 @@ function shown(v: unknown): string {
     return e.length ? e.map(([k, x]) => `${k}=${String(x)}`).join(", ") : "-";
   }
   return String(v);
-}
-
-function parseLabels(pairs: string[] = []): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const p of pairs) {
-    const eq = p.indexOf("=");
-    if (eq <= 0) throw new ConfigError("--label", `expected KEY=VALUE, got ${JSON.stringify(p)}`);
-    out[p.slice(0, eq)] = p.slice(eq + 1);
-  }
-  return out;
 }
 
 /** `--filter label=KEY` (has the label) or `label=KEY=VALUE`; several filters must all hold. */

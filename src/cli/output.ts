@@ -50,15 +50,18 @@ export function int(field: string, v: string | undefined, { min, max, unit }: In
   return n;
 }
 
-export function parseEnv(pairs: string[] = []): Record<string, string> {
-  const env: Record<string, string> = {};
+/** `KEY=VALUE` arguments as a map; a malformed one is a ConfigError naming `field`. */
+export function parsePairs(pairs: string[] = [], field = "env"): Record<string, string> {
+  const out: Record<string, string> = {};
   for (const p of pairs) {
     const eq = p.indexOf("=");
-    if (eq <= 0) throw new ConfigError("env", `expected KEY=VALUE, got ${JSON.stringify(p)}`);
-    env[p.slice(0, eq)] = p.slice(eq + 1);
+    if (eq <= 0) throw new ConfigError(field, `expected KEY=VALUE, got ${JSON.stringify(p)}`);
+    out[p.slice(0, eq)] = p.slice(eq + 1);
   }
-  return env;
+  return out;
 }
+
+export const parseEnv = (pairs: string[] = []) => parsePairs(pairs, "env");
 
 /** One argument is a shell command line (`smolvm run -- 'ls | wc -l'`); several are an argv. */
 export const toCommand = (args: string[]): string | string[] => (args.length === 1 ? (args[0] as string) : args);
