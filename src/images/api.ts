@@ -2,11 +2,10 @@
 import { ImageError } from "../errors.js";
 import { StateStore } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
-import { type ImageRecord, listImages, refsOf, refTarget, rootfsOf } from "./image-store.js";
-import { parseRef, refString } from "./oci/reference.js";
-import { ensurePreset, PRESET_NAMES, PRESETS, presetRef } from "./presets.js";
+import { type ImageRecord, listImages, refsOf, rootfsOf } from "./image-store.js";
+import { ensurePreset, PRESET_NAMES, PRESETS } from "./presets.js";
 import { type ImportOptions, importImage, type PullOptions, pullImage } from "./pull.js";
-import { findImage } from "./resolve.js";
+import { matchImage } from "./resolve.js";
 import { ensureDefaultImage } from "./store.js";
 import { type ImageUsers, imageUsers, type PruneResult, pruneImages, removeImage } from "./usage.js";
 
@@ -47,24 +46,17 @@ export function imageInfo(rec: ImageRecord): ImageInfo {
 
 /** The image named `name` (preset, reference or id) in the store, or an ImageError saying how to get it. */
 export function mustFindImage(name: string): ImageRecord {
-  const rec = findImage(name);
-  if (!rec) {
+  return mustMatch(name).record;
+}
+
+function mustMatch(name: string): NonNullable<ReturnType<typeof matchImage>> {
+  const m = matchImage(name);
+  if (!m) {
     throw new ImageError(
       `no image ${JSON.stringify(name)} in the store ('smolvm image list' shows them; 'smolvm image pull' fetches one)`,
     );
   }
-  return rec;
-}
-
-/** The name as the store keeps it (`python` is `preset:python`, `python:3` is `docker.io/library/python:3`). */
-function storedName(name: string): string | null {
-  if (Object.hasOwn(PRESETS, name)) return presetRef(name);
-  if (refsOf(refTarget(name) ?? "").includes(name)) return name;
-  try {
-    return refString(parseRef(name));
-  } catch {
-    return null;
-  }
+  return m;
 }
 
 export const images = {
@@ -100,10 +92,9 @@ export const images = {
    * the image only loses that name: `removed` is false then.
    */
   remove(name: string): { id: string; removed: boolean } {
-    const rec = mustFindImage(name);
-    const stored = storedName(name);
-    const r = removeImage(StateStore.open(), rec, stored && refsOf(rec.id).includes(stored) ? stored : null);
-    return { id: rec.id, removed: r.removed };
+    const { record, ref } = mustMatch(name);
+    const r = removeImage(StateStore.open(), record, ref);
+    return { id: record.id, removed: r.removed };
   },
   /** Remove unused warm templates, layers and build leftovers; with `all`, every image nothing uses. */
   prune(opts: { all?: boolean } = {}): PruneResult {

@@ -83,31 +83,21 @@ function recipe(name: string, p: Preset): unknown {
   return { preset: name, v: PRESET_VERSION, format: IMAGE_FORMAT, suite: SUITE, p, dpkg: DPKG_OPTS, sources };
 }
 
-/** The preset's image if it has been built (from its current recipe). */
-export function findPreset(name: string): ImageRecord | null {
-  const p = Object.hasOwn(PRESETS, name) ? PRESETS[name] : undefined;
-  if (!p) return null;
-  const id = refTarget(presetRef(name));
-  return id && id === recipeId(recipe(name, p)) ? getImage(id) : null;
-}
-
 /** Build (or find) a preset's image. Prints progress: this takes a minute or two the first time. */
 export async function ensurePreset(name: string, progress: Progress = silent): Promise<ImageRecord> {
   const p = Object.hasOwn(PRESETS, name) ? PRESETS[name] : undefined;
   if (!p) throw new ImageError(`unknown preset ${JSON.stringify(name)}; presets: ${PRESET_NAMES.join(", ")}`);
-  const found = findPreset(name);
-  if (found) return found;
+  const id = recipeId(recipe(name, p));
+  const built = getImage(id); // made from the current recipe (its name is written again if a kill lost it)
+  if (built) {
+    if (refTarget(presetRef(name)) !== id) setRef(presetRef(name), id);
+    return built;
+  }
   const mm = which("mmdebstrap");
   if (!mm) {
     throw new ImageError(
       `the ${name} preset is built with mmdebstrap: install it (apt-get install mmdebstrap), or run 'smolvm setup'`,
     );
-  }
-  const id = recipeId(recipe(name, p));
-  const built = getImage(id); // built, but its name was not written (a process killed in between)
-  if (built) {
-    setRef(presetRef(name), id);
-    return built;
   }
   const staging = stagingDir(id);
   try {

@@ -5,7 +5,7 @@
  * Nothing half-made is ever visible: a failure removes the staging directory, and the image appears with one rename.
  */
 import { createHash } from "node:crypto";
-import { mkdirSync, rmSync, statfsSync, statSync, writeFileSync } from "node:fs";
+import { createReadStream, mkdirSync, rmSync, statfsSync, statSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { ImageError } from "../errors.js";
 import { dataDir } from "../paths.js";
@@ -204,7 +204,6 @@ export async function importImage(path: string, opts: ImportOptions = {}): Promi
 }
 
 async function fileHash(path: string): Promise<string> {
-  const { createReadStream } = await import("node:fs");
   const h = createHash("sha256");
   for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
   return h.digest("hex");

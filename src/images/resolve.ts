@@ -3,7 +3,7 @@
  * store, or an OCI reference (pulled on first use, like `docker run`). `diskSizeMib` picks (or makes) a copy of the
  * file system grown to that size.
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { ImageDefaults } from "../config.js";
 import { ConfigError, ImageError } from "../errors.js";
@@ -26,23 +26,30 @@ export interface ResolvedImage {
   env: Record<string, string>;
 }
 
-/** Find an image by the name a user gives, without building or pulling anything. */
-export function findImage(name: string): ImageRecord | null {
-  if (Object.hasOwn(PRESETS, name)) {
-    const id = refTarget(`preset:${name}`);
-    return id ? getImage(id) : null;
-  }
+/**
+ * Find an image by the name a user gives, without building or pulling anything: the record, and the name the store
+ * keeps it under when it was found by name (`python` is `preset:python`, `python:3` is `docker.io/library/python:3`;
+ * null when found by id).
+ */
+export function matchImage(name: string): { record: ImageRecord; ref: string | null } | null {
+  const named = (ref: string) => {
+    const id = refTarget(ref);
+    const record = id ? getImage(id) : null;
+    return record ? { record, ref } : null;
+  };
+  if (Object.hasOwn(PRESETS, name)) return named(`preset:${name}`);
   const byId = imageByIdPrefix(name);
-  if (byId) return byId;
-  const direct = refTarget(name);
-  if (direct) return getImage(direct);
+  if (byId) return { record: byId, ref: null };
+  const direct = named(name);
+  if (direct) return direct;
   try {
-    const id = refTarget(refString(parseRef(name)));
-    return id ? getImage(id) : null;
+    return named(refString(parseRef(name)));
   } catch {
     return null;
   }
 }
+
+export const findImage = (name: string): ImageRecord | null => matchImage(name)?.record ?? null;
 
 /** The image named `name`: found in the store, built (a preset) or pulled (an OCI reference). */
 export async function obtainImage(name: string, opts: PullOptions = {}): Promise<ImageRecord> {
@@ -95,7 +102,6 @@ async function sized(
   progress: Progress,
 ): Promise<string> {
   if (diskSizeMib === null) return rootfs;
-  const { statSync } = await import("node:fs");
   const have = statSync(rootfs).size;
   const want = diskSizeMib * MIB;
   if (want === have) return rootfs;
