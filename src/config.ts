@@ -78,7 +78,24 @@ export interface VMConfig {
    * defaults to `open`. The guest never reaches the host or its private networks unless a CIDR allows it.
    */
   network?: NetworkOption;
+  /**
+   * Lifetime of the running VM in ms (1 s to 366 days), counted from each start; `vm.setTimeout()` sets a new one.
+   * Enforced by the VM's own supervisor process, so it holds with no client running. Default: none.
+   */
+  timeoutMs?: number | null;
+  /** What happens when the lifetime ends: `delete` (default) or `pause`. */
+  onTimeout?: TimeoutAction;
+  /**
+   * Keep the VM when the process that started it exits (default false: a VM is deleted, by its supervisor, within
+   * a second or two of its owner process ending, however it ends: `kill -9`, a closed terminal, a crash). The CLI's
+   * `create`, `fork` and `snapshot restore` keep their VMs; `smolvm run` does not.
+   */
+  keep?: boolean;
 }
+
+export const TIMEOUT_ACTIONS = ["delete", "pause"] as const;
+export type TimeoutAction = (typeof TIMEOUT_ACTIONS)[number];
+export const LIFETIME_MS = [1000, 366 * 86_400_000] as const;
 
 /** A validated configuration: every field has its value. */
 export interface ResolvedVMConfig {
@@ -103,6 +120,15 @@ export interface ResolvedVMConfig {
   accel: AccelName;
   coldBoot: boolean;
   network: ResolvedNetwork;
+  /** Absent in records from before lifetimes existed: read these three through `lifetimeOf`. */
+  timeoutMs?: number | null;
+  onTimeout?: TimeoutAction;
+  keep?: boolean;
+}
+
+/** A VM's lifetime settings (records from before lifetimes existed: none, and kept). */
+export function lifetimeOf(c: ResolvedVMConfig): { timeoutMs: number | null; onTimeout: TimeoutAction; keep: boolean } {
+  return { timeoutMs: c.timeoutMs ?? null, onTimeout: c.onTimeout ?? "delete", keep: c.keep !== false };
 }
 
 /** What an image gives the commands run in it (its OCI config): defaults for `run`, `spawn` and the terminal. */
@@ -143,6 +169,9 @@ const KNOWN = new Set<string>([
   "accel",
   "coldBoot",
   "network",
+  "timeoutMs",
+  "onTimeout",
+  "keep",
 ]);
 
 function camel(s: string): string {
@@ -276,7 +305,16 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     accel: c.accel === undefined ? "auto" : oneOf("accel", c.accel, ACCELS),
     coldBoot: coldBootOf(c.coldBoot),
     network: resolveNetwork(c.network),
+    timeoutMs: c.timeoutMs === undefined || c.timeoutMs === null ? null : intIn("timeoutMs", c.timeoutMs, LIFETIME_MS),
+    onTimeout: c.onTimeout === undefined ? "delete" : oneOf("onTimeout", c.onTimeout, TIMEOUT_ACTIONS),
+    keep: boolOf("keep", c.keep),
   };
+}
+
+function boolOf(field: string, v: unknown): boolean {
+  if (v === undefined) return false;
+  if (typeof v !== "boolean") throw new ConfigError(field, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 const LABEL_KEY_RE = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$/;

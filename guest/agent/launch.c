@@ -19,11 +19,13 @@
  *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
  * VMM's parent: when the VMM ends it reaps it at once (no zombie holds its cgroups), writes how it ended (exit code
- * or signal) to --status-file, and removes its cgroups. We do not use QEMU's -daemonize: its fork is what
- * `-sandbox spawn=deny` forbids. */
+ * or signal) to --status-file, and removes its cgroups. With --lease FILE --on-expire N HOOK..., it also holds the VM
+ * to its lifetime and to its owner's (lease.c). We do not use QEMU's -daemonize: its fork is what `-sandbox
+ * spawn=deny` forbids. */
 #define _GNU_SOURCE
 #include "launch.h"
 #include "launch_tap.h"
+#include "lease.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -172,8 +174,9 @@ static pid_t start_peer(int end, const char *errfile, char **peer) {
 int launch_main(int argc, char **argv) {
 	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
 	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i, ntap = 0, peer_fd = -1, peer_end = -1;
-	const char *peer_err = NULL, *peer_pidfile = NULL;
-	char **peer = NULL;
+	const char *peer_err = NULL, *peer_pidfile = NULL, *lease = NULL;
+	char **peer = NULL, **hook = NULL;
+	int nhook = 0;
 	struct tap taps[MAX_TAPS];
 	for (i = 2; i < argc && strcmp(argv[i], "--"); i++) {
 		if (!strcmp(argv[i], "--isolate")) { /* flag: no value */
@@ -193,6 +196,15 @@ int launch_main(int argc, char **argv) {
 			peer_fd = atoi(v);
 			if (peer_fd < 3 || peer_fd >= 1024) goto usage;
 		} else if (!strcmp(argv[i], "--peer-err")) peer_err = v;
+		else if (!strcmp(argv[i], "--lease")) lease = v;
+		else if (!strcmp(argv[i], "--on-expire")) {
+			nhook = atoi(v);
+			if (nhook < 1 || nhook > 64 || i + 1 + nhook >= argc) goto usage;
+			hook = argv + i + 2;
+			for (int k = 0; k < nhook; k++)
+				if (!strcmp(hook[k], "--")) goto usage;
+			i += nhook;
+		}
 		else if (!strcmp(argv[i], "--peer-pidfile")) peer_pidfile = v;
 		else if (!strcmp(argv[i], "--peer-exec")) {
 			int n = atoi(v);
@@ -322,7 +334,7 @@ int launch_main(int argc, char **argv) {
 		dup2(nul, 0);
 		dup2(nul, 1);
 		dup2(nul, 2);
-		close(logfd);
+		if (!hook) close(logfd); /* else the expire hook writes there */
 		char msg[64];
 		int status = 0, n;
 		if (vmm < 0) {
@@ -345,15 +357,17 @@ int launch_main(int argc, char **argv) {
 		int reported = 0;
 		long long deadline = now_ms() + timeout_ms;
 		for (;;) { /* until the VMM is up (tell the caller) or gone */
-			pid_t w = waitpid(vmm, &status, reported ? 0 : WNOHANG);
+			pid_t w = waitpid(vmm, &status, WNOHANG);
 			if (w == vmm) break;
 			if (w < 0 && errno != EINTR) break;
-			if (reported) continue;
 			if (qmp_greets(qmp, 200)) {
 				n = snprintf(msg, sizeof msg, "ok %d\n", (int)vmm);
 				write_all(ready[1], msg, (size_t)n);
 				close(ready[1]);
 				reported = 1;
+				/* then until it ends, holding it to its lease */
+				lease_wait(vmm, &status, lease, hook, nhook, hook ? logfd : -1);
+				break;
 			} else if (now_ms() > deadline) {
 				kill(vmm, SIGKILL);
 			} else {
@@ -422,7 +436,7 @@ int launch_main(int argc, char **argv) {
 	}
 	return 1;
 usage:
-	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] "
+	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] [--lease F --on-expire N HOOK...] "
 			"[--keep-fd N]... [--tap NAME:FD | --new-tap NAME:FD [--tap-mac MAC] [--tap-addr A/P] [--tap-neigh A=MAC]]... "
 			"[--peer FD [--peer-err FILE] [--peer-pidfile FILE] --peer-exec N PEER ARGS...] [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;

@@ -65,6 +65,11 @@ export interface BootSpec {
   beforeRun?: () => Promise<void>;
   /** Called once the VMM process is up (its NIC exists), before a restore loads; not called if it fails to start. */
   onStarted?: () => void;
+  /**
+   * The VM's lease (src/lifecycle/lease.ts), held by whatever outlives the caller (QEMU: the VMM's supervisor): when
+   * it ends, `onExpire` runs with the reason (`timeout` or `owner`) appended; if that fails, the VMM is killed.
+   */
+  lease?: { path: string; onExpire: string[] };
 }
 
 /** What the state store keeps about a running VM, enough for another process to reach and stop it. */

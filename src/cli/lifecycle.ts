@@ -7,14 +7,18 @@ import {
   type BackendName,
   type DiskMode,
   type InternetPolicy,
+  LIFETIME_MS,
   LIMITS,
   type NetworkMode,
+  TIMEOUT_ACTIONS,
+  type TimeoutAction,
   type VMConfig,
 } from "../config.js";
 import { ConfigError, howToRun, SmolVMError, VMNotFoundError, VMStateError } from "../errors.js";
 import { tailLines } from "../sandbox/console-log.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";
+import { formatDuration, parseDuration } from "./duration.js";
 import { int, parseEnv, parsePairs, printJson, progress, table } from "./output.js";
 import { guestTextSink } from "./terminal-filter.js";
 
@@ -119,6 +123,7 @@ const COLUMNS: [string, string][] = [
   ["memory", "MEMORY"],
   ["vcpuCount", "CPUS"],
   ["labels", "LABELS"],
+  ["expires", "EXPIRES"],
   ["createdAt", "CREATED"],
 ];
 
@@ -147,11 +152,15 @@ export function registerLifecycle(program: Command): void {
   addVmOptions(program.command("create").description("create and start a VM; prints its id"))
     .option("--name <name>", "unique name")
     .option("--snapshot <snapshot>", "start from a snapshot (restore) instead of booting")
+    .option("--timeout, --ttl <duration>", "its lifetime (30s, 10m, 2h...): then deleted, or paused (--on-timeout)")
+    .option("--on-timeout <action>", "delete (default) | pause")
     .option("--json", "print the VM as JSON")
-    .action(async (o: VmOptions & { snapshot?: string }) => {
+    .action(async (o: VmOptions & LifetimeOptions & { snapshot?: string }) => {
+      const lifetime = { ...lifetimeFlags(o), keep: true };
+      if (o.snapshot) snapshotConflicts(o);
       const vm = o.snapshot
-        ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name, network: networkFrom(o) })
-        : await SmolVM.create(vmConfigFrom(o), { onProgress: progress });
+        ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name, network: networkFrom(o), ...lifetime })
+        : await SmolVM.create({ ...vmConfigFrom(o), ...lifetime }, { onProgress: progress });
       if (o.json) printJson(vm.info());
       else process.stdout.write(`${vm.vmId}\n`);
       vm.close();
@@ -179,6 +188,7 @@ export function registerLifecycle(program: Command): void {
         labels: Object.entries(v.labels)
           .map(([k, val]) => `${k}=${val}`)
           .join(","),
+        expires: v.timeLeftMs === null ? null : `${formatDuration(v.timeLeftMs)} (${v.onTimeout})`,
       }));
       process.stdout.write(`${table(rows as unknown as Record<string, unknown>[], COLUMNS)}\n`);
     });
@@ -217,6 +227,20 @@ export function registerLifecycle(program: Command): void {
           if (!out(chunk as Buffer)) await once(process.stdout, "drain");
         }
       }
+    });
+
+  program
+    .command("set-timeout <id> <duration>")
+    .description("give a running VM a new lifetime from now (30s, 10m, 2h...; none: no end)")
+    .option("--json", "print JSON")
+    .action(async (id: string, d: string, o: { json?: boolean }) => {
+      const ms = d === "none" ? null : parseDuration("duration", d, LIFETIME_MS);
+      const vm = await SmolVM.fromId(id);
+      vm.setTimeout(ms);
+      const i = vm.info();
+      if (o.json) printJson(i);
+      else process.stdout.write(`${vm.vmId} ${i.expiresAt ? `${i.onTimeout} at ${i.expiresAt}` : "no lifetime"}\n`);
+      vm.close();
     });
 
   program
@@ -270,4 +294,49 @@ export function registerLifecycle(program: Command): void {
         process.exitCode = 1;
       }
     });
+}
+
+export interface LifetimeOptions {
+  /** `--timeout` or `--ttl` (commander names it after the last). */
+  ttl?: string;
+  onTimeout?: string;
+}
+
+/** `--timeout/--ttl` and `--on-timeout` as config fields (checked here: nothing has started yet). */
+export function lifetimeFlags(o: LifetimeOptions): { timeoutMs?: number; onTimeout?: TimeoutAction } {
+  if (o.onTimeout !== undefined && o.ttl === undefined) {
+    throw new ConfigError("--on-timeout", "applies to a lifetime: give --timeout (or --ttl) too");
+  }
+  if (o.onTimeout !== undefined && !(TIMEOUT_ACTIONS as readonly string[]).includes(o.onTimeout)) {
+    throw new ConfigError("--on-timeout", `must be delete or pause, got ${JSON.stringify(o.onTimeout)}`);
+  }
+  return {
+    timeoutMs: o.ttl === undefined ? undefined : parseDuration("--timeout", o.ttl, LIFETIME_MS),
+    onTimeout: o.onTimeout as TimeoutAction | undefined,
+  };
+}
+
+/** Flags that a restore cannot honour (the snapshot fixes them): an error naming both. */
+const SNAPSHOT_FIXED: [keyof VmOptions, string][] = [
+  ["mem", "--mem"],
+  ["cpus", "--cpus"],
+  ["backend", "--backend"],
+  ["diskMode", "--disk-mode"],
+  ["rootfs", "--rootfs"],
+  ["image", "--image"],
+  ["diskSize", "--disk-size"],
+  ["coldBoot", "--cold-boot"],
+  ["env", "--env"],
+  ["label", "--label"],
+];
+
+function snapshotConflicts(o: VmOptions): void {
+  for (const [k, flag] of SNAPSHOT_FIXED) {
+    if (o[k] !== undefined) {
+      throw new ConfigError(
+        flag,
+        `cannot be combined with --snapshot: a restored VM has the snapshot's (its memory, CPUs, disk and env are saved in it)`,
+      );
+    }
+  }
 }

@@ -5,6 +5,7 @@ import { Command, CommanderError } from "commander";
 import { packageRoot } from "../paths.js";
 import { exitNow, installSignalHandlers } from "./cleanup.js";
 import { registerExec } from "./exec.js";
+import { registerExpire } from "./expire.js";
 import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
 import { registerImages } from "./images.js";
@@ -50,6 +51,7 @@ registerSnapshots(program);
 registerPack(program);
 registerNetwork(program);
 registerImages(program);
+registerExpire(program);
 
 try {
   await program.parseAsync(process.argv);

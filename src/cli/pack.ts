@@ -58,7 +58,12 @@ export function registerPack(program: Command): void {
     .option("--allow-cidr <cidr...>", "allow only these IPv4 CIDRs")
     .option("--allow-domain <name...>", "allow only these names (tap mode)")
     .action(async (file: string, cmd: string[], o: { name?: string; trust?: boolean; json?: boolean } & NetFlags) => {
-      const vm = await SmolVM.fromPack(file, { name: o.name, trust: o.trust === true, network: networkFrom(o) });
+      const vm = await SmolVM.fromPack(file, {
+        name: o.name,
+        trust: o.trust === true,
+        network: networkFrom(o),
+        keep: cmd.length === 0, // a VM made to run one command lives only as long as this process
+      });
       if (!cmd.length) {
         vm.close();
         if (o.json) printJson(vm.info());

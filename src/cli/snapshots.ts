@@ -85,7 +85,7 @@ export function registerSnapshots(program: Command): void {
     .action(async (id: string, o: { count: string; json?: boolean }) => {
       const count = int("count", o.count, { min: 1, max: 64 });
       const vm = await SmolVM.fromId(id);
-      const clones = await vm.fork(count);
+      const clones = await vm.fork(count, { keep: true });
       vm.close();
       const infos = clones.map((c) => {
         c.close();

@@ -22,6 +22,7 @@ import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
 import type { Progress } from "../util/run.js";
 import { trace } from "../util/trace.js";
+import { startLease } from "./lease.js";
 
 export interface StartOptions {
   /** Progress lines for slow first-time steps (building the image). */
@@ -185,7 +186,9 @@ export async function launchVm(
     trace("launch: disk and network ready");
     // a restore starts its vCPUs only once the VM's firewall rules are in place; a cold boot waits for them here
     if (!plan.incoming) await net.rules();
+    const lease = startLease(c, rec.vmDir, store.dir); // its lifetime counts from now
     handle = await backend.boot({
+      lease,
       vmId: c.vmId,
       vcpuCount: c.vcpuCount,
       memSizeMib: c.memSizeMib,

@@ -10,6 +10,7 @@ import { ensureAgent } from "../images/agent-build.js";
 import { type PackManifest, readPackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
+import { setLifetime } from "../lifecycle/lifetime.js";
 import { takeSnapshot } from "../lifecycle/snapshot.js";
 import { deleteVm, stopVm } from "../lifecycle/teardown.js";
 import type { NetworkInfo } from "../network/index.js";
@@ -44,6 +45,10 @@ import type { TransferOptions } from "./transfers.js";
 import { info, type VMInfo } from "./vm-info.js";
 
 export type { ExposedPort, NetworkInfo, StartOptions, StartTimings, VMInfo, VMStatus };
+
+/** A new VM's lifetime settings, as `VMConfig` has them (see there). */
+export type Lifetime = Pick<VMConfig, "timeoutMs" | "onTimeout" | "keep">;
+const lifetimeFrom = (o: Lifetime): Lifetime => ({ timeoutMs: o.timeoutMs, onTimeout: o.onTimeout, keep: o.keep });
 
 export class SmolVM implements AsyncDisposable {
   readonly config: ResolvedVMConfig;
@@ -181,7 +186,7 @@ export class SmolVM implements AsyncDisposable {
    */
   static async fromSnapshot(
     idOrName: string,
-    opts: { vmId?: string; name?: string; network?: VMConfig["network"] } = {},
+    opts: { vmId?: string; name?: string; network?: VMConfig["network"] } & Lifetime = {},
   ): Promise<SmolVM> {
     const t0 = performance.now();
     const store = StateStore.open();
@@ -199,6 +204,7 @@ export class SmolVM implements AsyncDisposable {
       labels: labelsOf(c),
       bootArgs: c.bootArgs,
       network: opts.network ?? c.network, // a clone gets its own address, MAC and lease, with the same policy
+      ...lifetimeFrom(opts),
     });
     // the image it came from: its run defaults and what `image rm` must know uses it
     Object.assign(vm.config, { image: c.image ?? null, diskSizeMib: c.diskSizeMib ?? null, imageInfo: c.imageInfo });
@@ -213,7 +219,7 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /** `count` new sandboxes, each a copy of this one as it is now (it keeps running). */
-  async fork(count: number, opts: { name?: string } = {}): Promise<SmolVM[]> {
+  async fork(count: number, opts: { name?: string } & Lifetime = {}): Promise<SmolVM[]> {
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
     const snap = await this.snapshot({ name: opts.name });
     // a snapshot kept as a full state file is converted once, before the clones start side by side
@@ -226,7 +232,7 @@ export class SmolVM implements AsyncDisposable {
         while (next < count) {
           next++;
           try {
-            clones.push(await SmolVM.fromSnapshot(snap.id));
+            clones.push(await SmolVM.fromSnapshot(snap.id, lifetimeFrom(opts)));
           } catch (e) {
             failures.push(e);
           }
@@ -267,7 +273,7 @@ export class SmolVM implements AsyncDisposable {
       trust?: boolean;
       /** The new VM's network (default none; a pack never brings its own host's network settings). */
       network?: VMConfig["network"];
-    } = {},
+    } & Lifetime = {},
   ): Promise<SmolVM> {
     const t0 = performance.now();
     const { manifest } = readPackManifest(file);
@@ -280,6 +286,7 @@ export class SmolVM implements AsyncDisposable {
       labels: manifest.config.labels,
       bootArgs: manifest.config.bootArgs,
       network: opts.network,
+      ...lifetimeFrom(opts),
     });
     const img = manifest.config.image;
     // the image's run defaults come along; its store id does not (the pack carries its whole disk)
@@ -454,7 +461,6 @@ export class SmolVM implements AsyncDisposable {
     return this.files.download(guestPath, localPath, opts);
   }
 
-  /** Freeze the VM's vCPUs. */
   /** Freeze the VM's vCPUs. A paused VM stays paused (no error); a VM that is not running is an error saying why. */
   async pause(): Promise<void> {
     const rec = this.refresh();
@@ -479,6 +485,16 @@ export class SmolVM implements AsyncDisposable {
     await this.driver().resume(rec.handle);
     this.store.update(rec.id, { status: "running" });
     this.refresh();
+  }
+
+  /**
+   * A new lifetime for the running (or paused) VM: it ends `ms` from now (null: never), with the end action it was
+   * given (`onTimeout`). Works from any process (`fromId`); the VM's supervisor enforces it.
+   */
+  setTimeout(ms: number | null): void {
+    const rec = this.refresh();
+    if (!rec) throw new VMNotFoundError(this.vmId);
+    setLifetime({ ...rec, status: this.status }, ms);
   }
 
   /** Shut the guest down cleanly (disks synced), then make sure the VMM is gone. Idempotent. */

@@ -1,6 +1,7 @@
 /** What `list` and `status` show about a VM. */
 import type { BackendKind } from "../backends/types.js";
-import { labelsOf } from "../config.js";
+import { labelsOf, lifetimeOf, type TimeoutAction } from "../config.js";
+import { readLease, timeLeft } from "../lifecycle/lease.js";
 import type { VMRecord, VMStatus } from "../state/store.js";
 
 /** A summary of a VM, as `list` and `status` show it. */
@@ -21,6 +22,14 @@ export interface VMInfo {
   labels: Record<string, string>;
   createdAt: string;
   error: string | null;
+  /** When its lifetime ends (ISO time; null: none, or not running), what happens then, and the ms left. */
+  expiresAt: string | null;
+  timeLeftMs: number | null;
+  onTimeout: TimeoutAction;
+  /** Kept when the process that started it exits (false: deleted then). */
+  keep: boolean;
+  /** The process it lives for (not kept), while it runs. */
+  ownerPid: number | null;
 }
 
 export function info(rec: VMRecord): VMInfo {
@@ -39,5 +48,19 @@ export function info(rec: VMRecord): VMInfo {
     labels: labelsOf(rec.config),
     createdAt: rec.createdAt,
     error: rec.error,
+    ...lifetimeInfo(rec),
+  };
+}
+
+function lifetimeInfo(rec: VMRecord): Pick<VMInfo, "expiresAt" | "timeLeftMs" | "onTimeout" | "keep" | "ownerPid"> {
+  const l = lifetimeOf(rec.config);
+  const live = rec.status === "running" || rec.status === "paused";
+  const lease = live ? readLease(rec.vmDir) : null;
+  return {
+    expiresAt: lease?.expiresAt ? new Date(lease.expiresAt).toISOString() : null,
+    timeLeftMs: timeLeft(lease),
+    onTimeout: lease?.action ?? l.onTimeout,
+    keep: l.keep,
+    ownerPid: lease?.owner?.pid ?? null,
   };
 }

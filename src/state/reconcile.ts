@@ -4,7 +4,8 @@
  *     a guest that broke the protocol), and its proxy, sockets, cgroups and pid files are freed;
  *   - a VM whose VMM runs but whose proxy died gets a new proxy, unless the proxy ended because the guest broke
  *     the protocol: then the VM is stopped and marked error (a guest that sends garbage is not given another go);
- *   - work that a killed process left half done (the journal) is finished or rolled back.
+ *   - work that a killed process left half done (the journal) is finished or rolled back;
+ *   - VMs made for one process (not `keep`) that no longer run are deleted once that process is gone.
  */
 
 import { existsSync } from "node:fs";
@@ -12,6 +13,7 @@ import { QemuBackend } from "../backends/qemu/backend.js";
 import { getBackend } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
+import { reapOrphans } from "../lifecycle/lifetime.js";
 import { recoverInterrupted } from "../lifecycle/recover.js";
 import { reconcileNetwork } from "../network/index.js";
 import { vmRunDir } from "../paths.js";
@@ -67,5 +69,7 @@ export async function reconcile(store: StateStore): Promise<string[]> {
   for (const id of await reconcileNetwork(store, (vmId) => vmRunDir(vmId, store.dir))) {
     if (!fixed.includes(id)) fixed.push(id);
   }
+  // VMs made for one process, stopped since, whose process is gone (their supervisor would have deleted them)
+  for (const id of await reapOrphans(store)) if (!fixed.includes(id)) fixed.push(id);
   return fixed;
 }

@@ -123,6 +123,9 @@ export class QemuBackend implements Backend {
           "launch",
           ...["--log", paths.logFile, "--qmp", paths.qmpSocket, "--pidfile", paths.pidFile, "--timeout", "30000"],
           ...["--status-file", join(dirname(spec.logPath), "vmm-status.json")],
+          ...(spec.lease
+            ? ["--lease", spec.lease.path, "--on-expire", String(spec.lease.onExpire.length), ...spec.lease.onExpire]
+            : []),
           ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
           ...(peer
             ? [
