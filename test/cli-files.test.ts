@@ -72,8 +72,8 @@ describe("CLI", () => {
     assert.equal(readFileSync(join(host, "one-back.txt"), "utf8"), "one");
     mkdirSync(join(host, "dir/sub"), { recursive: true });
     writeFileSync(join(host, "dir/sub/f"), "f");
-    assert.equal((await cli(["cp", join(host, "dir"), "cpbox:/opt/dir"])).code, 0);
-    assert.equal((await cli(["cp", "cpbox:/opt/dir", join(host, "dir-back")])).code, 0);
+    assert.equal((await cli(["cp", join(host, "dir"), "cpbox:/srv/dir"])).code, 0);
+    assert.equal((await cli(["cp", "cpbox:/srv/dir", join(host, "dir-back")])).code, 0);
     assert.equal(readFileSync(join(host, "dir-back/sub/f"), "utf8"), "f");
     const bad = await cli(["cp", join(host, "one.txt"), join(host, "two.txt")]);
     assert.equal(bad.code, 2);

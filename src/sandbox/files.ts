@@ -253,6 +253,17 @@ export class Files {
     if (!statSync(localDir).isDirectory()) throw new ConfigError("localDir", `not a directory: ${localDir}`);
     checkPath("guestDir", guestDir);
     await this.mkdir(guestDir);
+    await this.untar(guestDir, packDir(localDir));
+    return { path: guestDir };
+  }
+
+  /**
+   * Extract a tar stream into the existing guest folder `guestDir` with the guest's `tar` (streamed, at the pace the
+   * guest takes it). `signal` stops it: the guest's tar is killed and the promise rejects with the signal's reason.
+   */
+  async untar(guestDir: string, source: AsyncIterable<Buffer>, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    checkPath("guestDir", guestDir);
+    opts.signal?.throwIfAborted();
     const client = await this.agent();
     let stderr = "";
     const h = client.exec(
@@ -263,11 +274,30 @@ export class Files {
         },
       },
     );
-    await h.started;
-    await h.writeAllAndClose(packDir(localDir));
-    const exit = await h.exited;
+    const aborted = new Promise<never>((_, reject) => {
+      const stop = () => {
+        h.kill(9).catch(() => {});
+        // rejected once the guest's tar is gone, so the caller's cleanup never races with it
+        h.exited.catch(() => {}).finally(() => reject(opts.signal?.reason ?? new Error("aborted")));
+      };
+      opts.signal?.addEventListener("abort", stop, { once: true });
+      h.exited.finally(() => opts.signal?.removeEventListener("abort", stop)).catch(() => {});
+    });
+    aborted.catch(() => {});
+    const work = (async () => {
+      await h.started;
+      try {
+        await h.writeAllAndClose(source);
+      } catch (e) {
+        h.kill(9).catch(() => {}); // the source failed: never let the guest's tar take half an archive as whole
+        await h.exited.catch(() => {});
+        throw e;
+      }
+      return h.exited;
+    })();
+    const exit = await Promise.race([work, aborted]);
     if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
-    return { path: guestDir };
+    if (opts.signal?.aborted) throw opts.signal.reason; // killed by the abort, whichever settled first
   }
 
   /**
@@ -280,7 +310,7 @@ export class Files {
   async downloadDir(
     guestDir: string,
     localDir: string,
-    opts: { maxBytes?: number } = {},
+    opts: Omit<TransferOptions, "allowSpecial"> = {},
   ): Promise<{ path: string } & ExtractStats> {
     checkPath("guestDir", guestDir);
     if (existsSync(localDir)) throw new ConfigError("localDir", `already exists: ${localDir}`);

@@ -448,7 +448,7 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /** Copy a guest folder to the host, refusing unsafe archive entries (see `Files.downloadDir`). */
-  downloadDir(guestDir: string, localDir: string, opts: { maxBytes?: number } = {}) {
+  downloadDir(guestDir: string, localDir: string, opts: Omit<TransferOptions, "allowSpecial"> = {}) {
     return this.files.downloadDir(guestDir, localDir, opts);
   }
 

@@ -95,8 +95,11 @@ function entryHeaders(name: string, type: string, size: number, mode: number, mt
   ];
 }
 
-/** Stream a host folder as a tar archive (regular files, folders, symlinks; other types are skipped). */
-export async function* packDir(root: string): AsyncGenerator<Buffer> {
+/**
+ * Stream a host folder as a tar archive (regular files, folders, symlinks; other types are skipped). `stats`, when
+ * given, counts the files and the bytes of file data sent.
+ */
+export async function* packDir(root: string, stats?: { files: number; bytes: number }): AsyncGenerator<Buffer> {
   const walk = async function* (rel: string): AsyncGenerator<Buffer> {
     for (const name of readdirSync(join(root, rel)).sort()) {
       const r = rel ? `${rel}/${name}` : name;
@@ -118,6 +121,10 @@ export async function* packDir(root: string): AsyncGenerator<Buffer> {
           yield take;
         }
         if (sent < st.size) yield Buffer.alloc(st.size - sent); // or shrink
+        if (stats) {
+          stats.files++;
+          stats.bytes += st.size;
+        }
         yield Buffer.alloc((BLOCK - (st.size % BLOCK)) % BLOCK);
       }
     }

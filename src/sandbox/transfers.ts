@@ -22,6 +22,8 @@ export interface TransferOptions {
   maxBytes?: number;
   /** Also copy what is not a regular file (a device or fifo may never end): off by default. */
   allowSpecial?: boolean;
+  /** Called as data arrives with the bytes received so far (for a folder: of the archive, headers included). */
+  onProgress?: (bytes: number) => void;
 }
 
 /** What the destination can take while keeping a margin free. */
@@ -103,7 +105,10 @@ export async function downloadFile(
   try {
     await readBounded(client, guestPath, max, {
       allowSpecial: opts.allowSpecial,
-      onData: (b) => out.write(b),
+      onData: (b) => {
+        out.write(b);
+        opts.onProgress?.(out.position);
+      },
       onOver: () => new TransferLimitError(max, guestPath),
     });
     out.finish();
@@ -168,6 +173,19 @@ export class ChunkQueue implements AsyncIterable<Buffer> {
   }
 }
 
+/** The chunks of `source`, reporting the running total to `onProgress`. */
+export async function* counted(
+  source: AsyncIterable<Buffer>,
+  onProgress?: (bytes: number) => void,
+): AsyncGenerator<Buffer> {
+  let n = 0;
+  for await (const b of source) {
+    n += b.length;
+    onProgress?.(n);
+    yield b;
+  }
+}
+
 /**
  * Copy a guest folder to `localDir` (which must not exist) from the guest's `tar`, treated as hostile (see
  * `extractTar`), with a byte limit; extracted into a temporary folder renamed into place only on success.
@@ -176,7 +194,7 @@ export async function downloadFolder(
   client: AgentClient,
   guestDir: string,
   localDir: string,
-  opts: { maxBytes?: number } = {},
+  opts: Omit<TransferOptions, "allowSpecial"> = {},
 ): Promise<{ path: string } & ExtractStats> {
   const max = transferLimit(localDir, opts.maxBytes);
   const tmp = tempPath(StateStore.open(), `${localDir}.smolvm-${process.pid}-${Date.now()}.tmp`);
@@ -197,7 +215,7 @@ export async function downloadFolder(
     (e) => queue.fail(e),
   );
   try {
-    const stats = await extractTar(queue, tmp.path, { maxBytes: max });
+    const stats = await extractTar(counted(queue, opts.onProgress), tmp.path, { maxBytes: max });
     const exit = await h.exited;
     if (exit.exitCode !== 0) throw new FileSystemError(guestDir, "ETAR", `guest tar failed: ${stderr.trim()}`);
     renameSync(tmp.path, localDir);
