@@ -11,7 +11,6 @@ import {
   getImage,
   IMAGE_FORMAT,
   type ImageRecord,
-  publishImage,
   recipeId,
   refTarget,
   setRef,
