@@ -15,6 +15,7 @@ import { reportError } from "./output.js";
 import { registerPack } from "./pack.js";
 import { registerShell } from "./shell.js";
 import { registerSnapshots } from "./snapshots.js";
+import { registerSystem } from "./system.js";
 
 /**
  * A reader that goes away early (`smolvm status x | head -2`) closes our stdout: writing then fails with EPIPE
@@ -51,6 +52,7 @@ registerSnapshots(program);
 registerPack(program);
 registerNetwork(program);
 registerImages(program);
+registerSystem(program);
 registerExpire(program);
 
 try {

@@ -1,7 +1,7 @@
 /** pause, resume, snapshot create|list|inspect|rm, fork */
 import type { Command } from "commander";
 import { SmolVM } from "../sandbox/smolvm.js";
-import { SnapshotNotFoundError } from "../sandbox/snapshots.js";
+import { deleteSnapshot, SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { StateStore } from "../state/store.js";
 import { int, printJson, table } from "./output.js";
 
@@ -39,13 +39,16 @@ export function registerSnapshots(program: Command): void {
   snap
     .command("list")
     .alias("ls")
+    .description("snapshots (-a: also the temporary ones forks and packs made, kept while VMs sit on them)")
+    .option("-a, --all", "include temporary snapshots")
     .option("--json", "print JSON")
-    .action((o: { json?: boolean }) => {
-      const list = SmolVM.listSnapshots();
+    .action((o: { all?: boolean; json?: boolean }) => {
+      const list = SmolVM.listSnapshots().filter((s) => o.all || !s.temporary);
       if (o.json) printJson(list);
       else {
         const rows = list.map((s) => ({ ...s, sizeMiB: (s.sizeBytes / 2 ** 20).toFixed(1) }));
-        process.stdout.write(`${table(rows, ["id", "name", "vmId", "sizeMiB", "parentId", "createdAt"])}\n`);
+        const cols = ["id", "name", "vmId", "sizeMiB", "parentId", "createdAt", ...(o.all ? ["temporary"] : [])];
+        process.stdout.write(`${table(rows, cols)}\n`);
       }
     });
   snap
@@ -69,12 +72,18 @@ export function registerSnapshots(program: Command): void {
     });
   snap
     .command("rm <snapshots...>")
-    .description("delete snapshots (refused while VMs or snapshots are layered on them)")
-    .action((ids: string[]) => {
+    .description("delete snapshots (refused while VMs or snapshots are layered on them, naming them)")
+    .option("-r, --recursive", "also delete the snapshots built on them, depth first (never a VM)")
+    .option("--json", "print the ids deleted as JSON")
+    .action((ids: string[], o: { recursive?: boolean; json?: boolean }) => {
+      const store = StateStore.open();
+      const deleted: string[] = [];
       for (const id of ids) {
-        SmolVM.deleteSnapshot(id);
-        process.stdout.write(`${id}\n`);
+        const gone = deleteSnapshot(store, id, { recursive: o.recursive === true });
+        deleted.push(...gone);
+        if (!o.json) process.stdout.write(`${gone.join("\n")}\n`);
       }
+      if (o.json) printJson({ deleted });
     });
 
   program

@@ -122,7 +122,7 @@ function allStores(store: StateStore): StateStore[] {
 }
 
 /** The files every VM and snapshot (of every known state store) reads its disk from, and who reads each. */
-function diskReaders(store: StateStore): Map<string, string[]> {
+export function diskReaders(store: StateStore): Map<string, string[]> {
   const readers = new Map<string, string[]>();
   const add = (who: string, disk: string | null) => {
     if (!disk || !existsSync(disk)) return;
@@ -173,7 +173,7 @@ export function imageUsers(store: StateStore, rec: ImageRecord): ImageUsers {
  * Templates nothing will restore from again: their image is gone, or they were made by another version of SmolVM
  * (another template format, or another agent: the initramfs holding the agent is part of a template's key).
  */
-function deadTemplates(readers: Map<string, string[]>): WarmTemplate[] {
+export function deadTemplates(readers: Map<string, string[]>): WarmTemplate[] {
   const initrd = findDefaultImage()?.initrdPath;
   return listTemplates().filter((t) => {
     if (readers.has(resolve(join(t.dir, "disk.qcow2")))) return false; // a VM or snapshot sits on it

@@ -12,6 +12,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs
 import { basename, join } from "node:path";
 import { existingVmCgroups, removeCgroups } from "../backends/cgroups.js";
 import { vmRunDir } from "../paths.js";
+import { collectTemporary } from "../sandbox/snapshots.js";
 import { abandoned, claimOp, listOps, type Op } from "../state/journal.js";
 import { backendFor } from "../state/reconcile.js";
 import type { StateStore, VMRecord } from "../state/store.js";
@@ -40,6 +41,7 @@ async function removeVm(store: StateStore, rec: VMRecord): Promise<void> {
   await killByRunDir(rec.id, vmRunDir(rec.id, store.dir));
   rmSync(rec.vmDir, { recursive: true, force: true });
   store.delete(rec.id);
+  collectTemporary(store, rec.snapshotId);
 }
 
 async function recoverCreate(store: StateStore, op: Op): Promise<void> {
@@ -83,6 +85,7 @@ async function recoverSnapshot(store: StateStore, op: Op): Promise<void> {
       memBytes: -1,
       sizeBytes: statSync(layer).size,
       parentId: rec.snapshotId,
+      temporary: true, // nobody got it: it goes with the last VM or snapshot on it
     });
     store.update(rec.id, { snapshotId: snapId });
     for (const f of readdirSync(dir)) if (f !== "disk.qcow2") rmSync(join(dir, f), { recursive: true, force: true });

@@ -17,7 +17,8 @@ export async function takeSnapshot(
   store: StateStore,
   backend: Backend,
   rec: VMRecord,
-  opts: { name?: string } = {},
+  /** `temporary`: made for one command (fork, pack); see lifecycle/temp-snapshot.ts. */
+  opts: { name?: string; temporary?: boolean } = {},
 ): Promise<SnapshotInfo> {
   const handle = rec.handle;
   const diskPath = rec.diskPath;
@@ -39,7 +40,14 @@ export async function takeSnapshot(
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   let switched = false;
   /** The snapshot's record; memBytes -1 marks a disk-only one (its memory was not saved). */
-  const record = (memFile: string, diskFile: string, memBytes: number, name: string | null, ramBytes = 0) =>
+  const record = (
+    memFile: string,
+    diskFile: string,
+    memBytes: number,
+    name: string | null,
+    temporary: boolean,
+    ramBytes = 0,
+  ) =>
     store.insertSnapshot({
       id,
       name,
@@ -54,6 +62,7 @@ export async function takeSnapshot(
       memBytes,
       sizeBytes: Math.max(0, memBytes) + ramBytes + statSync(diskFile).size,
       parentId: rec.snapshotId,
+      temporary,
     });
   try {
     const r = await backend.snapshot(handle, { path: diskPath, vmDir: rec.vmDir }, dir, false, (next) => {
@@ -75,7 +84,14 @@ export async function takeSnapshot(
     } catch {
       // keep the full stream; it is converted on first restore
     }
-    const snap = record(memFile, r.diskFile, statSync(memFile).size, opts.name ?? null, ramBytes);
+    const snap = record(
+      memFile,
+      r.diskFile,
+      statSync(memFile).size,
+      opts.name ?? null,
+      opts.temporary === true,
+      ramBytes,
+    );
     store.update(rec.id, { diskPath: r.newDiskPath, snapshotId: id });
     return snapshotInfo(snap);
   } catch (e) {
@@ -84,11 +100,12 @@ export async function takeSnapshot(
       throw e;
     }
     // The VM already runs on a layer over the snapshot's disk layer: that layer must stay. It is recorded as a
-    // disk-only snapshot (not restorable: no memory) so nothing deletes it while the VM depends on it.
+    // disk-only snapshot (not restorable: no memory) so nothing deletes it while the VM depends on it; temporary:
+    // nobody asked for it, so it goes with the last VM or snapshot on it.
     const mem = join(dir, "mem.bin");
     const diskFile = join(dir, "disk.qcow2");
     rmSync(mem, { force: true });
-    if (!store.getSnapshot(id)) record(mem, diskFile, -1, null);
+    if (!store.getSnapshot(id)) record(mem, diskFile, -1, null, true);
     store.update(rec.id, { snapshotId: id });
     throw e;
   } finally {

@@ -10,6 +10,7 @@ import { SmolVMError } from "../errors.js";
 import { detachNetwork } from "../network/index.js";
 import { closePorts } from "../network/ports.js";
 import { vmRunDir } from "../paths.js";
+import { collectTemporary } from "../sandbox/snapshots.js";
 import { beginOp, endOp } from "../state/journal.js";
 import { backendFor } from "../state/reconcile.js";
 import type { StateStore, VMRecord } from "../state/store.js";
@@ -68,7 +69,9 @@ export async function deleteVm(store: StateStore, rec: VMRecord): Promise<void> 
         `cannot remove ${rec.vmDir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`,
       );
     }
+    const base = store.getById(rec.id)?.snapshotId ?? rec.snapshotId; // a snapshot since may have moved it
     store.delete(rec.id);
+    collectTemporary(store, base); // a fork's or pack's snapshot that only this VM still sat on
   } finally {
     endOp(store, op);
   }

@@ -13,10 +13,11 @@ import { launchVm, type StartOptions, type StartTimings, startPlan } from "../li
 import { setLifetime } from "../lifecycle/lifetime.js";
 import { takeSnapshot } from "../lifecycle/snapshot.js";
 import { deleteVm, stopVm } from "../lifecycle/teardown.js";
+import { tempSnapshot } from "../lifecycle/temp-snapshot.js";
 import type { NetworkInfo } from "../network/index.js";
 import type { ExposedPort } from "../network/ports.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
-import { type SnapshotRecord, StateStore, type VMRecord, type VMStatus } from "../state/store.js";
+import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
 import {
   type CommandResult,
@@ -221,9 +222,12 @@ export class SmolVM implements AsyncDisposable {
   /** `count` new sandboxes, each a copy of this one as it is now (it keeps running). */
   async fork(count: number, opts: { name?: string } & Lifetime = {}): Promise<SmolVM[]> {
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
-    const snap = await this.snapshot({ name: opts.name });
+    // temporary unless named: its memory goes once the clones have started, its disk layer with its last user
+    using temp = await tempSnapshot(this.store, this.driver(), this.refresh(), this.status, "forked", opts);
+    const snap = temp.snap;
+    this.refresh();
     // a snapshot kept as a full state file is converted once, before the clones start side by side
-    await snapshotPlan(this.driver(), this.store.getSnapshot(snap.id) as SnapshotRecord, await ensureAgent());
+    await snapshotPlan(this.driver(), snap, await ensureAgent());
     const clones: SmolVM[] = [];
     const failures: unknown[] = [];
     let next = 0;
@@ -253,9 +257,10 @@ export class SmolVM implements AsyncDisposable {
   async pack(out: string, opts: { withMemory?: boolean; onProgress?: Progress } = {}): Promise<PackManifest> {
     // the disk must stand on its own (it is cold-booted where the memory cannot be used): flush the guest's caches
     await (await this.agent()).op(T.SYNC, [[4, Buffer.from([1])]]).done;
-    const snap = await this.snapshot();
-    const rec = this.store.getSnapshot(snap.id) as NonNullable<ReturnType<StateStore["getSnapshot"]>>;
-    return packSnapshot(this.driver(), rec, out, opts.withMemory === true, opts.onProgress ?? silent);
+    // temporary: its memory goes once the file is written, its disk layer with the VM
+    using temp = await tempSnapshot(this.store, this.driver(), this.refresh(), this.status, "packed");
+    this.refresh();
+    return await packSnapshot(this.driver(), temp.snap, out, opts.withMemory === true, opts.onProgress ?? silent);
   }
 
   /**

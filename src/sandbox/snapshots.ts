@@ -1,11 +1,13 @@
 /** Snapshot records, integrity checks, deletion rules, and the resync a restored guest needs. */
 import { randomBytes } from "node:crypto";
 import { existsSync, rmSync, statSync } from "node:fs";
+import { resolve } from "node:path";
 import type { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import type { AccelName } from "../config.js";
 import { ConfigError, SmolVMError } from "../errors.js";
-import type { SnapshotRecord, StateStore } from "../state/store.js";
+import { abandoned, listOps } from "../state/journal.js";
+import type { SnapshotRecord, StateStore, VMRecord } from "../state/store.js";
 
 export interface SnapshotInfo {
   id: string;
@@ -18,6 +20,8 @@ export interface SnapshotInfo {
   backend: string;
   /** The snapshot this one's disk layer sits on, if any. */
   parentId: string | null;
+  /** Made for one command (fork, pack): no memory once it ended; deleted with the last VM or snapshot on it. */
+  temporary: boolean;
 }
 
 /** What a VMM start needs beyond the VM's config: where its kernel and disk come from, and a restore source. */
@@ -53,10 +57,11 @@ export class SnapshotNotFoundError extends SmolVMError {
 export class SnapshotInUseError extends SmolVMError {
   constructor(
     readonly snapshotId: string,
+    /** Ids of the VMs and snapshots layered on it (directly, or for VMs with `--recursive`, anywhere below). */
     readonly users: { vms: string[]; snapshots: string[] },
+    message: string,
   ) {
-    const who = [...users.vms.map((v) => `VM ${v}`), ...users.snapshots.map((s) => `snapshot ${s}`)].join(", ");
-    super(`snapshot ${snapshotId} is still used by ${who}: delete those first (their disks are layered on it)`);
+    super(message);
   }
 }
 
@@ -83,12 +88,18 @@ export function snapshotInfo(s: SnapshotRecord): SnapshotInfo {
     sizeBytes: s.sizeBytes,
     backend: s.backend,
     parentId: s.parentId,
+    temporary: s.temporary,
   };
 }
 
 /** Refuse a snapshot whose files are missing or truncated before anything starts, naming the file. */
 export function checkSnapshotFiles(s: SnapshotRecord): void {
-  if (s.memBytes < 0) throw new SmolVMError(`snapshot ${s.id} holds a disk layer only (its memory was not saved)`);
+  if (s.memBytes < 0) {
+    const why = s.temporary
+      ? "it was made for a fork or pack, and its memory deleted when that ended"
+      : "its memory was not saved";
+    throw new SmolVMError(`snapshot ${s.id} holds a disk layer only (${why})`);
+  }
   for (const f of [s.memFile, s.diskFile]) {
     if (!existsSync(f)) throw new SmolVMError(`snapshot ${s.id} is damaged: ${f} is missing`);
   }
@@ -100,13 +111,91 @@ export function checkSnapshotFiles(s: SnapshotRecord): void {
   }
 }
 
-export function deleteSnapshot(store: StateStore, idOrName: string): void {
+const vmLabel = (v: VMRecord) => (v.name ? `${v.name} (${v.id})` : v.id);
+const snapLabel = (s: SnapshotRecord) =>
+  `${s.name ? `${s.name} (${s.id})` : s.id}${s.temporary ? " (temporary: made by a fork or pack)" : ""}`;
+
+/**
+ * Delete a snapshot; with `recursive`, the snapshots built on it too (depth first). Refused, naming them, while VMs
+ * or (without `recursive`) snapshots are layered on it: deleting it would lose their data, and a VM is only ever
+ * deleted explicitly. Temporary snapshots it leaves unused go as well. Returns the ids deleted, in order.
+ */
+export function deleteSnapshot(store: StateStore, idOrName: string, opts: { recursive?: boolean } = {}): string[] {
   const s = store.getSnapshot(idOrName);
   if (!s) throw new SnapshotNotFoundError(idOrName);
-  const users = store.snapshotUsers(s.id);
-  if (users.vms.length || users.snapshots.length) throw new SnapshotInUseError(s.id, users);
-  store.deleteSnapshot(s.id);
-  rmSync(s.dir, { recursive: true, force: true });
+  const snaps = store.listSnapshots();
+  const vms = store.list();
+  const label = s.name ? `${s.name} (${s.id})` : s.id;
+  const childVms = vms.filter((v) => v.snapshotId === s.id);
+  const childSnaps = snaps.filter((c) => c.parentId === s.id);
+  // the snapshots below it, children before parents, and every VM on any of them
+  const order: SnapshotRecord[] = [];
+  const seen = new Set<string>();
+  const visit = (x: SnapshotRecord) => {
+    if (seen.has(x.id)) return;
+    seen.add(x.id);
+    for (const c of snaps) if (c.parentId === x.id) visit(c);
+    order.push(x);
+  };
+  visit(s);
+  const vmsBelow = vms.filter((v) => v.snapshotId !== null && seen.has(v.snapshotId));
+  const rmVms = (list: VMRecord[]) => `'smolvm rm ${list.map((v) => v.name ?? v.id).join(" ")}'`;
+  if (opts.recursive && vmsBelow.length) {
+    throw new SnapshotInUseError(
+      s.id,
+      { vms: vmsBelow.map((v) => v.id), snapshots: [] },
+      `snapshot ${label} is still used by ${vmsBelow.map((v) => `VM ${vmLabel(v)}`).join(", ")} (their disks are ` +
+        `layered on it or on a snapshot built on it): --recursive never deletes VMs; delete them first (${rmVms(vmsBelow)})`,
+    );
+  }
+  if (!opts.recursive && (childVms.length || childSnaps.length)) {
+    const who = [...childVms.map((v) => `VM ${vmLabel(v)}`), ...childSnaps.map((c) => `snapshot ${snapLabel(c)}`)];
+    const how = [
+      ...(vmsBelow.length ? [`delete the VMs first (${rmVms(vmsBelow)})`] : []),
+      ...(childSnaps.length
+        ? [`'smolvm snapshot rm --recursive ${s.name ?? s.id}' deletes it with the snapshots built on it`]
+        : []),
+    ];
+    throw new SnapshotInUseError(
+      s.id,
+      { vms: childVms.map((v) => v.id), snapshots: childSnaps.map((c) => c.id) },
+      `snapshot ${label} is still used by ${who.join(", ")} (their disks are layered on it): ${how.join("; then ")}`,
+    );
+  }
+  const deleted: string[] = [];
+  for (const x of order) {
+    store.deleteSnapshot(x.id);
+    rmSync(x.dir, { recursive: true, force: true });
+    deleted.push(x.id);
+  }
+  return [...deleted, ...collectTemporary(store, s.parentId)];
+}
+
+/** Whether an operation under way (of a live process) works in `dir`: a snapshot being taken, a fork, a pack. */
+export function heldByOp(store: StateStore, dir: string): boolean {
+  const d = resolve(dir);
+  return listOps(store).some(
+    (op) => op.path !== null && (resolve(op.path) === d || resolve(op.path).startsWith(`${d}/`)) && !abandoned(op),
+  );
+}
+
+/**
+ * Delete the temporary snapshot `id` if nothing is layered on it any more (no VM, no snapshot, no command under
+ * way), then its parent the same way, and so on down the chain. Returns the ids deleted.
+ */
+export function collectTemporary(store: StateStore, id: string | null): string[] {
+  const out: string[] = [];
+  for (let cur = id; cur !== null && out.length < 1000; ) {
+    const s = store.getSnapshot(cur);
+    if (!s || s.id !== cur || !s.temporary) break;
+    const u = store.snapshotUsers(s.id);
+    if (u.vms.length || u.snapshots.length || heldByOp(store, s.dir)) break;
+    store.deleteSnapshot(s.id);
+    rmSync(s.dir, { recursive: true, force: true });
+    out.push(s.id);
+    cur = s.parentId;
+  }
+  return out;
 }
 
 /** After a restore: the host's wall clock, 64 bytes of fresh entropy (and a reseed), the clone's own hostname. */

@@ -62,4 +62,7 @@ export const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL,
      PRIMARY KEY (host, host_port)
    );`,
+  // a snapshot made for one command (fork, pack): its memory goes when the command ends, its disk layer with its
+  // last user (sandbox/snapshots.ts collectTemporary)
+  `ALTER TABLE snapshots ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0;`,
 ];

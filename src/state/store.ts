@@ -45,6 +45,8 @@ export interface SnapshotRecord {
   sizeBytes: number;
   /** The snapshot whose disk layer backs this one's. */
   parentId: string | null;
+  /** Made for one command (fork, pack): deleted with the last VM or snapshot built on it. */
+  temporary: boolean;
   createdAt: string;
 }
 
@@ -96,6 +98,7 @@ interface SnapshotRow {
   mem_bytes: number;
   size_bytes: number;
   parent_id: string | null;
+  temporary: number;
   created_at: string;
 }
 
@@ -114,6 +117,7 @@ function snapFromRow(r: SnapshotRow): SnapshotRecord {
     memBytes: r.mem_bytes,
     sizeBytes: r.size_bytes,
     parentId: r.parent_id,
+    temporary: r.temporary === 1,
     createdAt: r.created_at,
   };
 }
@@ -272,7 +276,8 @@ export class StateStore {
     this.db.prepare("DELETE FROM vms WHERE id = ?").run(id);
   }
 
-  insertSnapshot(s: Omit<SnapshotRecord, "createdAt">): SnapshotRecord {
+  insertSnapshot(snap: Omit<SnapshotRecord, "createdAt" | "temporary"> & { temporary?: boolean }): SnapshotRecord {
+    const s = { ...snap, temporary: snap.temporary === true };
     const createdAt = new Date().toISOString();
     if (s.name !== null && this.db.prepare("SELECT 1 FROM snapshots WHERE id = ?").get(s.name)) {
       throw new ConfigError("name", `${JSON.stringify(s.name)} is another snapshot's id`);
@@ -281,8 +286,8 @@ export class StateStore {
       this.db
         .prepare(
           `INSERT INTO snapshots (id, name, vm_id, backend, config, boot, accel, dir, mem_file, disk_file, mem_bytes,
-                                  size_bytes, parent_id, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+                                  size_bytes, parent_id, temporary, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           s.id,
@@ -298,6 +303,7 @@ export class StateStore {
           s.memBytes,
           s.sizeBytes,
           s.parentId,
+          s.temporary ? 1 : 0,
           createdAt,
         );
     } catch (e) {
@@ -326,6 +332,11 @@ export class StateStore {
     const vms = this.db.prepare("SELECT id FROM vms WHERE snapshot_id = ?").all(id) as { id: string }[];
     const snaps = this.db.prepare("SELECT id FROM snapshots WHERE parent_id = ?").all(id) as { id: string }[];
     return { vms: vms.map((r) => r.id), snapshots: snaps.map((r) => r.id) };
+  }
+
+  /** A snapshot's memory dropped (memBytes -1: a disk layer only) and its size now. */
+  updateSnapshot(id: string, f: { memBytes: number; sizeBytes: number }): void {
+    this.db.prepare("UPDATE snapshots SET mem_bytes = ?, size_bytes = ? WHERE id = ?").run(f.memBytes, f.sizeBytes, id);
   }
 
   deleteSnapshot(id: string): void {
