@@ -30,9 +30,12 @@ export class VMStateError extends SmolVMError {}
  * What makes a VM in `status` usable again, as a sentence naming the command (and SDK call) that does it; used by
  * every "the VM is not running" error so none points at the wrong remedy.
  */
-export function howToRun(vmId: string, status: string): string {
+export function howToRun(vmId: string, status: string, reason?: string | null): string {
   if (status === "paused") return `resume it: smolvm resume ${vmId} (vm.resume())`;
   if (status === "running") return "it is running";
+  if (status === "crashed") {
+    return `it crashed${reason ? ` (${reason})` : ""}; its console: smolvm logs ${vmId}; start it again: smolvm start ${vmId} (vm.start())`;
+  }
   return `start it: smolvm start ${vmId} (vm.start()) boots it again from its disk`;
 }
 

@@ -91,3 +91,23 @@ describe("labels", () => {
     await ok(["rm", "--force", other]);
   });
 });
+
+describe("a crashed VM", () => {
+  it("reads crashed, with the reason, in status, list and the SDK's error; start boots it again", async () => {
+    const id = await ok(["create", "--mem", "256"]);
+    const pid = (JSON.parse(await ok(["status", id, "--json"])) as { pid: number }).pid;
+    process.kill(pid, "SIGKILL");
+    const st = JSON.parse(await ok(["status", id, "--json"])) as { status: string; error: string };
+    assert.equal(st.status, "crashed");
+    assert.match(st.error, /killed by SIGKILL/);
+    assert.match(await ok(["list"]), new RegExp(`${id}\\s+-\\s+crashed`));
+    const ex = await cli(["exec", id, "--", "true"]);
+    assert.notEqual(ex.code, 0);
+    assert.match(ex.stderr, /crashed \(the VMM was killed by SIGKILL/);
+    assert.match(ex.stderr, new RegExp(`smolvm logs ${id}.*smolvm start ${id}`));
+    await assert.rejects((await SmolVM.fromId(id)).run("true"), /crashed \(the VMM was killed by SIGKILL/);
+    assert.match(await ok(["start", id]), /running/);
+    assert.equal(await ok(["exec", id, "--", "echo", "again"]), "again");
+    await ok(["rm", "-f", id]);
+  });
+});

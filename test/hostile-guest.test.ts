@@ -230,7 +230,7 @@ describe("a failing guest is reported", () => {
       assert.match((e as Error).message, /broke the agent protocol/);
       return true;
     });
-    assert.equal(v.status, "error");
+    assert.equal(v.status, "crashed");
     assert.equal(processAlive(h.pid), false, "the VMM of a failed VM still runs");
     await v.delete();
   });
@@ -239,7 +239,7 @@ describe("a failing guest is reported", () => {
     const v = await SmolVM.create({ memSizeMib: 256 });
     await assert.rejects(v.run("echo c > /proc/sysrq-trigger"), VMDiedError);
     assert.ok(await waitFor(() => v.status !== "running", 10_000));
-    assert.equal(v.status, "error");
+    assert.equal(v.status, "crashed");
     const info = (await SmolVM.list()).find((x) => x.vmId === v.vmId);
     assert.match(info?.error ?? "", /kernel panicked: Kernel panic - not syncing: sysrq triggered crash/);
     await v.delete();

@@ -139,7 +139,7 @@ describe("lifecycle", () => {
     await assert.rejects(SmolVM.fromId(vm.vmId), VMNotFoundError);
   });
 
-  it("reconcile marks a VM whose VMM was killed as failed, says why, and frees its resources", async () => {
+  it("reconcile marks a VM whose VMM was killed as crashed, says why, and frees its resources", async () => {
     const vm = await SmolVM.create({ memSizeMib: 256 });
     const h = StateStore.open().get(vm.vmId)?.handle;
     assert.ok(h);
@@ -148,7 +148,7 @@ describe("lifecycle", () => {
     const fixed = await reconcile(StateStore.open());
     assert.deepEqual(fixed, [vm.vmId]);
     const rec = StateStore.open().get(vm.vmId);
-    assert.equal(rec?.status, "error");
+    assert.equal(rec?.status, "crashed");
     assert.match(rec?.error ?? "", /the VMM was killed by SIGKILL/);
     assert.equal(processAlive(h.proxyPid), false);
     assert.equal(existsSync(h.runDir), false);

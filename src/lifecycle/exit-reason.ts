@@ -8,8 +8,8 @@ import { tailFile } from "../sandbox/console-log.js";
 const SIGNALS: Record<number, string> = { 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM", 31: "SIGSYS" };
 
 export interface EndState {
-  /** stopped: the guest powered itself off; error: anything else (crash, panic, kill, broken protocol). */
-  status: "stopped" | "error";
+  /** stopped: the guest powered itself off; crashed: anything else (a kill, an exit status, a panic, bad protocol). */
+  status: "stopped" | "crashed";
   reason: string;
 }
 
@@ -31,12 +31,12 @@ export function describeEnd(info: ExitInfo | null, consoleLog: string | undefine
   const withConsole = (s: string) => (lastLines ? `${s}; last console lines: ${lastLines}` : s);
   if (info?.reason === "guest-protocol") {
     return {
-      status: "error",
+      status: "crashed",
       reason: "the guest broke the agent protocol (it sent a malformed frame): the VM was cut off from its clients",
     };
   }
   if (panic || /GUEST_PANICKED|guest-panic/.test(info?.event ?? "")) {
-    return { status: "error", reason: `the guest kernel panicked${panic ? `: ${panic}` : ""}` };
+    return { status: "crashed", reason: `the guest kernel panicked${panic ? `: ${panic}` : ""}` };
   }
   if (info?.event === "SHUTDOWN guest-shutdown" && (info.code ?? 0) === 0) {
     return { status: "stopped", reason: "the guest powered itself off" };
@@ -44,12 +44,12 @@ export function describeEnd(info: ExitInfo | null, consoleLog: string | undefine
   if (info?.signal) {
     const name = SIGNALS[info.signal] ?? `signal ${info.signal}`;
     const why = info.signal === 31 ? " (a system call its sandbox forbids)" : "";
-    return { status: "error", reason: withConsole(`the VMM was killed by ${name}${why}`) };
+    return { status: "crashed", reason: withConsole(`the VMM was killed by ${name}${why}`) };
   }
-  if (info?.code) return { status: "error", reason: withConsole(`the VMM exited with code ${info.code}`) };
+  if (info?.code) return { status: "crashed", reason: withConsole(`the VMM exited with code ${info.code}`) };
   if (info?.event === "SHUTDOWN guest-reset") {
-    return { status: "error", reason: withConsole("the guest rebooted, which ends a SmolVM VM") };
+    return { status: "crashed", reason: withConsole("the guest rebooted, which ends a SmolVM VM") };
   }
-  if (info?.event) return { status: "error", reason: withConsole(`the VMM ended (${info.event})`) };
-  return { status: "error", reason: withConsole("the VMM process is gone and recorded no exit status (killed?)") };
+  if (info?.event) return { status: "crashed", reason: withConsole(`the VMM ended (${info.event})`) };
+  return { status: "crashed", reason: withConsole("the VMM process is gone and recorded no exit status (killed?)") };
 }

@@ -43,7 +43,7 @@ export class VmNetwork {
   async setInternet(policy: InternetPolicy): Promise<NetworkInfo> {
     const r = this.rec();
     const internet = resolveInternet(policy);
-    if (!r.handle) throw new VMStateError(`VM ${r.id} is ${r.status}; ${howToRun(r.id, r.status)}`);
+    if (!r.handle) throw new VMStateError(`VM ${r.id} is ${r.status}; ${howToRun(r.id, r.status, r.error)}`);
     const info = await setInternet(this.store, r.id, vmRunDir(r.id, this.store.dir), internet);
     this.store.update(r.id, { config: { ...r.config, network: { mode: networkOf(r.config).mode, internet } } });
     await configureGuest(await this.agent(), info); // the resolver the guest uses may have come or gone

@@ -115,8 +115,9 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /**
-   * created | running | paused | stopped | error. A VM whose VMM died reads as stopped if the guest powered itself
-   * off, else error (`info().error` says why: a crash, a kernel panic, a kill); `list()` and `fromId()` record it.
+   * created | running | paused | stopped | crashed | error (a start failed). A VM whose VMM died reads as stopped if
+   * the guest powered itself off, else crashed (`info().error` says why: a kill, a kernel panic, an exit status);
+   * `list()` and `fromId()` record it.
    */
   get status(): VMStatus {
     if (!this.rec) return "created";
@@ -334,7 +335,7 @@ export class SmolVM implements AsyncDisposable {
     if (!rec) throw new VMNotFoundError(this.vmId);
     const status = this.status;
     if (status !== "running" || !rec.handle) {
-      throw new VMStateError(`VM ${this.vmId} is ${status}; ${howToRun(this.vmId, status)}`);
+      throw new VMStateError(`VM ${this.vmId} is ${status}; ${howToRun(this.vmId, status, await this.endReason())}`);
     }
     try {
       this.client = await AgentClient.connect(this.driver().agentChannel(rec.handle));
@@ -349,6 +350,12 @@ export class SmolVM implements AsyncDisposable {
       this.client = await AgentClient.connect(this.driver().agentChannel(after.handle));
     }
     return this.client;
+  }
+
+  /** Why a VM that is no longer running ended (its record updated first, if nobody has yet). */
+  private async endReason(): Promise<string | null> {
+    const rec = this.refresh();
+    return rec ? (await reconcileVm(this.store, rec)).error : null;
   }
 
   /** Run a command and collect its result: a string runs through `/bin/sh -c`, an array is an argv. */
@@ -472,7 +479,7 @@ export class SmolVM implements AsyncDisposable {
     if (this.status === "paused") return;
     if (!rec?.handle || this.status !== "running") {
       throw new VMStateError(
-        `VM ${this.vmId} is ${this.status}: only a running VM can be paused; ${howToRun(this.vmId, this.status)}`,
+        `VM ${this.vmId} is ${this.status}: only a running VM can be paused; ${howToRun(this.vmId, this.status, await this.endReason())}`,
       );
     }
     await this.driver().pause(rec.handle);
@@ -485,7 +492,9 @@ export class SmolVM implements AsyncDisposable {
     const rec = this.refresh();
     if (this.status === "running") return;
     if (!rec?.handle || this.status !== "paused") {
-      throw new VMStateError(`VM ${this.vmId} is ${this.status}, not paused; ${howToRun(this.vmId, this.status)}`);
+      throw new VMStateError(
+        `VM ${this.vmId} is ${this.status}, not paused; ${howToRun(this.vmId, this.status, await this.endReason())}`,
+      );
     }
     await this.driver().resume(rec.handle);
     this.store.update(rec.id, { status: "running" });

@@ -65,4 +65,27 @@ export const MIGRATIONS: string[] = [
   // a snapshot made for one command (fork, pack): its memory goes when the command ends, its disk layer with its
   // last user (sandbox/snapshots.ts collectTemporary)
   `ALTER TABLE snapshots ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0;`,
+  // a status for VMs that died without being asked (SQLite changes a CHECK only by copying the table)
+  `CREATE TABLE vms_next (
+     id          TEXT PRIMARY KEY,
+     name        TEXT UNIQUE,
+     backend     TEXT NOT NULL,
+     status      TEXT NOT NULL CHECK (status IN ('created', 'running', 'paused', 'stopped', 'crashed', 'error')),
+     config      TEXT NOT NULL,
+     handle      TEXT,
+     disk_path   TEXT,
+     disk_format TEXT,
+     vm_dir      TEXT NOT NULL,
+     error       TEXT,
+     created_at  TEXT NOT NULL,
+     updated_at  TEXT NOT NULL,
+     snapshot_id TEXT
+   );
+   INSERT INTO vms_next (id, name, backend, status, config, handle, disk_path, disk_format, vm_dir, error, created_at,
+                         updated_at, snapshot_id)
+     SELECT id, name, backend, status, config, handle, disk_path, disk_format, vm_dir, error, created_at, updated_at,
+            snapshot_id FROM vms;
+   DROP TABLE vms;
+   ALTER TABLE vms_next RENAME TO vms;
+   CREATE INDEX vms_status ON vms(status);`,
 ];

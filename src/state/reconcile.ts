@@ -1,9 +1,9 @@
 /**
  * Bring the state store in line with reality:
- *   - a VM whose VMM died is marked stopped (the guest powered off) or error, with the reason (crash, panic, kill,
+ *   - a VM whose VMM died is marked stopped (the guest powered off) or crashed, with the reason (panic, kill, exit,
  *     a guest that broke the protocol), and its proxy, sockets, cgroups and pid files are freed;
  *   - a VM whose VMM runs but whose proxy died gets a new proxy, unless the proxy ended because the guest broke
- *     the protocol: then the VM is stopped and marked error (a guest that sends garbage is not given another go);
+ *     the protocol: then the VM is stopped and marked crashed (a guest that sends garbage gets no other go);
  *   - work that a killed process left half done (the journal) is finished or rolled back;
  *   - VMs made for one process (not `keep`) that no longer run are deleted once that process is gone.
  */
@@ -47,8 +47,8 @@ export async function reconcileVm(store: StateStore, rec: VMRecord): Promise<VMR
     }
     await backend.kill(h);
     const end = describeEnd(info, h.consoleLog);
-    store.update(rec.id, { status: "error", handle: null, error: end.reason });
-    return { ...rec, status: "error", handle: null, error: end.reason };
+    store.update(rec.id, { status: "crashed", handle: null, error: end.reason });
+    return { ...rec, status: "crashed", handle: null, error: end.reason };
   }
   // the VMM's supervisor writes its exit status a moment after the VMM is gone
   if (h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);

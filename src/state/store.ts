@@ -11,7 +11,12 @@ import { ConfigError, SmolVMError } from "../errors.js";
 import { stateDir } from "../paths.js";
 import { MIGRATIONS } from "./migrations.js";
 
-export type VMStatus = "created" | "running" | "paused" | "stopped" | "error";
+/**
+ * created: not started yet; running; paused; stopped: shut down (asked to, or the guest powered off); crashed: its
+ * VMM or guest died without being asked (`error` says why: a signal, an exit status, a kernel panic, a guest that
+ * broke the protocol); error: a start that failed (`error` says why).
+ */
+export type VMStatus = "created" | "running" | "paused" | "stopped" | "crashed" | "error";
 
 export interface VMRecord {
   id: string;
