@@ -7,9 +7,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { spawn } from "node:child_process";
 import { describe, it } from "node:test";
 import { ConfigError, SmolVM } from "../src/index.js";
-import { cli, isolatedState } from "./helpers.js";
+import { cli, cliPath, isolatedState } from "./helpers.js";
 
 isolatedState();
 
@@ -109,5 +110,35 @@ describe("a crashed VM", () => {
     assert.match(await ok(["start", id]), /running/);
     assert.equal(await ok(["exec", id, "--", "echo", "again"]), "again");
     await ok(["rm", "-f", id]);
+  });
+});
+
+describe("logs", () => {
+  it("shows the console of warm-started and restored VMs, and follows it with -f until the VM goes", async () => {
+    const id = await ok(["create", "--mem", "256"]);
+    const log = await ok(["logs", id]);
+    assert.match(log, /smolvm-agent: \[[0-9.]+\] ready/, "the boot of the warm template it was restored from");
+    assert.match(log, /restored from the image's warm-start snapshot/);
+    await ok(["exec", id, "--", "sh", "-c", "echo before-snapshot-line > /dev/console"]);
+    await ok(["snapshot", "create", id, "--name", "logsnap"]);
+    const copy = await ok(["create", "--snapshot", "logsnap"]);
+    const copyLog = await ok(["logs", copy]);
+    assert.match(copyLog, /before-snapshot-line[\s\S]*restored from snapshot/);
+
+    const child = spawn(process.execPath, [cliPath, "logs", "-f", "-n", "0", id], { stdio: ["ignore", "pipe", "pipe"] });
+    let followed = "";
+    child.stdout.on("data", (d) => {
+      followed += d;
+    });
+    const exited = new Promise<number | null>((r) => child.on("exit", r));
+    await new Promise((r) => setTimeout(r, 1500));
+    await ok(["exec", id, "--", "sh", "-c", "echo followed-line-1 > /dev/console; echo followed-line-2 > /dev/console"]);
+    const until = Date.now() + 20_000;
+    while (!followed.includes("followed-line-2") && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+    assert.match(followed, /followed-line-1\s+followed-line-2/);
+    assert.doesNotMatch(followed, /restored from/, "-n 0 starts at the end");
+    await ok(["rm", "-f", id, copy]);
+    assert.equal(await exited, 0, "logs -f ends when the VM goes");
+    await ok(["snapshot", "rm", "logsnap"]);
   });
 });

@@ -1,7 +1,4 @@
 /** create, list, status, logs, stop, rm */
-import { once } from "node:events";
-import { createReadStream, existsSync } from "node:fs";
-import { join } from "node:path";
 import type { Command } from "commander";
 import {
   type BackendName,
@@ -15,12 +12,9 @@ import {
   type VMConfig,
 } from "../config.js";
 import { ConfigError, howToRun, SmolVMError, VMNotFoundError, VMStateError } from "../errors.js";
-import { tailLines } from "../sandbox/console-log.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
-import { StateStore } from "../state/store.js";
 import { formatDuration, parseDuration } from "./duration.js";
 import { int, parseEnv, parsePairs, printJson, progress, table } from "./output.js";
-import { guestTextSink } from "./terminal-filter.js";
 
 export interface VmOptions {
   name?: string;
@@ -208,25 +202,6 @@ export function registerLifecycle(program: Command): void {
         for (const p of ports) process.stdout.write(`${"port".padEnd(11)} ${p.url} -> guest ${p.guestPort}\n`);
       }
       vm.close();
-    });
-
-  program
-    .command("logs <id>")
-    .description("print a VM's serial console log (the newest 1 MiB or so is kept)")
-    .option("-n, --lines <n>", "only the last n lines")
-    .action(async (id: string, o: { lines?: string }) => {
-      const n = int("lines", o.lines, { min: 0, max: 10_000_000 });
-      const rec = StateStore.open().get(id);
-      if (!rec) throw new VMNotFoundError(id);
-      const path = join(rec.vmDir, "console.log");
-      // guest text: on a terminal every control character is shown, never acted on
-      const out = guestTextSink(process.stdout, "log");
-      if (n !== undefined) out(tailLines(path, n));
-      else if (existsSync(path)) {
-        for await (const chunk of createReadStream(path)) {
-          if (!out(chunk as Buffer)) await once(process.stdout, "drain");
-        }
-      }
     });
 
   program

@@ -10,6 +10,7 @@ import { registerFiles } from "./files.js";
 import { registerHost } from "./host.js";
 import { registerImages } from "./images.js";
 import { registerLifecycle } from "./lifecycle.js";
+import { registerLogs } from "./logs.js";
 import { registerNetwork } from "./network.js";
 import { reportError } from "./output.js";
 import { registerPack } from "./pack.js";
@@ -45,6 +46,7 @@ const program = new Command()
 
 registerExec(program);
 registerLifecycle(program);
+registerLogs(program);
 registerHost(program);
 registerFiles(program);
 registerShell(program);

@@ -3,7 +3,7 @@
  * the disk layer, the VMM, the agent's first answer, and the resync a restored guest needs. Journaled: a start
  * interrupted by a kill leaves nothing (see recover.ts).
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../agent/client.js";
 import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
@@ -15,7 +15,7 @@ import { ensureDefaultImage } from "../images/store.js";
 import { registerStateDir } from "../images/usage.js";
 import { type AttachedNetwork, attachNetwork, configureGuest, detachNetwork } from "../network/index.js";
 import { vmRunDir } from "../paths.js";
-import { tailFile } from "../sandbox/console-log.js";
+import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
 import { type LaunchPlan, resyncGuest } from "../sandbox/snapshots.js";
 import { warmPlan } from "../sandbox/templates.js";
 import { beginOp, endOp } from "../state/journal.js";
@@ -110,6 +110,20 @@ async function applyImage(c: ResolvedVMConfig, progress: Progress): Promise<void
   }
 }
 
+/**
+ * A restored guest prints nothing of its boot: its console log starts with the console of the guest it was saved
+ * from (the warm template's boot, or the snapshotted VM's console), then a line saying where it was restored.
+ */
+function consoleHeader(logPath: string, plan: LaunchPlan): void {
+  const before = plan.consoleFrom ? tailFile(plan.consoleFrom, CONSOLE_CARRIED) : "";
+  const what =
+    plan.from === "warm"
+      ? "restored from the image's warm-start snapshot (the boot above is that snapshot's)"
+      : `restored from ${plan.snapshotId ? `snapshot ${plan.snapshotId}` : "a saved state"}`;
+  const sep = before && !before.endsWith("\n") ? "\n" : "";
+  appendFileSync(logPath, `${before}${sep}--- smolvm: ${what}, at ${new Date().toISOString()} ---\n`, { mode: 0o600 });
+}
+
 /** Launch `plan` for the VM of `config` (`existing`: its record, for a restart). */
 export async function launchVm(
   store: StateStore,
@@ -186,6 +200,7 @@ export async function launchVm(
     trace("launch: disk and network ready");
     // a restore starts its vCPUs only once the VM's firewall rules are in place; a cold boot waits for them here
     if (!plan.incoming) await net.rules();
+    if (plan.incoming) consoleHeader(logPath, plan);
     const lease = startLease(c, rec.vmDir, store.dir); // its lifetime counts from now
     handle = await backend.boot({
       lease,

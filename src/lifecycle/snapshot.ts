@@ -4,12 +4,13 @@
  * Journaled: a process killed half way leaves a VM that runs on, and a snapshot that is complete or absent (or kept
  * as a disk-only one when the VM already depends on its layer; see recover.ts).
  */
-import { mkdirSync, rmSync, statSync } from "node:fs";
+import { mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Backend } from "../backends/types.js";
 import { ConfigError, VMStateError } from "../errors.js";
 import { checkSnapshotName, newSnapshotId, type SnapshotInfo, snapshotInfo } from "../sandbox/snapshots.js";
 import { type FastImage, readFast, splitToFast } from "../sandbox/templates.js";
+import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
 import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
 
@@ -38,6 +39,8 @@ export async function takeSnapshot(
     data: { snapshotId: id, prevDisk: rec.diskPath },
   });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // the console so far, which VMs restored from it show above their own
+  writeFileSync(join(dir, "console.log"), tailFile(join(rec.vmDir, "console.log"), CONSOLE_CARRIED), { mode: 0o600 });
   let switched = false;
   /** The snapshot's record; memBytes -1 marks a disk-only one (its memory was not saved). */
   const record = (

@@ -2,6 +2,8 @@ import { closeSync, fstatSync, openSync } from "node:fs";
 import { readAt } from "../util/fs.js";
 
 const EMPTY = Buffer.alloc(0);
+/** How much of a console a snapshot or a restored VM carries over from the guest it comes from. */
+export const CONSOLE_CARRIED = 64 << 10;
 const NL = 0x0a;
 const BLOCK = 64 << 10;
 

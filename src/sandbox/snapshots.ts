@@ -46,6 +46,8 @@ export interface LaunchPlan {
   /** The network configuration the restored guest already has (guestNetKey), if known: it is not sent again. */
   guestNet?: string;
   from?: "boot" | "warm" | "snapshot";
+  /** The console log of the guest whose state is restored (its boot), shown above the restored VM's own. */
+  consoleFrom?: string;
 }
 
 export class SnapshotNotFoundError extends SmolVMError {

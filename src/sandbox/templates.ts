@@ -317,6 +317,7 @@ export async function warmPlan(
     nicInState: hasNic(w.config),
     ...guestNetOf(w.config),
     from: "warm",
+    consoleFrom: join(dir, "console.log"),
   };
 }
 
@@ -407,6 +408,7 @@ export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agent
     ram: fast.ram,
     ignoreShared: fast.ignoreShared,
     snapshotId: snap.id,
+    consoleFrom: join(snap.dir, "console.log"),
     nicInState: hasNic(snap.config),
     from: "snapshot",
   };
