@@ -4,10 +4,10 @@
  * through forks and packs; `list` is headed by words.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { spawn } from "node:child_process";
 import { describe, it } from "node:test";
 import { ConfigError, SmolVM } from "../src/index.js";
 import { cli, cliPath, isolatedState } from "./helpers.js";
@@ -125,14 +125,23 @@ describe("logs", () => {
     const copyLog = await ok(["logs", copy]);
     assert.match(copyLog, /before-snapshot-line[\s\S]*restored from snapshot/);
 
-    const child = spawn(process.execPath, [cliPath, "logs", "-f", "-n", "0", id], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [cliPath, "logs", "-f", "-n", "0", id], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let followed = "";
     child.stdout.on("data", (d) => {
       followed += d;
     });
     const exited = new Promise<number | null>((r) => child.on("exit", r));
     await new Promise((r) => setTimeout(r, 1500));
-    await ok(["exec", id, "--", "sh", "-c", "echo followed-line-1 > /dev/console; echo followed-line-2 > /dev/console"]);
+    await ok([
+      "exec",
+      id,
+      "--",
+      "sh",
+      "-c",
+      "echo followed-line-1 > /dev/console; echo followed-line-2 > /dev/console",
+    ]);
     const until = Date.now() + 20_000;
     while (!followed.includes("followed-line-2") && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
     assert.match(followed, /followed-line-1\s+followed-line-2/);

@@ -54,6 +54,8 @@ int main(int argc, char **argv) {
 		o.release_all = flag(argc, argv, "--release-all");
 		o.console_sock = arg(argc, argv, "--console");
 		o.console_log = arg(argc, argv, "--console-log");
+		const char *cs = arg(argc, argv, "--clock-sync");
+		o.clock_sync_ms = cs ? strtol(cs, NULL, 10) : 30000;
 		const char *max = arg(argc, argv, "--console-max");
 		o.console_max = max ? (size_t)strtoull(max, NULL, 10) : 0;
 		o.events = arg(argc, argv, "--events");
@@ -86,6 +88,7 @@ usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
 			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon] [--release-all]\n"
 			"                          [--console SOCK --console-log F [--console-max BYTES]] [--events QMP --exit-file F]\n"
+			"                          [--clock-sync MS (default 30000; 0: never)]\n"
 			"                          [--runas UID:GID]\n"
 			"       smolvm-agent launch --log F --qmp SOCK [--pidfile F] [--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]...\n"
 			"                           [--isolate] -- PROGRAM...\n"

@@ -154,6 +154,34 @@ static int upstream_read(void) {
 	}
 }
 
+/* ---- the guest's clock: a guest clock drifts (under TCG ~0.3 s a minute), so the proxy, which runs as long as the
+ * VM does, sets it to the host's every clock_sync_ms, with the SYNC operation a restore uses (S_TIME), on stream ids
+ * of slot 0, which no client has (the agent's answers to them are dropped). Sent only when nothing else waits for
+ * the guest, so the time it carries is the time it leaves. ---- */
+static long long next_clock_sync;
+static uint32_t clock_stream;
+
+static void clock_tick(long interval_ms) {
+	if (interval_ms <= 0) return;
+	long long now = now_ms();
+	if (!next_clock_sync) next_clock_sync = now + interval_ms;
+	if (now < next_clock_sync || up_out.len) return;
+	next_clock_sync = now + interval_ms;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	uint8_t f[SMOL_HDR + 5 + 8];
+	put_be32(f, 1 + 4 + 5 + 8);
+	f[4] = T_SYNC;
+	clock_stream = (clock_stream + 1) & 0xffffff; /* slot 0 */
+	put_be32(f + 5, clock_stream ? clock_stream : (clock_stream = 1));
+	f[9] = S_TIME;
+	put_be32(f + 10, 8);
+	put_be32(f + 14, (uint32_t)(ns >> 32));
+	put_be32(f + 18, (uint32_t)ns);
+	bq_push(&up_out, f, sizeof f, (size_t)-1 / 2);
+}
+
 static int flush(int fd, struct bq *q) {
 	while (q->len) {
 		ssize_t w = write(fd, q->buf + q->off, q->len);
@@ -403,6 +431,11 @@ int proxy_main(const struct proxy_opts *o) {
 			short ev = (reading_clients ? POLLIN : 0) | (cl[s].out.len ? POLLOUT : 0);
 			pf[n] = (struct pollfd){cl[s].fd, ev, 0}, slot[n++] = s;
 		}
+		if (o->clock_sync_ms > 0) {
+			long long left = next_clock_sync ? next_clock_sync - now : o->clock_sync_ms;
+			if (left < 0) left = 0;
+			if (timeout < 0 || left < timeout) timeout = (int)left;
+		}
 		if (poll(pf, (nfds_t)n, timeout) < 0) {
 			if (errno == EINTR) continue;
 			why = "proxy-error";
@@ -432,6 +465,7 @@ int proxy_main(const struct proxy_opts *o) {
 				}
 			}
 		}
+		clock_tick(o->clock_sync_ms);
 		if (up_out.len && flush(up, &up_out) < 0) goto done;
 	}
 done:

@@ -11,6 +11,8 @@ struct proxy_opts {
 	size_t console_max;
 	/* a QMP monitor to watch for shutdown and panic events; why the VM ended is written to exit_file */
 	const char *events, *exit_file;
+	/* set the guest's clock to the host's this often (ms; 0: never), see clock_tick() */
+	long clock_sync_ms;
 	/* after everything is open: drop to this uid/gid (when started as root) */
 	int runas;
 	uid_t uid;

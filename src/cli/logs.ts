@@ -59,7 +59,9 @@ async function follow(path: string, pos: number, out: (b: Buffer) => boolean, ru
 export function registerLogs(program: Command): void {
   program
     .command("logs <id>")
-    .description("print a VM's serial console log (the newest 1 MiB or so is kept; a restored VM's starts with its source's)")
+    .description(
+      "print a VM's serial console log (the newest 1 MiB or so is kept; a restored VM's starts with its source's)",
+    )
     .option("-n, --lines <n>", "only the last n lines")
     .option("-f, --follow", "keep printing what the guest writes, until the VM stops (or Ctrl-C)")
     .action(async (id: string, o: { lines?: string; follow?: boolean }) => {

@@ -8,9 +8,9 @@ import { mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Backend } from "../backends/types.js";
 import { ConfigError, VMStateError } from "../errors.js";
+import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
 import { checkSnapshotName, newSnapshotId, type SnapshotInfo, snapshotInfo } from "../sandbox/snapshots.js";
 import { type FastImage, readFast, splitToFast } from "../sandbox/templates.js";
-import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
 import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
 

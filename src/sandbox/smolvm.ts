@@ -40,6 +40,7 @@ import {
   type SnapshotInfo,
   SnapshotNotFoundError,
   snapshotInfo,
+  syncClock,
 } from "./snapshots.js";
 import { snapshotPlan } from "./templates.js";
 import type { TransferOptions } from "./transfers.js";
@@ -499,6 +500,7 @@ export class SmolVM implements AsyncDisposable {
     await this.driver().resume(rec.handle);
     this.store.update(rec.id, { status: "running" });
     this.refresh();
+    await syncClock(await this.agent()); // its clock stood still while paused; the proxy's next sync is up to 30 s off
   }
 
   /**

@@ -201,6 +201,13 @@ export function collectTemporary(store: StateStore, id: string | null): string[]
 }
 
 /** After a restore: the host's wall clock, 64 bytes of fresh entropy (and a reseed), the clone's own hostname. */
+/** Set the guest's clock to the host's (after a pause: the guest's stood still or jumped meanwhile). */
+export async function syncClock(client: AgentClient): Promise<void> {
+  const ns = Buffer.alloc(8);
+  ns.writeBigUInt64BE(BigInt(Date.now()) * 1_000_000n);
+  await client.op(T.SYNC, [[1, ns]]).done;
+}
+
 export async function resyncGuest(client: AgentClient, hostname: string): Promise<void> {
   const ns = Buffer.alloc(8);
   ns.writeBigUInt64BE(BigInt(Date.now()) * 1_000_000n);

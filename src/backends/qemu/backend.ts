@@ -227,6 +227,8 @@ export class QemuBackend implements Backend {
         ...(h.exitPath ? ["--events", paths.eventsSocket, "--exit-file", h.exitPath] : []),
         ...(h.uid !== undefined && h.gid !== undefined ? ["--runas", `${h.uid}:${h.gid}`] : []),
         ...(releaseAll ? ["--release-all"] : []),
+        // the guest's clock is set to the host's this often (SMOLVM_CLOCK_SYNC_MS; the proxy's default is 30 s)
+        ...(process.env.SMOLVM_CLOCK_SYNC_MS ? ["--clock-sync", process.env.SMOLVM_CLOCK_SYNC_MS] : []),
       ],
       { timeoutMs: 15_000 },
     );
