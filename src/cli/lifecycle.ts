@@ -11,7 +11,7 @@ import {
   type TimeoutAction,
   type VMConfig,
 } from "../config.js";
-import { ConfigError, howToRun, SmolVMError, VMNotFoundError, VMStateError } from "../errors.js";
+import { ConfigError, howToRun, SmolVMError, VMStateError } from "../errors.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { formatDuration, parseDuration } from "./duration.js";
 import { int, parseEnv, parsePairs, printJson, progress, table } from "./output.js";
