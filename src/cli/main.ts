@@ -10,8 +10,9 @@ import { registerHost } from "./host.js";
 import { registerImages } from "./images.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { registerNetwork } from "./network.js";
-import { reportError } from "./output.js";
+import { EXIT, reportError } from "./output.js";
 import { registerPack } from "./pack.js";
+import { registerProcesses } from "./processes.js";
 import { registerShell } from "./shell.js";
 import { registerSnapshots } from "./snapshots.js";
 
@@ -42,6 +43,7 @@ const program = new Command()
   .exitOverride();
 
 registerExec(program);
+registerProcesses(program);
 registerLifecycle(program);
 registerHost(program);
 registerFiles(program);
@@ -51,9 +53,18 @@ registerPack(program);
 registerNetwork(program);
 registerImages(program);
 
+/** Commands that run a guest command and exit with its code: their own failures exit 125, not 1 (as `docker run`). */
+const RUNS_COMMAND = new Set(["run", "exec", "attach", "shell"]); // `run` is also `pack run`
+let runsCommand = false;
+program.hook("preAction", (_cmd, action) => {
+  runsCommand = RUNS_COMMAND.has(action.name());
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
-  if (e instanceof CommanderError) process.exitCode = e.exitCode;
-  else process.exitCode = reportError(e, process.argv.includes("--json"));
+  // commander's own errors (unknown option, missing argument, bad value, no subcommand) are usage errors; help and
+  // --version exit 0
+  if (e instanceof CommanderError) process.exitCode = e.exitCode === 0 ? 0 : EXIT.USAGE;
+  else process.exitCode = reportError(e, process.argv.includes("--json"), runsCommand);
 }
