@@ -89,7 +89,7 @@ describe("exit codes", () => {
     assert.match(nf.stderr, /VM not found: vm-nosuchvm0/);
     const attach = await cli(["attach", id, "4000000"]);
     assert.equal(attach.code, 125, attach.stderr);
-    assert.match(attach.stderr, /no process 4000000/);
+    assert.match(attach.stderr, /no such process 4000000/);
     const status = await cli(["status", "vm-nosuchvm0"]);
     assert.equal(status.code, 1, status.stderr);
   });
@@ -117,15 +117,26 @@ describe("background processes", () => {
     // attach replays the output so far; Ctrl-C detaches (128 + SIGINT) and the process keeps running
     const child = spawn(process.execPath, [cliPath, "attach", id, String(pid)], { stdio: ["ignore", "pipe", "pipe"] });
     let seen = "";
-    await new Promise<void>((resolve) =>
-      child.stdout.on("data", (b) => {
-        seen += b;
-        if (seen.includes("started")) resolve();
-      }),
-    );
+    let errors = "";
+    child.stderr.on("data", (b) => {
+      errors += b;
+    });
+    const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    await Promise.race([
+      closed,
+      new Promise<void>((resolve) =>
+        child.stdout.on("data", (b) => {
+          seen += b;
+          if (seen.includes("started")) resolve();
+        }),
+      ),
+    ]);
+    assert.match(seen, /started/, `attach printed nothing: ${errors}`);
     child.kill("SIGINT");
-    const detached = await new Promise<number | null>((resolve) => child.on("close", resolve));
-    assert.equal(detached, 130);
+    const detached = await closed;
+    clearTimeout(timer);
+    assert.equal(detached, 130, errors);
     rows = await ps();
     assert.equal(rows.find((r) => r.pid === pid)?.status, "running");
 
@@ -156,7 +167,7 @@ describe("background processes", () => {
     assert.match(badSig.stderr, /"FOO"/);
     const gone = await cli(["kill", id, "4000000"]);
     assert.equal(gone.code, 1, gone.stderr);
-    assert.match(gone.stderr, /no process 4000000/);
+    assert.match(gone.stderr, /no such process 4000000/);
   });
 
   it("exec into a stopped VM is a smolvm failure: 125, naming the fix", async () => {

@@ -11,7 +11,7 @@ const ENOSYS = 38;
 function noSuchProcess(pid: number): (e: unknown) => never {
   return (e) => {
     if (e instanceof AgentError && e.code === ESRCH) {
-      throw new SmolVMError(`no process ${pid} started by the agent (see vm.processes.list() / smolvm ps)`);
+      throw new SmolVMError(`no such process ${pid} started by the agent (see smolvm ps ID, vm.processes.list())`);
     }
     throw e;
   };
