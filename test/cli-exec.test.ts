@@ -6,6 +6,9 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { before, describe, it } from "node:test";
+import { parseDuration } from "../src/cli/output.js";
+import { parseSignal } from "../src/cli/processes.js";
+import { ConfigError } from "../src/errors.js";
 import { cli, cliPath, isolatedState } from "./helpers.js";
 
 isolatedState();
@@ -25,6 +28,47 @@ before(async () => {
   assert.equal((await exec(["--", "sh", "-c", "echo x > /usr/bin/noexec && mkdir /usr/bin/adir"])).code, 0);
   const tool = await exec(["--", "sh", "-c", "printf '#!/bin/sh\\necho tool\\n' > /root/tool && chmod +x /root/tool"]);
   assert.equal(tool.code, 0);
+});
+
+describe("option values", () => {
+  it("parseDuration: milliseconds or a number with a unit, strict; parseSignal: a name or a number", () => {
+    const ok: [string, number][] = [
+      ["1500", 1500],
+      ["500ms", 500],
+      ["30s", 30_000],
+      ["1.5s", 1500],
+      ["5m", 300_000],
+      ["1h", 3_600_000],
+      ["2147483647", 2_147_483_647],
+    ];
+    for (const [v, ms] of ok) assert.equal(parseDuration("--timeout", v), ms, v);
+    for (const v of [
+      "abc",
+      "-1",
+      "1.5.2",
+      "",
+      "0",
+      "0ms",
+      "1.5",
+      "1.5ms",
+      "1e3",
+      " 1s",
+      "1s ",
+      "1 s",
+      "2147483648",
+      "600h",
+    ]) {
+      assert.throws(
+        () => parseDuration("--timeout", v),
+        (e: unknown) => e instanceof ConfigError && /^--timeout: /.test(e.message),
+        v,
+      );
+    }
+    assert.equal(parseSignal("TERM"), 15);
+    assert.equal(parseSignal("sigkill"), 9);
+    assert.equal(parseSignal("2"), 2);
+    for (const v of ["FOO", "0", "65", "-9", "SIG"]) assert.throws(() => parseSignal(v), ConfigError, v);
+  });
 });
 
 describe("exit codes", () => {
