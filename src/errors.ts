@@ -49,6 +49,8 @@ export class CommandTimeoutError extends SmolVMError {
     readonly timeoutMs: number,
     readonly stdout: string,
     readonly stderr: string,
+    /** Some output was dropped because it exceeded `maxOutputBytes`. */
+    readonly truncated = false,
   ) {
     super(`command timed out after ${timeoutMs} ms and was killed: ${command}`);
   }

@@ -109,10 +109,15 @@ static char **build_env(char **extra, int nextra, char **ident, int nident) {
 	return env;
 }
 
-/* The program to execute, searched in the command's own PATH (execvpe would search the agent's). Returns a
- * malloc'd path, or NULL to let exec report the error on the original name. */
-static char *resolve_program(const char *name, char **env) {
-	if (strchr(name, '/')) return NULL;
+/* The program to execute, searched in the command's own PATH (execvpe would search the agent's), as execvp does: a
+ * name with a slash is used as it is; otherwise the first executable regular file on PATH. Returns a malloc'd path,
+ * or NULL with *err set: EACCES when a file of that name exists on PATH but cannot be executed (exit 126), else
+ * ENOENT (exit 127). A name without a slash is never looked up in the working directory. */
+static char *resolve_program(const char *name, char **env, int *err) {
+	*err = 0;
+	if (strchr(name, '/')) return strdup(name);
+	*err = ENOENT;
+	if (!*name) return NULL;
 	const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 	for (char **e = env; e && *e; e++)
 		if (!strncmp(*e, "PATH=", 5)) path = *e + 5;
@@ -121,7 +126,10 @@ static char *resolve_program(const char *name, char **env) {
 		char *full = NULL;
 		if (asprintf(&full, "%.*s/%s", (int)len, len ? path : ".", name) > 0) {
 			struct stat st;
-			if (access(full, X_OK) == 0 && stat(full, &st) == 0 && S_ISREG(st.st_mode)) return full;
+			if (stat(full, &st) == 0) {
+				if (S_ISREG(st.st_mode) && access(full, X_OK) == 0) return full;
+				*err = EACCES; /* there, but not an executable file: keep looking, remember why */
+			}
 			free(full);
 		}
 		path += len + (path[len] == ':');
@@ -133,7 +141,8 @@ struct child_spec {
 	int in, out, err; /* for a terminal: all the slave */
 	int pty;
 	const char *cwd;
-	const char *program; /* resolved in the command's PATH, or argv[0] */
+	const char *program; /* resolved in the command's PATH; NULL: lookup_err says why not */
+	int lookup_err;
 	char **argv, **env;
 	const struct user *user; /* NULL: stay root */
 };
@@ -161,8 +170,11 @@ static __attribute__((noinline, noreturn)) void exec_child(const struct child_sp
 		dprintf(2, "smolvm: cwd %s: %s\n", c->cwd, strerror(errno));
 		_exit(126);
 	}
-	execve(c->program, c->argv, c->env);
-	int e = errno;
+	int e = c->lookup_err;
+	if (c->program) {
+		execve(c->program, c->argv, c->env);
+		e = errno;
+	}
 	dprintf(2, "smolvm: exec %s: %s\n", c->argv[0], strerror(e));
 	_exit(e == ENOENT ? 127 : 126);
 }
@@ -278,8 +290,8 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	}
 	char **env = build_env(extra, ei, ident, ni);
 	cs.env = env;
-	char *program = resolve_program(argv[0], env);
-	cs.program = program ? program : argv[0];
+	char *program = resolve_program(argv[0], env, &cs.lookup_err);
+	cs.program = program;
 	pid_t pid = spawn_child(&cs);
 	int e = errno;
 	free(env);
@@ -402,4 +414,32 @@ void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		send_exit(c, stream, p->status);
 		free_proc(p);
 	}
+}
+
+/* Signal a running command (its whole process group, as SIGNAL on its stream does) by pid, attached or not. */
+void do_pkill(int c, uint32_t stream, const uint8_t *pl, size_t n) {
+	size_t off = 0;
+	uint8_t tag;
+	const uint8_t *v;
+	size_t vl;
+	uint32_t pid = 0, sig = 0;
+	while (field_next(pl, n, &off, &tag, &v, &vl) == 1) {
+		if (tag == P_PID && vl == 4) pid = get_be32(v);
+		if (tag == P_SIGNAL && vl == 4) sig = get_be32(v);
+	}
+	if (sig < 1 || sig >= NSIG) {
+		send_error(c, stream, EINVAL, "invalid signal number");
+		return;
+	}
+	for (int i = 0; i < MAX_PROCS && pid; i++) {
+		struct proc *p = &procs[i];
+		if (!p->used || p->kind != K_EXEC || p->exited || p->pid != (pid_t)pid) continue;
+		if (kill(-p->pid, (int)sig) < 0 && kill(p->pid, (int)sig) < 0) {
+			send_errno(c, stream, errno, "kill");
+			return;
+		}
+		chan_send(c, T_DONE, stream, NULL, 0);
+		return;
+	}
+	send_error(c, stream, ESRCH, "no such running process started by the agent");
 }

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMOL_PROTO_VERSION 3
+#define SMOL_PROTO_VERSION 4
 #define SMOL_HDR 9
 #define SMOL_MAX_PAYLOAD 65536
 
@@ -49,6 +49,7 @@
 #define T_PS 0x60      /* list commands; answered by data frames of P_ field groups, then DONE */
 #define T_CONNECT 0x61 /* fields: P_PID. Attach this stream to a running (or finished, unreported) command */
 #define T_TCPCONNECT 0x62 /* a TCP stream to a port in the guest: STARTED, STDIN -> socket, socket -> STDOUT, EXIT */
+#define T_PKILL 0x63 /* fields: P_PID, P_SIGNAL. Signal a running command (its process group) by pid. DONE */
 #define TC_PORT 1   /* u32, 1-65535 */
 #define TC_HOST 2   /* IPv4 literal; default 127.0.0.1 */
 #define TC_OUTWIN 3 /* u32 output window, as F_OUTWIN */
@@ -90,6 +91,7 @@
 #define P_ATTACHED 5 /* 1 byte */
 #define P_KEEP 6     /* 1 byte */
 #define P_OUTWIN 7   /* CONNECT: u32 output window, as F_OUTWIN */
+#define P_SIGNAL 8   /* PKILL: u32 signal number */
 /* file operation fields */
 #define F_PATH 1
 #define F_PATH2 2 /* rename target */

@@ -439,6 +439,9 @@ static void handle_frame(int c, uint8_t type, uint32_t stream, const uint8_t *pl
 	case T_CONNECT:
 		do_connect(c, stream, pl, n);
 		break;
+	case T_PKILL:
+		do_pkill(c, stream, pl, n);
+		break;
 	case T_ENV_SET:
 		env_set(c, stream, pl, n);
 		break;

@@ -81,6 +81,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n);
 void do_resize(struct proc *p, const uint8_t *pl, size_t n);
 void do_ps(int c, uint32_t stream);
 void do_connect(int c, uint32_t stream, const uint8_t *pl, size_t n);
+void do_pkill(int c, uint32_t stream, const uint8_t *pl, size_t n);
 void send_exit(int c, uint32_t stream, int status);
 
 /* envstore.c: variables set at run time, applied to every later command */

@@ -4,7 +4,7 @@
  */
 import { AgentError } from "../errors.js";
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const HEADER_BYTES = 9;
 export const MAX_PAYLOAD = 65536;
 /** Unacknowledged stdin bytes the host may have in flight per stream (the agent acknowledges with WINDOW). */
@@ -48,6 +48,7 @@ export const T = {
   PS: 0x60,
   CONNECT: 0x61,
   TCPCONNECT: 0x62,
+  PKILL: 0x63,
 } as const;
 
 /** Field tags of EXEC payloads. */
@@ -55,7 +56,7 @@ export const F = { ARG: 1, SHELL: 2, ENV: 3, CWD: 4, STDIN: 5, USER: 6, PTY: 7, 
 /** Field tags of STARTED payloads (exec, connect, file read). */
 export const ST = { PID: 1, OUTWIN: 2, SIZE: 3, TYPE: 4 } as const;
 /** Field tags of process list entries (PS) and CONNECT. */
-export const P = { PID: 1, CMD: 2, RUNNING: 3, EXIT: 4, ATTACHED: 5, KEEP: 6, OUTWIN: 7 } as const;
+export const P = { PID: 1, CMD: 2, RUNNING: 3, EXIT: 4, ATTACHED: 5, KEEP: 6, OUTWIN: 7, SIGNAL: 8 } as const;
 /** Field tags of file operation requests, and their flags. */
 export const FF = { PATH: 1, PATH2: 2, MODE: 3, FLAGS: 4, DEPTH: 5, OUTWIN: 6 } as const;
 export const FL = { PARENTS: 1, RECURSIVE: 2, REGULAR: 4 } as const;

@@ -1,11 +1,11 @@
 /** run (ephemeral VM) and exec (in an existing VM): stream output, exit with the command's code. */
 import type { Command } from "commander";
-import { ConfigError } from "../errors.js";
-import type { CommandResult } from "../sandbox/commands.js";
+import { CommandTimeoutError, ConfigError } from "../errors.js";
+import type { CommandResult, RunOptions } from "../sandbox/commands.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { onInterrupt } from "./cleanup.js";
 import { addVmOptions, type VmOptions, vmConfigFrom } from "./lifecycle.js";
-import { int, MAX_TIMER_MS, parseEnv, printJson, progress, toCommand } from "./output.js";
+import { EXIT, parseDuration, parseEnv, printJson, progress, toCommand } from "./output.js";
 import { guestTextSink } from "./terminal-filter.js";
 
 /**
@@ -35,51 +35,92 @@ interface ExecOptions {
   cwd?: string;
   env?: string[];
   json?: boolean;
+  detach?: boolean;
 }
 
+/** What `run`, `exec` and `attach` report (`--json`): the command's result, and whether `--timeout` killed it. */
+export type CliResult = CommandResult & { timedOut: boolean };
+
 /**
- * Run and stream output live (or collect it for --json). `env` is per-command environment. Our stdin is passed
- * through when it is not a terminal (a pipe or a file), or with -i.
+ * Follow a command (`start` gets the run options: output streamed live, or collected for --json; our stdin passed
+ * through when it is not a terminal, or with -i) to its result. A timeout is a result too: exit code 124 with the
+ * output collected until then.
  */
-async function runStreaming(
-  vm: SmolVM,
-  args: string[],
-  o: ExecOptions,
-  env?: Record<string, string>,
-  asArgv = false,
-): Promise<CommandResult> {
+export async function follow(
+  start: (opts: RunOptions) => Promise<CommandResult>,
+  o: { interactive?: boolean; json?: boolean; timeout?: string },
+): Promise<CliResult> {
   const attach = o.interactive || !process.stdin.isTTY;
+  const t0 = performance.now();
   try {
-    return await vm.run(asArgv ? args : toCommand(args), {
-      timeoutMs: int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }),
-      cwd: o.cwd,
-      env,
-      user: o.user,
-      stdin: attach ? process.stdin : undefined,
-      onStdout: o.json ? undefined : guestOutput(process.stdout),
-      onStderr: o.json ? undefined : guestOutput(process.stderr),
-    });
+    return {
+      ...(await start({
+        timeoutMs: parseDuration("--timeout", o.timeout),
+        stdin: attach ? process.stdin : undefined,
+        onStdout: o.json ? undefined : guestOutput(process.stdout),
+        onStderr: o.json ? undefined : guestOutput(process.stderr),
+      })),
+      timedOut: false,
+    };
+  } catch (e) {
+    if (!(e instanceof CommandTimeoutError)) throw e;
+    if (!o.json) progress(e.message);
+    const { stdout, stderr, truncated } = e;
+    const durationMs = performance.now() - t0;
+    return {
+      exitCode: EXIT.TIMEOUT,
+      signal: 9,
+      stdout,
+      stderr,
+      output: stdout.trim(),
+      ok: false,
+      durationMs,
+      truncated,
+      timedOut: true,
+    };
   } finally {
     if (attach) process.stdin.destroy(); // the command is done: stop waiting for input
   }
 }
 
-function finish(r: CommandResult, json?: boolean): void {
+/** `env` is per-command environment. */
+function runStreaming(
+  vm: SmolVM,
+  args: string[],
+  o: ExecOptions,
+  env?: Record<string, string>,
+  asArgv = false,
+): Promise<CliResult> {
+  const cmd = asArgv ? args : toCommand(args);
+  return follow((opts) => vm.run(cmd, { ...opts, cwd: o.cwd, env, user: o.user }), o);
+}
+
+/** Print the result (--json) and exit with the command's code (124 after a timeout). */
+export function finish(r: CliResult, json?: boolean): void {
   if (json) printJson(r);
   process.exitCode = r.exitCode;
+}
+
+/** `exec --detach`: start in the background (stdin closed unless -i keeps it for `smolvm attach`), print the pid. */
+async function detach(vm: SmolVM, args: string[], o: ExecOptions): Promise<void> {
+  if (o.timeout !== undefined) throw new ConfigError("--detach", "cannot be combined with --timeout");
+  const p = await vm.spawn(toCommand(args), { background: true, cwd: o.cwd, env: parseEnv(o.env), user: o.user });
+  if (!o.interactive) await new Promise<void>((resolve) => p.stdin.end(resolve));
+  if (o.json) printJson({ pid: p.pid });
+  else process.stdout.write(`${p.pid}\n`);
 }
 
 export function registerExec(program: Command): void {
   addVmOptions(program.command("run").description("run a command in a new VM, then delete it"))
     .argument("[cmd...]", "command (one argument: a shell command line; several: an argv); default: the image's")
-    .option("--timeout <ms>", "kill the command after this many ms")
+    .option("--timeout <duration>", "kill the command after this long (ms, or 500ms, 30s, 5m, 1h): exit code 124")
     .option("--cwd <dir>", "working directory in the guest")
     .option("-u, --user <user>", "guest user (name or uid)")
     .option("-i, --interactive", "pass stdin through even when it is a terminal")
     .option("--json", "print the result as JSON instead of streaming")
     .action(async (args: string[], o: VmOptions & ExecOptions) => {
       const vm = new SmolVM(vmConfigFrom(o));
-      int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" }); // before anything boots
+      parseDuration("--timeout", o.timeout); // before anything boots
       if (args.length === 0 && !o.image) {
         throw new ConfigError("cmd", "give a command to run (only an image with Entrypoint/Cmd has a default)");
       }
@@ -102,19 +143,22 @@ export function registerExec(program: Command): void {
 
   program
     .command("exec <id>")
-    .description("run a command in a running VM")
+    .description("run a command in a running VM; exits with its code (see the README's exit codes)")
     .argument("<cmd...>", "command (one argument: a shell command line; several: an argv)")
-    .option("--timeout <ms>", "kill the command after this many ms")
+    .option("--timeout <duration>", "kill the command after this long (ms, or 500ms, 30s, 5m, 1h): exit code 124")
     .option("--cwd <dir>", "working directory in the guest")
     .option("-e, --env <KEY=VALUE...>", "extra environment")
     .option("-u, --user <user>", "guest user (name or uid)")
-    .option("-i, --interactive", "pass stdin through even when it is a terminal")
-    .option("--json", "print the result as JSON instead of streaming")
+    .option("-i, --interactive", "pass stdin through even when it is a terminal (with -d: keep its stdin open)")
+    .option("-d, --detach", "start in the background, print its pid and exit (see smolvm ps, attach, kill)")
+    .option("--json", "print the result as JSON instead of streaming (with -d: {pid})")
     .action(async (id: string, args: string[], o: ExecOptions) => {
-      int("timeoutMs", o.timeout, { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" });
+      parseDuration("--timeout", o.timeout);
+      const env = parseEnv(o.env);
       const vm = await SmolVM.fromId(id);
       try {
-        finish(await runStreaming(vm, args, o, parseEnv(o.env)), o.json);
+        if (o.detach) await detach(vm, args, o);
+        else finish(await runStreaming(vm, args, o, env), o.json);
       } finally {
         vm.close();
       }

@@ -12,8 +12,9 @@ import { registerImages } from "./images.js";
 import { registerLifecycle } from "./lifecycle.js";
 import { registerLogs } from "./logs.js";
 import { registerNetwork } from "./network.js";
-import { reportError } from "./output.js";
+import { EXIT, reportError } from "./output.js";
 import { registerPack } from "./pack.js";
+import { registerProcesses } from "./processes.js";
 import { registerShell } from "./shell.js";
 import { registerSnapshots } from "./snapshots.js";
 import { registerSystem } from "./system.js";
@@ -45,6 +46,7 @@ const program = new Command()
   .exitOverride();
 
 registerExec(program);
+registerProcesses(program);
 registerLifecycle(program);
 registerLogs(program);
 registerHost(program);
@@ -57,9 +59,18 @@ registerImages(program);
 registerSystem(program);
 registerExpire(program);
 
+/** Commands that run a guest command and exit with its code: their own failures exit 125, not 1 (as `docker run`). */
+const RUNS_COMMAND = new Set(["run", "exec", "attach", "shell"]); // `run` is also `pack run`
+let runsCommand = false;
+program.hook("preAction", (_cmd, action) => {
+  runsCommand = RUNS_COMMAND.has(action.name());
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
-  if (e instanceof CommanderError) process.exitCode = e.exitCode;
-  else process.exitCode = reportError(e, process.argv.includes("--json"));
+  // commander's own errors (unknown option, missing argument, bad value, no subcommand) are usage errors; help and
+  // --version exit 0
+  if (e instanceof CommanderError) process.exitCode = e.exitCode === 0 ? 0 : EXIT.USAGE;
+  else process.exitCode = reportError(e, process.argv.includes("--json"), runsCommand);
 }

@@ -1,5 +1,5 @@
 /** Output helpers shared by CLI commands. */
-import { ConfigError, SmolVMError } from "../errors.js";
+import { CommandTimeoutError, ConfigError, SmolVMError } from "../errors.js";
 
 export const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 
@@ -67,11 +67,54 @@ export const parseEnv = (pairs: string[] = []) => parsePairs(pairs, "env");
 export const toCommand = (args: string[]): string | string[] => (args.length === 1 ? (args[0] as string) : args);
 
 /**
- * Print an error the way users should see it and return the process exit code. Never throws, even if `e` is
- * not an Error or the output stream is closed.
+ * A duration option in milliseconds: a whole number of milliseconds (`1500`, as before) or a number with a unit
+ * (`500ms`, `30s`, `1.5s`, `5m`, `1h`), from 1 ms to the longest timer Node.js honours. Anything else (`abc`,
+ * `-1`, `1.5.2`, ``) is a ConfigError naming `field` (the flag).
  */
-export function reportError(e: unknown, json: boolean): number {
-  const code = e instanceof ConfigError ? 2 : 1;
+export function parseDuration(field: string, v: string): number;
+export function parseDuration(field: string, v: string | undefined): number | undefined;
+export function parseDuration(field: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^([0-9]+)(?:(ms)|(\.[0-9]+)?(s|m|h))?$/.exec(v);
+  const scale = { s: 1000, m: 60_000, h: 3_600_000 } as Record<string, number>;
+  const ms = m ? Math.round(Number(`${m[1]}${m[3] ?? ""}`) * (m[4] ? (scale[m[4]] as number) : 1)) : Number.NaN;
+  if (!Number.isSafeInteger(ms) || ms < 1 || ms > MAX_TIMER_MS) {
+    throw new ConfigError(
+      field,
+      `must be a duration from 1 ms to ${MAX_TIMER_MS} ms: milliseconds (1500) or with a unit (500ms, 30s, 5m, 1h), got ${JSON.stringify(v)}`,
+    );
+  }
+  return ms;
+}
+
+/**
+ * The exit code scheme (README, "Exit codes"): a guest command's own code (128 + n when a signal killed it) is set
+ * by the command itself; here, the codes of SmolVM's own outcomes.
+ */
+export const EXIT = {
+  /** a usage error: unknown option, missing argument, a bad value (ConfigError) */
+  USAGE: 2,
+  /** `--timeout` killed the command */
+  TIMEOUT: 124,
+  /** SmolVM itself failed in a command that runs a guest command (run, exec, attach, shell, pack run) */
+  RUN_FAILED: 125,
+  /** SmolVM itself failed in any other command */
+  FAILED: 1,
+} as const;
+
+/** The exit code for an error; `runsCommand`: the command runs a guest command (so 125, not 1, for a failure). */
+export function exitCodeFor(e: unknown, runsCommand: boolean): number {
+  if (e instanceof ConfigError) return EXIT.USAGE;
+  if (e instanceof CommandTimeoutError) return EXIT.TIMEOUT;
+  return runsCommand ? EXIT.RUN_FAILED : EXIT.FAILED;
+}
+
+/**
+ * Print an error the way users should see it and return the process exit code (see `exitCodeFor`). Never throws,
+ * even if `e` is not an Error or the output stream is closed.
+ */
+export function reportError(e: unknown, json: boolean, runsCommand = false): number {
+  const code = exitCodeFor(e, runsCommand);
   try {
     const name = e instanceof Error ? e.name : "Error";
     const message = e instanceof Error ? e.message : String(e);

@@ -1,6 +1,6 @@
 /** Running commands through the agent: `run` (collect) and `spawn` (a live process handle), with bounded memory. */
 import { Readable, Writable } from "node:stream";
-import type { AgentClient, ExecHandle, ExecRequest } from "../agent/client.js";
+import type { AgentClient, ExecHandle, ExecHandlers, ExecRequest } from "../agent/client.js";
 import { CommandAbortedError, CommandTimeoutError, ConfigError } from "../errors.js";
 import { checkEnv } from "./env.js";
 
@@ -130,17 +130,41 @@ export async function runCommand(
   baseEnv: Record<string, string>,
   opts: RunOptions = {},
 ): Promise<CommandResult> {
+  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, opts.stdin !== undefined);
+  return follow(client, (handlers) => client.exec(req, handlers), describe(cmd), opts);
+}
+
+/**
+ * Reattach to a process the agent runs (see `SpawnOptions.background`) and follow it to its end as `run` does: its
+ * kept output replayed, then live output through the handlers (with backpressure), stdin streamed, its result.
+ */
+export function followProcess(client: AgentClient, pid: number, opts: RunOptions = {}): Promise<CommandResult> {
+  checkPid(pid);
+  return follow(client, (handlers) => client.attach(pid, handlers), `pid ${pid}`, opts);
+}
+
+function checkPid(pid: number): void {
+  if (!Number.isInteger(pid) || pid <= 0 || pid > 0xffffffff)
+    throw new ConfigError("pid", "must be a positive integer");
+}
+
+/** A command started (or reattached) by `start`, followed to its end: output collected, timeout, abort, stdin. */
+async function follow(
+  client: AgentClient,
+  start: (handlers: ExecHandlers) => ExecHandle,
+  what: string,
+  opts: RunOptions,
+): Promise<CommandResult> {
   const { timeoutMs, signal } = opts;
   if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs <= 0)) {
     throw new ConfigError("timeoutMs", `must be a positive number of milliseconds, got ${timeoutMs}`);
   }
   const cap = capOf(opts);
-  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, opts.stdin !== undefined);
-  if (signal?.aborted) throw new CommandAbortedError(describe(cmd), "", "");
+  if (signal?.aborted) throw new CommandAbortedError(what, "", "");
   const out = new Collector(cap);
   const err = new Collector(cap);
   const t0 = performance.now();
-  const h = client.exec(req, {
+  const h = start({
     onStdout: (b) => {
       out.push(b);
       return opts.onStdout?.(b);
@@ -156,8 +180,8 @@ export async function runCommand(
   let stopped: "timeout" | "abort" | null = null;
   const failure = () =>
     stopped === "timeout"
-      ? new CommandTimeoutError(describe(cmd), timeoutMs as number, out.text(), err.text())
-      : new CommandAbortedError(describe(cmd), out.text(), err.text());
+      ? new CommandTimeoutError(what, timeoutMs as number, out.text(), err.text(), out.truncated || err.truncated)
+      : new CommandAbortedError(what, out.text(), err.text());
   const stop = (why: "timeout" | "abort") => {
     stopped ??= why;
     h.kill(9).catch(() => {});
@@ -298,6 +322,6 @@ export function attachProcess(
   pid: number,
   opts: { maxOutputBytes?: number } = {},
 ): Promise<Process> {
-  if (!Number.isInteger(pid) || pid <= 0) throw new ConfigError("pid", "must be a positive integer");
+  checkPid(pid);
   return toProcess((handlers) => client.attach(pid, handlers), capOf(opts));
 }

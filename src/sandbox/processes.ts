@@ -1,8 +1,21 @@
 /** `vm.processes`: what the agent runs, and reattaching to background processes. */
 import type { AgentClient } from "../agent/client.js";
-import { decodeFields, type Field, fieldString, fieldU32, P, T } from "../agent/codec.js";
-import { AgentError } from "../errors.js";
-import { attachProcess, type Process } from "./commands.js";
+import { decodeFields, type Field, fieldString, fieldU32, P, T, u32 } from "../agent/codec.js";
+import { AgentError, ConfigError, SmolVMError } from "../errors.js";
+import { attachProcess, type CommandResult, followProcess, type Process, type RunOptions } from "./commands.js";
+
+const ESRCH = 3;
+const ENOSYS = 38;
+
+/** The agent's "no such process" as an error naming the pid; anything else unchanged. */
+function noSuchProcess(pid: number): (e: unknown) => never {
+  return (e) => {
+    if (e instanceof AgentError && e.code === ESRCH) {
+      throw new SmolVMError(`no such process ${pid} started by the agent (see smolvm ps ID, vm.processes.list())`);
+    }
+    throw e;
+  };
+}
 
 export interface ProcessInfo {
   pid: number;
@@ -62,6 +75,39 @@ export class Processes {
    * stdin, wait and kill. A process that finished meanwhile reports its exit at once.
    */
   async connect(pid: number, opts: { maxOutputBytes?: number } = {}): Promise<Process> {
-    return attachProcess(await this.agent(), pid, opts);
+    return attachProcess(await this.agent(), pid, opts).catch(noSuchProcess(pid));
+  }
+
+  /**
+   * Reattach and follow a process to its end, as `vm.run()` follows a new one: the latest output replayed, then live
+   * output to `onStdout` / `onStderr` (with backpressure), `stdin` streamed; resolves with its result. `timeoutMs`
+   * and `signal` kill the process, as with `run`.
+   */
+  async follow(pid: number, opts: RunOptions = {}): Promise<CommandResult> {
+    return followProcess(await this.agent(), pid, opts).catch(noSuchProcess(pid));
+  }
+
+  /**
+   * Send a signal (a number, default SIGTERM) to a running process the agent started and to its process group,
+   * whether or not a client is attached to it.
+   */
+  async kill(pid: number, signal = 15): Promise<void> {
+    if (!Number.isInteger(pid) || pid <= 0 || pid > 0xffffffff)
+      throw new ConfigError("pid", "must be a positive integer");
+    if (!Number.isInteger(signal) || signal < 1 || signal > 64) {
+      throw new ConfigError("signal", `must be a signal number from 1 to 64, got ${signal}`);
+    }
+    const op = (await this.agent()).op(T.PKILL, [
+      [P.PID, u32(pid)],
+      [P.SIGNAL, u32(signal)],
+    ]);
+    await op.done.catch((e: unknown) => {
+      if (e instanceof AgentError && e.code === ENOSYS) {
+        throw new SmolVMError(
+          "this VM's agent cannot signal a process by pid (it predates protocol 4: restart the VM)",
+        );
+      }
+      return noSuchProcess(pid)(e);
+    });
   }
 }
