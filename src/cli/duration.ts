@@ -24,7 +24,7 @@ export function formatDuration(ms: number): string {
 
 /**
  * Parse a duration flag into ms within [min, max]; anything else (`abc`, `-1`, `1.5.2`, ``) is a ConfigError naming
- * `flag` and what is allowed. Units may be combined (`1m30s`).
+ * `flag` and what is allowed. Units may be combined (`1m30s`); s, m, h and d may have a fraction (`1.5s`).
  */
 export function parseDuration(flag: string, v: string, [min, max]: readonly [number, number]): number {
   const bad = (why: string) =>
@@ -32,9 +32,15 @@ export function parseDuration(flag: string, v: string, [min, max]: readonly [num
   let ms: number;
   if (/^[0-9]{1,16}$/.test(v)) ms = Number(v);
   else {
-    const parts = [...v.matchAll(/([0-9]{1,10})(ms|s|m|h|d)/gy)];
-    if (!parts.length || parts.map((p) => p[0]).join("") !== v) throw bad("not a duration");
-    ms = parts.reduce((t, p) => t + Number(p[1]) * (UNITS[p[2] as string] as number), 0);
+    const parts = [...v.matchAll(/([0-9]{1,10}(?:\.[0-9]{1,3})?)(ms|s|m|h|d)/gy)];
+    if (
+      !parts.length ||
+      parts.map((p) => p[0]).join("") !== v ||
+      parts.some((p) => p[2] === "ms" && p[1]?.includes("."))
+    ) {
+      throw bad("not a duration");
+    }
+    ms = Math.round(parts.reduce((t, p) => t + Number(p[1]) * (UNITS[p[2] as string] as number), 0));
   }
   if (!Number.isSafeInteger(ms) || ms < min || ms > max) {
     throw bad(`must be from ${formatDuration(min)} to ${formatDuration(max)}`);

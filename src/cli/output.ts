@@ -1,5 +1,7 @@
 /** Output helpers shared by CLI commands. */
+
 import { CommandTimeoutError, ConfigError, SmolVMError } from "../errors.js";
+import { parseDuration as durationIn } from "./duration.js";
 
 export const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 
@@ -74,17 +76,7 @@ export const toCommand = (args: string[]): string | string[] => (args.length ===
 export function parseDuration(field: string, v: string): number;
 export function parseDuration(field: string, v: string | undefined): number | undefined;
 export function parseDuration(field: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const m = /^([0-9]+)(?:(ms)|(\.[0-9]+)?(s|m|h))?$/.exec(v);
-  const scale = { s: 1000, m: 60_000, h: 3_600_000 } as Record<string, number>;
-  const ms = m ? Math.round(Number(`${m[1]}${m[3] ?? ""}`) * (m[4] ? (scale[m[4]] as number) : 1)) : Number.NaN;
-  if (!Number.isSafeInteger(ms) || ms < 1 || ms > MAX_TIMER_MS) {
-    throw new ConfigError(
-      field,
-      `must be a duration from 1 ms to ${MAX_TIMER_MS} ms: milliseconds (1500) or with a unit (500ms, 30s, 5m, 1h), got ${JSON.stringify(v)}`,
-    );
-  }
-  return ms;
+  return v === undefined ? undefined : durationIn(field, v, [1, MAX_TIMER_MS]);
 }
 
 /**
