@@ -151,3 +151,42 @@ describe("logs", () => {
     await ok(["snapshot", "rm", "logsnap"]);
   });
 });
+
+describe("flags", () => {
+  it("are checked before anything starts, and a conflict names both flags", async () => {
+    const cases: [string[], RegExp[]][] = [
+      [
+        ["create", "--snapshot", "nosuch", "--mem", "1024"],
+        [/--mem/, /--snapshot/],
+      ],
+      [
+        ["create", "--snapshot", "nosuch", "--cold-boot"],
+        [/--cold-boot/, /--snapshot/],
+      ],
+      [["run", "--timeout", "abc", "--", "true"], [/--timeout/]],
+      [
+        ["create", "--image", "python", "--rootfs", "/etc/hostname"],
+        [/--image/, /--rootfs/],
+      ],
+      [["create", "--mem", "1"], [/^smolvm: --mem: /]],
+      [
+        ["create", "--disk-mode", "shared"],
+        [/--disk-mode/, /--rootfs/],
+      ],
+      [
+        ["create", "--on-timeout", "pause"],
+        [/--on-timeout/, /--timeout/],
+      ],
+      [
+        ["create", "--net", "none", "--internet", "off"],
+        [/--net none/, /--internet/],
+      ],
+    ];
+    for (const [args, res] of cases) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, `smolvm ${args.join(" ")}: ${r.stderr}`);
+      for (const re of res) assert.match(r.stderr, re, args.join(" "));
+    }
+    assert.deepEqual(JSON.parse(await ok(["list", "--json"])), [], "nothing was created");
+  });
+});

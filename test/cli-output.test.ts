@@ -126,3 +126,23 @@ describe("a reader that closes the pipe early", () => {
     assert.equal(r.code, 0);
   });
 });
+
+describe("the KVM notice", () => {
+  it("is one short line, once per host and QEMU build", async () => {
+    const { tcgNotice } = await import("../src/backends/qemu/accel.js");
+    const dir = mkdtempSync(join(tmpdir(), "smolvm-notice-"));
+    const saved = process.env.SMOLVM_DATA_DIR;
+    process.env.SMOLVM_DATA_DIR = dir;
+    try {
+      const first = tcgNotice("host-a");
+      assert.ok(first && first.length <= 100 && !first.includes("\n"), String(first));
+      assert.match(first, /smolvm doctor/);
+      assert.equal(tcgNotice("host-a"), null, "shown once");
+      assert.ok(tcgNotice("host-b"), "a new QEMU build or host kernel: shown again");
+    } finally {
+      if (saved === undefined) delete process.env.SMOLVM_DATA_DIR;
+      else process.env.SMOLVM_DATA_DIR = saved;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -7,6 +7,7 @@ import {
   LIFETIME_MS,
   LIMITS,
   type NetworkMode,
+  resolveConfig,
   TIMEOUT_ACTIONS,
   type TimeoutAction,
   type VMConfig,
@@ -14,7 +15,7 @@ import {
 import { ConfigError, howToRun, SmolVMError, VMStateError } from "../errors.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { formatDuration, parseDuration } from "./duration.js";
-import { int, parseEnv, parsePairs, printJson, progress, table } from "./output.js";
+import { int, parsePairs, printJson, progress, table } from "./output.js";
 
 export interface VmOptions {
   name?: string;
@@ -70,22 +71,75 @@ export function internetFrom(o: Pick<VmOptions, "internet" | "allowCidr" | "allo
   return o.internet as InternetPolicy | undefined;
 }
 
-export function vmConfigFrom(o: VmOptions) {
+/** Config fields as the CLI's flags name them, for errors from validating the config the flags made. */
+const FLAG_OF: Record<string, string> = {
+  name: "--name",
+  memSizeMib: "--mem",
+  vcpuCount: "--cpus",
+  backend: "--backend",
+  diskMode: "--disk-mode",
+  rootfsPath: "--rootfs",
+  image: "--image",
+  diskSizeMib: "--disk-size",
+  env: "--env",
+  labels: "--label",
+  network: "--net",
+  timeoutMs: "--timeout",
+  onTimeout: "--on-timeout",
+};
+
+/** Flag combinations no VM can have: an error naming both flags, before anything starts. */
+function flagConflicts(o: VmOptions): void {
+  const both = (a: string, b: string, why: string) => new ConfigError(a, `cannot be combined with ${b}: ${why}`);
+  if (o.image !== undefined && o.rootfs !== undefined) {
+    throw both("--image", "--rootfs", "give the image to run, or your own root file system, not both");
+  }
+  if (o.diskSize !== undefined && o.rootfs !== undefined) {
+    throw both("--disk-size", "--rootfs", "grow your own root file system file with resize2fs");
+  }
+  if (o.diskSize !== undefined && o.diskMode === "shared") {
+    throw both("--disk-size", "--disk-mode shared", "an image written in place is not resized");
+  }
+  if (o.net === "none" && (o.internet !== undefined || o.allowCidr?.length || o.allowDomain?.length)) {
+    throw both("--net none", o.internet !== undefined ? "--internet" : "--allow-cidr/--allow-domain", "no network");
+  }
+}
+
+/**
+ * The VMConfig the flags give, validated here, before anything starts: a bad value or a conflicting combination is
+ * a ConfigError naming the flags (not the config fields).
+ */
+export function vmConfigFrom(o: VmOptions, extra: VMConfig = {}): VMConfig {
+  flagConflicts(o);
+  const c = { ...rawConfigFrom(o), ...extra };
+  try {
+    resolveConfig(c);
+  } catch (e) {
+    if (!(e instanceof ConfigError) || !FLAG_OF[e.field]) throw e;
+    const msg = e.message
+      .slice(e.field.length + 2)
+      .replace(/\b(rootfsPath|image|diskSizeMib|diskMode)\b/g, (f) => FLAG_OF[f] ?? f);
+    throw new ConfigError(FLAG_OF[e.field] as string, msg);
+  }
+  return c;
+}
+
+function rawConfigFrom(o: VmOptions): VMConfig {
   return {
     name: o.name,
-    memSizeMib: int("memSizeMib", o.mem, { min: LIMITS.memSizeMib[0], max: LIMITS.memSizeMib[1], unit: "MiB" }),
-    vcpuCount: int("vcpuCount", o.cpus, { min: LIMITS.vcpuCount[0], max: LIMITS.vcpuCount[1] }),
+    memSizeMib: int("--mem", o.mem, { min: LIMITS.memSizeMib[0], max: LIMITS.memSizeMib[1], unit: "MiB" }),
+    vcpuCount: int("--cpus", o.cpus, { min: LIMITS.vcpuCount[0], max: LIMITS.vcpuCount[1] }),
     backend: o.backend as BackendName | undefined,
     diskMode: o.diskMode as DiskMode | undefined,
     rootfsPath: o.rootfs,
     image: o.image,
-    diskSizeMib: int("diskSizeMib", o.diskSize, {
+    diskSizeMib: int("--disk-size", o.diskSize, {
       min: LIMITS.diskSizeMib[0],
       max: LIMITS.diskSizeMib[1],
       unit: "MiB",
     }),
     coldBoot: o.coldBoot,
-    env: parseEnv(o.env),
+    env: parsePairs(o.env, "--env"),
     labels: parsePairs(o.label, "--label"),
     network: networkFrom(o),
   };
@@ -154,7 +208,7 @@ export function registerLifecycle(program: Command): void {
       if (o.snapshot) snapshotConflicts(o);
       const vm = o.snapshot
         ? await SmolVM.fromSnapshot(o.snapshot, { name: o.name, network: networkFrom(o), ...lifetime })
-        : await SmolVM.create({ ...vmConfigFrom(o), ...lifetime }, { onProgress: progress });
+        : await SmolVM.create(vmConfigFrom(o, lifetime), { onProgress: progress });
       if (o.json) printJson(vm.info());
       else process.stdout.write(`${vm.vmId}\n`);
       vm.close();

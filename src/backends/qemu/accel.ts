@@ -178,7 +178,28 @@ export async function resolveAccel(
   if (v.usable) return "kvm";
   if (v.present && !noticeShown) {
     noticeShown = true;
-    notice(`smolvm: KVM is present but unusable (${v.reason}); using TCG software emulation (slower)`);
+    const line = tcgNotice(cacheKey(qemu));
+    if (line) notice(line);
   }
   return "tcg";
+}
+
+/**
+ * The one-line notice that KVM is present but unusable here, once per host (and QEMU build): null when it was
+ * already shown. `smolvm doctor` gives the details every time.
+ */
+export function tcgNotice(key: string): string | null {
+  const marker = join(dataDir(), "kvm-notice-shown");
+  try {
+    if (readFileSync(marker, "utf8") === key) return null;
+  } catch {
+    // not shown yet
+  }
+  try {
+    mkdirSync(dataDir(), { recursive: true });
+    writeFileSync(marker, key);
+  } catch {
+    // shown again next time, no harm
+  }
+  return "smolvm: KVM is unusable here, using TCG (slower); 'smolvm doctor' says why (shown once)";
 }
