@@ -4,8 +4,6 @@
  * journal as temporary (downloads, archives being written) is removed too.
  */
 import { rmSync } from "node:fs";
-import { endOp, listOps } from "../state/journal.js";
-import { StateStore } from "../state/store.js";
 
 const tasks = new Set<() => Promise<void> | void>();
 let exiting = false;
@@ -22,13 +20,16 @@ export async function exitNow(code: number): Promise<never> {
     exiting = true;
     const all = Promise.allSettled([...tasks].map(async (t) => t()));
     await Promise.race([all, new Promise((r) => setTimeout(r, 10_000).unref())]);
-    removeOwnTemps();
+    await removeOwnTemps();
   }
   process.exit(code);
 }
 
-function removeOwnTemps(): void {
+async function removeOwnTemps(): Promise<void> {
   try {
+    // loaded here, not at start-up: most commands never need the state store
+    const { endOp, listOps } = await import("../state/journal.js");
+    const { StateStore } = await import("../state/store.js");
     const store = StateStore.open();
     for (const op of listOps(store)) {
       if (op.kind !== "temp" || op.pid !== process.pid || !op.path) continue;

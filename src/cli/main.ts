@@ -1,23 +1,38 @@
 /** The `smolvm` command line. */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Command, CommanderError } from "commander";
+import type { Command } from "commander";
 import { packageRoot } from "../paths.js";
 import { exitNow, installSignalHandlers } from "./cleanup.js";
-import { registerExec } from "./exec.js";
-import { registerExpire } from "./expire.js";
-import { registerFiles } from "./files.js";
-import { registerHost } from "./host.js";
-import { registerImages } from "./images.js";
-import { registerLifecycle } from "./lifecycle.js";
-import { registerLogs } from "./logs.js";
-import { registerNetwork } from "./network.js";
 import { EXIT, reportError } from "./output.js";
-import { registerPack } from "./pack.js";
-import { registerProcesses } from "./processes.js";
-import { registerShell } from "./shell.js";
-import { registerSnapshots } from "./snapshots.js";
-import { registerSystem } from "./system.js";
+
+type Register = (program: Command) => void;
+
+/**
+ * Which module defines which commands. Only the module of the command being run is loaded (the SDK behind most of
+ * them takes a few hundred ms to load): `smolvm --version` loads none. Help, or a command not listed here, loads all.
+ */
+const MODULES: [string[], () => Promise<Register>][] = [
+  [["run", "exec"], async () => (await import("./exec.js")).registerExec],
+  [["ps", "attach", "kill"], async () => (await import("./processes.js")).registerProcesses],
+  [
+    ["create", "list", "ls", "status", "set-timeout", "start", "stop", "rm"],
+    async () => (await import("./lifecycle.js")).registerLifecycle,
+  ],
+  [["logs"], async () => (await import("./logs.js")).registerLogs],
+  [["doctor", "setup"], async () => (await import("./host.js")).registerHost],
+  [["cp", "env"], async () => (await import("./files.js")).registerFiles],
+  [["shell"], async () => (await import("./shell.js")).registerShell],
+  [["snapshot", "fork", "pause", "resume"], async () => (await import("./snapshots.js")).registerSnapshots],
+  [["pack"], async () => (await import("./pack.js")).registerPack],
+  [["port", "network"], async () => (await import("./network.js")).registerNetwork],
+  [["image"], async () => (await import("./images.js")).registerImages],
+  [["system"], async () => (await import("./system.js")).registerSystem],
+  [["_expire"], async () => (await import("./expire.js")).registerExpire],
+];
+
+/** The first argument that is not an option: the command's name (or undefined). */
+const commandName = process.argv.slice(2).find((a) => !a.startsWith("-"));
 
 /**
  * A reader that goes away early (`smolvm status x | head -2`) closes our stdout: writing then fails with EPIPE
@@ -31,33 +46,33 @@ function exitOnClosedPipe(err: NodeJS.ErrnoException): void {
   }
   throw err;
 }
+// `smolvm --version` answers before anything else is loaded
+const args = process.argv.slice(2);
+if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+  process.stdout.write(`${readVersion()}\n`);
+  process.exit(0);
+}
+const { Command: CommandClass, CommanderError } = await import("commander");
+
 process.stdout.on("error", exitOnClosedPipe);
 process.stderr.on("error", exitOnClosedPipe);
 installSignalHandlers();
 
-const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+function readVersion(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+}
 
-const program = new Command()
+const program = new CommandClass()
   .name("smolvm")
   .description("Hardware-isolated Linux microVM sandboxes")
-  .version(version)
+  .version(readVersion())
   .enablePositionalOptions()
   .passThroughOptions()
   .exitOverride();
 
-registerExec(program);
-registerProcesses(program);
-registerLifecycle(program);
-registerLogs(program);
-registerHost(program);
-registerFiles(program);
-registerShell(program);
-registerSnapshots(program);
-registerPack(program);
-registerNetwork(program);
-registerImages(program);
-registerSystem(program);
-registerExpire(program);
+const versionOnly = commandName === undefined && process.argv.some((a) => a === "--version" || a === "-V");
+const wanted = MODULES.filter(([names]) => commandName !== undefined && names.includes(commandName));
+for (const [, load] of versionOnly ? [] : wanted.length ? wanted : MODULES) (await load())(program);
 
 /** Commands that run a guest command and exit with its code: their own failures exit 125, not 1 (as `docker run`). */
 const RUNS_COMMAND = new Set(["run", "exec", "attach", "shell"]); // `run` is also `pack run`
