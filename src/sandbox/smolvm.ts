@@ -4,10 +4,10 @@ import { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
-import { type InternetPolicy, labelsOf, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
+import { type InternetPolicy, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
 import { ConfigError, howToRun, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
-import { type PackManifest, readPackManifest } from "../images/pack.js";
+import type { PackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
 import { setLifetime } from "../lifecycle/lifetime.js";
@@ -27,30 +27,36 @@ import {
   type SpawnOptions,
   spawnCommand,
 } from "./commands.js";
+import {
+  type FromPackOptions,
+  type FromSnapshotOptions,
+  type Lifetime,
+  lifetimeFrom,
+  restorePack,
+  restoreSnapshot,
+} from "./copies.js";
 import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
 import { VmNetwork } from "./network.js";
-import { packPlan, packSnapshot } from "./packs.js";
+import { packSnapshot } from "./packs.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
-import {
-  checkSnapshotFiles,
-  deleteSnapshot,
-  type LaunchPlan,
-  type SnapshotInfo,
-  SnapshotNotFoundError,
-  snapshotInfo,
-  syncClock,
-} from "./snapshots.js";
+import { deleteSnapshot, type LaunchPlan, type SnapshotInfo, snapshotInfo, syncClock } from "./snapshots.js";
 import { snapshotPlan } from "./templates.js";
 import type { TransferOptions } from "./transfers.js";
 import { info, type VMInfo } from "./vm-info.js";
 
-export type { ExposedPort, NetworkInfo, StartOptions, StartTimings, VMInfo, VMStatus };
-
-/** A new VM's lifetime settings, as `VMConfig` has them (see there). */
-export type Lifetime = Pick<VMConfig, "timeoutMs" | "onTimeout" | "keep">;
-const lifetimeFrom = (o: Lifetime): Lifetime => ({ timeoutMs: o.timeoutMs, onTimeout: o.onTimeout, keep: o.keep });
+export type {
+  ExposedPort,
+  FromPackOptions,
+  FromSnapshotOptions,
+  Lifetime,
+  NetworkInfo,
+  StartOptions,
+  StartTimings,
+  VMInfo,
+  VMStatus,
+};
 
 export class SmolVM implements AsyncDisposable {
   readonly config: ResolvedVMConfig;
@@ -135,7 +141,8 @@ export class SmolVM implements AsyncDisposable {
     return info(this.refresh() ?? (this.rec as VMRecord));
   }
 
-  private driver(): Backend {
+  /** @internal the backend driving this VM (for the modules that start it: copies.ts) */
+  driver(): Backend {
     return getBackend(this.backend);
   }
 
@@ -157,8 +164,10 @@ export class SmolVM implements AsyncDisposable {
     await this.launch(plan, opts, t0);
   }
 
-  /** Start the VMM (booting, or restoring `plan.incoming`), wait for the agent, resync a restored guest. */
-  private async launch(plan: LaunchPlan, opts: StartOptions, t0: number): Promise<void> {
+  /**
+   * @internal Start the VMM (booting, or restoring `plan.incoming`), wait for the agent, resync a restored guest.
+   */
+  async launch(plan: LaunchPlan, opts: StartOptions, t0: number): Promise<void> {
     const r = await launchVm(this.store, this.driver(), this.backend, this.config, this.rec, plan, opts, t0, (rec) => {
       this.rec = rec;
     });
@@ -187,38 +196,8 @@ export class SmolVM implements AsyncDisposable {
    * A new sandbox whose guest state is exactly the snapshot's (files, running processes, env), with a new identity:
    * new id, own disk layer, its own hostname, the host's clock and fresh entropy. The source may still be running.
    */
-  static async fromSnapshot(
-    idOrName: string,
-    opts: { vmId?: string; name?: string; network?: VMConfig["network"] } & Lifetime = {},
-  ): Promise<SmolVM> {
-    const t0 = performance.now();
-    const store = StateStore.open();
-    const snap = store.getSnapshot(idOrName);
-    if (!snap) throw new SnapshotNotFoundError(idOrName);
-    checkSnapshotFiles(snap);
-    const c = snap.config;
-    const vm = new SmolVM({
-      vmId: opts.vmId,
-      name: opts.name,
-      backend: snap.backend,
-      vcpuCount: c.vcpuCount,
-      memSizeMib: c.memSizeMib,
-      env: c.env,
-      labels: labelsOf(c),
-      bootArgs: c.bootArgs,
-      network: opts.network ?? c.network, // a clone gets its own address, MAC and lease, with the same policy
-      ...lifetimeFrom(opts),
-    });
-    // the image it came from: its run defaults and what `image rm` must know uses it
-    Object.assign(vm.config, { image: c.image ?? null, diskSizeMib: c.diskSizeMib ?? null, imageInfo: c.imageInfo });
-    try {
-      const plan = await snapshotPlan(vm.driver(), snap, await ensureAgent());
-      await vm.launch(plan, {}, t0);
-    } catch (e) {
-      await vm.delete();
-      throw e;
-    }
-    return vm;
+  static fromSnapshot(idOrName: string, opts: FromSnapshotOptions = {}): Promise<SmolVM> {
+    return restoreSnapshot((c) => new SmolVM(c), idOrName, opts);
   }
 
   /** `count` new sandboxes, each a copy of this one as it is now (it keeps running). */
@@ -269,51 +248,8 @@ export class SmolVM implements AsyncDisposable {
    * A new sandbox from a `.smolmachine` file. The file is checked (every section's checksum) before anything boots;
    * its memory state is restored when this host's VMM matches, otherwise its disk is cold-booted (with a notice).
    */
-  static async fromPack(
-    file: string,
-    opts: {
-      vmId?: string;
-      name?: string;
-      notice?: (m: string) => void;
-      /** Restore the pack's memory state even though this host did not sign it (it is a migration stream: only trust
-       * packs from people you trust). Without it, an unsigned pack's memory is ignored and its disk cold-booted. */
-      trust?: boolean;
-      /** The new VM's network (default none; a pack never brings its own host's network settings). */
-      network?: VMConfig["network"];
-    } & Lifetime = {},
-  ): Promise<SmolVM> {
-    const t0 = performance.now();
-    const { manifest } = readPackManifest(file);
-    const vm = new SmolVM({
-      vmId: opts.vmId,
-      name: opts.name,
-      vcpuCount: manifest.config.vcpuCount,
-      memSizeMib: manifest.config.memSizeMib,
-      env: manifest.config.env,
-      labels: manifest.config.labels,
-      bootArgs: manifest.config.bootArgs,
-      network: opts.network,
-      ...lifetimeFrom(opts),
-    });
-    const img = manifest.config.image;
-    // the image's run defaults come along; its store id does not (the pack carries its whole disk)
-    if (img) Object.assign(vm.config, { image: img.ref, imageInfo: { id: "", ...img } });
-    const { plan } = await packPlan(
-      file,
-      vm.store,
-      vm.driver(),
-      await ensureAgent(),
-      opts.notice ?? ((m) => process.stderr.write(`${m}\n`)),
-      { trust: opts.trust === true },
-    );
-    if (plan.from === "boot") plan.hostname = vm.config.name ?? vm.vmId;
-    try {
-      await vm.launch(plan, {}, t0);
-    } catch (e) {
-      await vm.delete();
-      throw e;
-    }
-    return vm;
+  static fromPack(file: string, opts: FromPackOptions = {}): Promise<SmolVM> {
+    return restorePack((c) => new SmolVM(c), file, opts);
   }
 
   /** Snapshots in the state store. */
