@@ -1,13 +1,13 @@
 /** CLI output helpers: strict integer options, and a reader that closes the pipe early. */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { int, MAX_TIMER_MS, reportError } from "../src/cli/output.js";
 import { ConfigError } from "../src/errors.js";
-import { cliPath } from "./helpers.js";
+import { cliPath, repoRoot } from "./helpers.js";
 
 describe("int", () => {
   const ms = { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" };
@@ -144,5 +144,29 @@ describe("the KVM notice", () => {
       else process.env.SMOLVM_DATA_DIR = saved;
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("start-up", () => {
+  /** The modules `smolvm ARGS` loads. */
+  function loaded(args: string[]): string[] {
+    const hook = join(repoRoot, "test", "support", "log-imports.mjs");
+    const r = spawnSync(process.execPath, ["--import", hook, cliPath, ...args], { encoding: "utf8" });
+    return r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("import "))
+      .map((l) => l.slice(7));
+  }
+
+  it("--version loads nothing of the SDK, not even the argument parser", () => {
+    const mods = loaded(["--version"]);
+    assert.ok(mods.some((m) => m.endsWith("/cli/main.js")));
+    for (const m of mods) assert.doesNotMatch(m, /sandbox|state\/|images\/|better-sqlite3|commander/, m);
+  });
+
+  it("a command loads only its own command module", () => {
+    const mods = loaded(["logs", "--help"]);
+    assert.ok(mods.some((m) => m.endsWith("/cli/logs.js")));
+    for (const m of mods) assert.doesNotMatch(m, /cli\/(images|pack|cp|network|system)\.js|images\/oci/, m);
   });
 });

@@ -10,7 +10,6 @@ import type { Backend, BackendKind, VMHandle } from "../backends/types.js";
 import { networkOf, type ResolvedVMConfig } from "../config.js";
 import { SmolVMError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
-import { resolveImage } from "../images/resolve.js";
 import { ensureDefaultImage } from "../images/store.js";
 import { registerStateDir } from "../images/usage.js";
 import { type AttachedNetwork, attachNetwork, configureGuest, detachNetwork } from "../network/index.js";
@@ -102,6 +101,8 @@ export async function startPlan(
  */
 async function applyImage(c: ResolvedVMConfig, progress: Progress): Promise<void> {
   if (c.image === null && c.diskSizeMib === null) return; // the built-in image, as it is
+  // loaded here: most commands never resolve an image (and with it the OCI client)
+  const { resolveImage } = await import("../images/resolve.js");
   const img = await resolveImage(c.image, c.diskSizeMib, progress);
   c.rootfsPath = img.rootfsPath;
   if (img.defaults) {
