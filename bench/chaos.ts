@@ -40,9 +40,9 @@ const VICTIMS: Victim[] = ["sdk", "vmm", "proxy"];
 /** The child's work: `base` is a running VM (snapshot, fork, pack), `doomed` one to delete. */
 function script(s: Scenario, base: string, doomed: string, n: number): string {
   const work: Record<Scenario, string> = {
-    create: "await SmolVM.create({ memSizeMib: 256 });",
+    create: "await SmolVM.create({ memSizeMib: 256, keep: true });",
     snapshot: `await (await SmolVM.fromId("${base}")).snapshot();`,
-    fork: `await (await SmolVM.fromId("${base}")).fork(2);`,
+    fork: `await (await SmolVM.fromId("${base}")).fork(2, { keep: true });`,
     pack: `await (await SmolVM.fromId("${base}")).pack(${JSON.stringify(join(packs, `p${n}.smolmachine`))}, { withMemory: true });`,
     delete: `await (await SmolVM.fromId("${doomed}")).delete();`,
   };

@@ -79,7 +79,7 @@ describe("exit codes", () => {
     assert.equal((await cli(["exec", id])).code, 2, "missing argument");
 
     const before = await vmCount();
-    for (const bad of ["abc", "-1", "1.5.2", "", "0", "5d"]) {
+    for (const bad of ["abc", "-1", "1.5.2", "", "0", "5w"]) {
       const r = await cli(["run", "--timeout", bad, "--", "true"]);
       assert.equal(r.code, 2, `run --timeout ${JSON.stringify(bad)}: ${r.stderr}`);
       assert.match(r.stderr, /--timeout/);

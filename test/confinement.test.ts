@@ -125,7 +125,7 @@ describe("the VMM is confined", () => {
     const fd = openSync(marker, "w");
     try {
       const out = await child(
-        `const vm = await SmolVM.create({ memSizeMib: 256 }); const { StateStore } = await import(${JSON.stringify(
+        `const vm = await SmolVM.create({ memSizeMib: 256, keep: true }); const { StateStore } = await import(${JSON.stringify(
           join(repoRoot, "dist/src/state/store.js"),
         )}); const h = StateStore.open().get(vm.vmId).handle; console.log(JSON.stringify({ id: vm.vmId, pid: h.pid, proxy: h.proxyPid })); vm.close();`,
         { extraFd: fd },

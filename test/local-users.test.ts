@@ -157,7 +157,7 @@ describe("ids, names and numbers", () => {
     ]) {
       const r = await cli(args);
       assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
-      assert.match(r.stderr, /(timeoutMs|memSizeMib|vcpuCount): must be a whole number/);
+      assert.match(r.stderr, /(--timeout|--mem|--cpus): (must be|not a duration)/);
     }
     assert.equal((await SmolVM.list()).length, before);
   });
@@ -167,7 +167,7 @@ describe("ids, names and numbers", () => {
     copyFileSync(defaultRootfsPath(), image);
     const refused = await cli(["run", "--mem", "256", "--disk-mode", "shared", "--", "true"]);
     assert.equal(refused.code, 2, "the built-in image, which every VM shares, must never be written");
-    assert.match(refused.stderr, /diskMode: .*rootfsPath/);
+    assert.match(refused.stderr, /--disk-mode: .*--rootfs/);
     const r = await cli(["run", "--mem", "256", "--disk-mode", "shared", "--rootfs", image, "--", "echo ok"]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout.trim(), "ok");

@@ -57,7 +57,7 @@ describe("network cleanup", { skip: canRun ? false : "needs root, passt, dnsmasq
     // (20 CLI processes would spend most of the time starting Node on 2 cores)
     const workers = Array.from({ length: 4 }, (_, w) =>
       sdk(`return Promise.all(${JSON.stringify(["tap", "user", "tap", "user", w % 2 ? "tap" : "user"])}.map(async (network) => {
-        const vm = await SmolVM.create({ network });
+        const vm = await SmolVM.create({ network, keep: true }); // it outlives this worker process
         vm.close();
         return vm.vmId;
       }));`),

@@ -150,7 +150,8 @@ describe("lifecycle", () => {
     const rec = StateStore.open().get(vm.vmId);
     assert.equal(rec?.status, "crashed");
     assert.match(rec?.error ?? "", /the VMM was killed by SIGKILL/);
-    assert.equal(processAlive(h.proxyPid), false);
+    // (a proxy that is exiting by itself has no command line left, and may still be finishing its exit)
+    assert.ok(await waitFor(() => !processAlive(h.proxyPid), 3000), "the proxy still runs");
     assert.equal(existsSync(h.runDir), false);
     await vm.delete();
   });
@@ -215,10 +216,10 @@ describe("CLI", () => {
     assert.deepEqual(await SmolVM.list(), []);
   });
 
-  it("bad flags name the config field", async () => {
+  it("bad flags are named as the flag", async () => {
     const r = await cli(["run", "--mem", "64", "--", "true"]);
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /memSizeMib: must be a whole number of MiB from 128 to 16384/);
+    assert.match(r.stderr, /--mem: must be a whole number of MiB from 128 to 16384/);
   });
 
   it("doctor --json reports KVM and the accelerator in use, without hanging", async () => {

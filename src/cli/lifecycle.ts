@@ -118,7 +118,7 @@ export function vmConfigFrom(o: VmOptions, extra: VMConfig = {}): VMConfig {
     if (!(e instanceof ConfigError) || !FLAG_OF[e.field]) throw e;
     const msg = e.message
       .slice(e.field.length + 2)
-      .replace(/\b(rootfsPath|image|diskSizeMib|diskMode)\b/g, (f) => FLAG_OF[f] ?? f);
+      .replace(/\b(rootfsPath|diskSizeMib|diskMode)\b/g, (f) => FLAG_OF[f] ?? f);
     throw new ConfigError(FLAG_OF[e.field] as string, msg);
   }
   return c;
