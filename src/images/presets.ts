@@ -7,15 +7,7 @@ import { join } from "node:path";
 import { ImageError } from "../errors.js";
 import { type Progress, runHost, silent, which } from "../util/run.js";
 import { finishImage } from "./build.js";
-import {
-  getImage,
-  IMAGE_FORMAT,
-  type ImageRecord,
-  recipeId,
-  refTarget,
-  setRef,
-  stagingDir,
-} from "./image-store.js";
+import { getImage, IMAGE_FORMAT, type ImageRecord, recipeId, refTarget, setRef, stagingDir } from "./image-store.js";
 import { RootfsBuilder } from "./unpack.js";
 
 /** Bump when a preset's recipe changes meaning without its package list changing. */
