@@ -107,7 +107,7 @@ const result = {
   date: new Date().toISOString(),
   machine: machine(),
   runs: RUNS,
-  npx: npxNote || `${NPX_RUNS} runs`,
+  npx: cmds.length > 4 ? `${NPX_RUNS} runs` : npxNote || "skipped (--no-npx)",
   ms: Object.fromEntries(
     [...st].map(([c, s]) => [
       c.key,
