@@ -133,7 +133,7 @@ VMs ran on this machine meanwhile: compare the rows with each other, not across 
 | --- | ---: | ---: | ---: | ---: | ---: | ---: |
 ${rows.join("\n")}
 
-${npxNote || `\`npx --offline smolvm\` run in the repo resolves the package's own bin (npx links it into its cache, \`~/.npm/_npx\`, on first use: not measured) and never reaches the network; it is npm's start-up plus ours, so it has fewer rounds (${NPX_RUNS}, \`--npx-runs\`).`}
+${cmds.length === 4 ? npxNote || "npx not measured (--no-npx)." : `\`npx --offline smolvm\` run in the repo resolves the package's own bin (npx links it into its cache, \`~/.npm/_npx\`, on first use: not measured) and never reaches the network; it is npm's start-up plus ours, so it has fewer rounds (${NPX_RUNS}, \`--npx-runs\`).`}
 Rerun after CLI changes: \`npx tsc -p tsconfig.json && node dist/bench/cli-startup.js [--runs 30] [--no-npx] [--no-write]\`.`;
   writeSection(join(root, "docs", "BENCHMARKS.md"), "cli-startup", body);
 }
