@@ -108,29 +108,22 @@ describe("lifetimes", () => {
     await ok(["rm", "-f", kept]);
   });
 
-  it("the VM of a `smolvm run` that got SIGHUP (its terminal closed) is deleted", async () => {
-    const child = spawn(process.execPath, [cliPath, "run", "--mem", "256", "--", "echo started; sleep 600"], {
-      stdio: ["ignore", "pipe", "pipe"],
+  for (const [signal, how] of [
+    ["SIGHUP", "that got SIGHUP (its terminal closed) is deleted"],
+    ["SIGKILL", "killed with -9 is reaped by its supervisor"],
+  ] as const) {
+    it(`the VM of a \`smolvm run\` ${how}`, async () => {
+      const child = spawn(process.execPath, [cliPath, "run", "--mem", "256", "--", "echo started; sleep 600"], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      await firstLine(child, /started/);
+      const vms = JSON.parse(await ok(["list", "--json"])) as { vmId: string; ownerPid: number | null }[];
+      const mine = vms.find((v) => v.ownerPid === child.pid);
+      assert.ok(mine, `the run's VM is listed with its owner: ${JSON.stringify(vms)}`);
+      child.kill(signal);
+      await waitUntil("the run's VM is deleted", async () => (await listed(mine.vmId)) === undefined, 60_000);
     });
-    await firstLine(child, /started/);
-    const vms = JSON.parse(await ok(["list", "--json"])) as { vmId: string; ownerPid: number | null }[];
-    const mine = vms.find((v) => v.ownerPid === child.pid);
-    assert.ok(mine, `the run's VM is listed with its owner: ${JSON.stringify(vms)}`);
-    child.kill("SIGHUP");
-    await waitUntil("the run's VM is deleted", async () => (await listed(mine.vmId)) === undefined, 60_000);
-  });
-
-  it("the VM of a `smolvm run` killed with -9 is reaped by its supervisor", async () => {
-    const child = spawn(process.execPath, [cliPath, "run", "--mem", "256", "--", "echo started; sleep 600"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    await firstLine(child, /started/);
-    const vms = JSON.parse(await ok(["list", "--json"])) as { vmId: string; ownerPid: number | null }[];
-    const mine = vms.find((v) => v.ownerPid === child.pid);
-    assert.ok(mine);
-    child.kill("SIGKILL");
-    await waitUntil("the run's VM is deleted", async () => (await listed(mine.vmId)) === undefined, 60_000);
-  });
+  }
 
   it("a stopped VM whose owner is gone is deleted by the next reconcile", async () => {
     const script = join(stateDir, "stopper.mjs");
