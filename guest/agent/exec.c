@@ -228,7 +228,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		else if (tag == F_CWD) { free(cwd); cwd = dupstr(v, vl); }
 		else if (tag == F_USER) { free(user); user = dupstr(v, vl); }
 		else if (tag == F_STDIN) want_stdin = vl > 0 && v[0];
-		else if (tag == F_KEEP) keep = vl > 0 && v[0];
+		else if (tag == F_KEEP) keep = vl > 0 ? v[0] : 0; /* 1 background, 2 background and detached at once */
 		else if (tag == F_OUTWIN && vl == 4) outwin = get_be32(v);
 		else if (tag == F_PTY && vl >= 4) {
 			want_pty = 1;
@@ -319,7 +319,7 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 		goto out;
 	}
 	p->pid = pid;
-	p->keep = keep;
+	p->keep = keep != 0;
 	char cmdbuf[256];
 	size_t cl = 0;
 	cmdbuf[0] = 0;
@@ -333,6 +333,10 @@ void do_exec(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	fb_u32(&fb, ST_PID, (uint32_t)pid);
 	set_out_window(p, outwin, &fb);
 	chan_send(c, T_STARTED, stream, fb.b, fb.n);
+	if (keep == 2) { /* detached: nobody follows it from here, even if it ends at once; CONNECT reattaches */
+		p->chan = -1;
+		p->out_window = 0;
+	}
 out:
 	for (int i = 0; i < ai; i++) free(argv[i]);
 	free(argv);

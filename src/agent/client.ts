@@ -35,8 +35,11 @@ export interface ExecRequest {
   user?: string;
   /** Run on a new terminal of this size (stdout and stderr merge into it). */
   pty?: PtySize;
-  /** Keep running when this client goes away; output is kept (latest 64 KiB) until someone reattaches. */
-  keep?: boolean;
+  /**
+   * Keep running when this client goes away; output is kept (latest 64 KiB) until someone reattaches. `detached`:
+   * and leave it at once, after its pid: its output and exit wait for a reattach (the handle gets no more).
+   */
+  keep?: boolean | "detached";
   /** argv to execute directly (PATH lookup in the guest). */
   argv?: string[];
   /** Shell command, run as `/bin/sh -c`. */
@@ -512,7 +515,7 @@ export class AgentClient {
     if (req.cwd !== undefined) fields.push([F.CWD, req.cwd]);
     if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
     if (req.user !== undefined) fields.push([F.USER, req.user]);
-    if (req.keep) fields.push([F.KEEP, Buffer.from([1])]);
+    if (req.keep) fields.push([F.KEEP, Buffer.from([req.keep === "detached" ? 2 : 1])]);
     fields.push([F.OUTWIN, u32(OUTPUT_WINDOW)]);
     if (req.pty) {
       const b = Buffer.alloc(4);

@@ -104,10 +104,15 @@ export function finish(r: CliResult, json?: boolean): void {
 /** `exec --detach`: start in the background (stdin closed unless -i keeps it for `smolvm attach`), print the pid. */
 async function detach(vm: SmolVM, args: string[], o: ExecOptions): Promise<void> {
   if (o.timeout !== undefined) throw new ConfigError("--detach", "cannot be combined with --timeout");
-  const p = await vm.spawn(toCommand(args), { background: true, cwd: o.cwd, env: parseEnv(o.env), user: o.user });
-  if (!o.interactive) await new Promise<void>((resolve) => p.stdin.end(resolve));
-  if (o.json) printJson({ pid: p.pid });
-  else process.stdout.write(`${p.pid}\n`);
+  // detached in the agent at once: even a command that ends before we leave keeps its exit for `smolvm attach`
+  const pid = await vm.processes.start(toCommand(args), {
+    cwd: o.cwd,
+    env: parseEnv(o.env),
+    user: o.user,
+    stdin: o.interactive === true,
+  });
+  if (o.json) printJson({ pid });
+  else process.stdout.write(`${pid}\n`);
 }
 
 export function registerExec(program: Command): void {

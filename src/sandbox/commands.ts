@@ -316,6 +316,21 @@ export function spawnCommand(
   return toProcess((handlers) => client.exec(req, handlers), capOf(opts));
 }
 
+/**
+ * Start a command in the background and leave it at once: returns its pid. Its output (the latest 64 KiB) and its
+ * exit wait for `vm.processes.connect(pid)`, even when it ends before this returns. `stdin` keeps its standard
+ * input open for whoever attaches (else it reads nothing).
+ */
+export async function startDetached(
+  client: AgentClient,
+  cmd: string | string[],
+  baseEnv: Record<string, string>,
+  opts: CommandOptions & { stdin?: boolean } = {},
+): Promise<number> {
+  const req = toRequest(cmd, { ...baseEnv, ...(opts.env ?? {}) }, opts, opts.stdin === true);
+  return client.exec({ ...req, keep: "detached" }).started;
+}
+
 /** Reattach to a process the agent runs (see `SpawnOptions.background`). */
 export function attachProcess(
   client: AgentClient,

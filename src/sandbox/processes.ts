@@ -2,7 +2,15 @@
 import type { AgentClient } from "../agent/client.js";
 import { decodeFields, type Field, fieldString, fieldU32, P, T, u32 } from "../agent/codec.js";
 import { AgentError, ConfigError, SmolVMError } from "../errors.js";
-import { attachProcess, type CommandResult, followProcess, type Process, type RunOptions } from "./commands.js";
+import {
+  attachProcess,
+  type CommandOptions,
+  type CommandResult,
+  followProcess,
+  type Process,
+  type RunOptions,
+  startDetached,
+} from "./commands.js";
 
 const ESRCH = 3;
 const ENOSYS = 38;
@@ -32,7 +40,21 @@ export interface ProcessInfo {
 }
 
 export class Processes {
-  constructor(private readonly agent: () => Promise<AgentClient>) {}
+  constructor(
+    private readonly agent: () => Promise<AgentClient>,
+    /** The VM's environment and the image's defaults (cwd, user), as `run` applies them. */
+    private readonly env: () => Record<string, string> = () => ({}),
+    private readonly defaults: <T extends { cwd?: string; user?: string }>(o: T) => T = (o) => o,
+  ) {}
+
+  /**
+   * Start a command in the background and return its pid at once, following nothing: its output (the latest
+   * 64 KiB) and exit wait for `connect(pid)`, even if it ends first. `stdin: true` keeps its input open for whoever
+   * attaches. (`smolvm exec --detach`.)
+   */
+  async start(cmd: string | string[], opts: CommandOptions & { stdin?: boolean } = {}): Promise<number> {
+    return startDetached(await this.agent(), cmd, this.env(), this.defaults(opts));
+  }
 
   /** Commands started through the agent: running ones, and finished background ones not yet collected. */
   async list(): Promise<ProcessInfo[]> {

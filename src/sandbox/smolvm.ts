@@ -322,7 +322,11 @@ export class SmolVM implements AsyncDisposable {
 
   /** Commands running in the guest; reattach to background ones. */
   get processes(): Processes {
-    this._processes ??= new Processes(() => this.agent());
+    this._processes ??= new Processes(
+      () => this.agent(),
+      () => this.config.env,
+      (o) => this.imageDefaults(o),
+    );
     return this._processes;
   }
 
