@@ -49,7 +49,7 @@ export class QmpClient {
     sock.on("error", fail);
   }
 
-  static async connect(path: string, timeoutMs = 3000): Promise<QmpClient> {
+  static async connect(path: string, timeoutMs = 15_000): Promise<QmpClient> {
     const sock = connect(path);
     const client = new QmpClient(sock);
     let timer: NodeJS.Timeout | undefined;
