@@ -1,6 +1,6 @@
 /** `smolvm logs`: a VM's serial console, whole, its last lines, or followed as it grows. */
 import { once } from "node:events";
-import { closeSync, createReadStream, existsSync, fstatSync, openSync } from "node:fs";
+import { closeSync, createReadStream, existsSync, fstatSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { VMNotFoundError } from "../errors.js";
@@ -73,10 +73,10 @@ export function registerLogs(program: Command): void {
       const out = guestTextSink(process.stdout, "log");
       let pos = 0;
       if (n !== undefined) {
-        pos = existsSync(path) ? fstatSizeOf(path) : 0;
+        pos = sizeOf(path);
         out(tailLines(path, n));
       } else if (existsSync(path)) {
-        const end = fstatSizeOf(path);
+        const end = sizeOf(path);
         for await (const chunk of createReadStream(path, { end: Math.max(0, end - 1) })) {
           if (!out(chunk as Buffer)) await once(process.stdout, "drain");
         }
@@ -94,11 +94,11 @@ export function registerLogs(program: Command): void {
     });
 }
 
-function fstatSizeOf(path: string): number {
-  const fd = openSync(path, "r");
+/** The file's size now (0 if there is none yet). */
+function sizeOf(path: string): number {
   try {
-    return fstatSync(fd).size;
-  } finally {
-    closeSync(fd);
+    return statSync(path).size;
+  } catch {
+    return 0;
   }
 }

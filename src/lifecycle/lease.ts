@@ -13,11 +13,12 @@ import { join } from "node:path";
 import type { ResolvedVMConfig, TimeoutAction } from "../config.js";
 import { lifetimeOf } from "../config.js";
 import { packageRoot } from "../paths.js";
+import { processStart } from "../state/journal.js";
 
 export interface Owner {
   pid: number;
-  /** Start time of the process (clock ticks since boot): a pid reused by another process has another. */
-  start: number;
+  /** Start time of the process (clock ticks since boot, as `processStart` gives it): a reused pid has another. */
+  start: string;
 }
 
 export interface Lease {
@@ -30,25 +31,9 @@ export interface Lease {
 
 export const leasePath = (vmDir: string) => join(vmDir, "lease");
 
-/**
- * Start time of process `pid` (field 22 of /proc/PID/stat), or null if there is no such process or it has ended (a
- * zombie nobody reaped has ended: where PID 1 does not reap, a killed owner stays one).
- */
-export function processStart(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // the name may hold spaces and parentheses
-    if (rest[0] === "Z" || rest[0] === "X") return null;
-    const n = Number(rest[19]); // fields 3.. start at index 0: field 22 is index 19
-    return Number.isSafeInteger(n) ? n : null;
-  } catch {
-    return null;
-  }
-}
-
 /** This process, as an owner. */
 export function selfOwner(): Owner {
-  return { pid: process.pid, start: processStart(process.pid) ?? 0 };
+  return { pid: process.pid, start: processStart(process.pid) ?? "0" };
 }
 
 export function ownerAlive(o: Owner): boolean {
@@ -68,7 +53,7 @@ export function readLease(vmDir: string): Lease | null {
   return {
     expiresAt: Number(m[1]) || null,
     action: m[2] as TimeoutAction,
-    owner: pid > 0 ? { pid, start: Number(m[4]) } : null,
+    owner: pid > 0 ? { pid, start: m[4] as string } : null,
   };
 }
 
