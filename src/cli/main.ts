@@ -28,6 +28,7 @@ const MODULES: [string[], () => Promise<Register>][] = [
   [["port", "network"], async () => (await import("./network.js")).registerNetwork],
   [["image"], async () => (await import("./images.js")).registerImages],
   [["system"], async () => (await import("./system.js")).registerSystem],
+  [["serve"], async () => (await import("./serve.js")).registerServe],
   [["_expire"], async () => (await import("./expire.js")).registerExpire],
 ];
 
