@@ -5,7 +5,7 @@ import type { AgentClient, OpHandle } from "../agent/client.js";
 import { decodeFields, E, FF, type Field, FL, fieldString, fieldU32, fieldU64, T, u32 } from "../agent/codec.js";
 import { AgentError, ConfigError, FileNotFoundError, FileSystemError } from "../errors.js";
 import { type ExtractStats, packDir } from "./tar.js";
-import { downloadFile, downloadFolder, readBounded, type TransferOptions } from "./transfers.js";
+import { ChunkQueue, downloadFile, downloadFolder, readBounded, type TransferOptions } from "./transfers.js";
 
 export type EntryType = "file" | "dir" | "symlink" | "char" | "block" | "fifo" | "socket" | "unknown";
 
@@ -141,6 +141,29 @@ export class Files {
     }
     const buf = Buffer.concat(chunks);
     return opts.encoding === null ? buf : buf.toString(opts.encoding ?? "utf8");
+  }
+
+  /**
+   * Stream a regular file's content as it arrives, with backpressure to the guest (the guest's reads wait while
+   * 1 MiB is unread); past `maxBytes` (default 256 MiB) it fails with EFBIG.
+   */
+  async *readStream(path: string, opts: { maxBytes?: number } = {}): AsyncGenerator<Buffer> {
+    checkPath("path", path);
+    const max = opts.maxBytes ?? 256 << 20;
+    const queue = new ChunkQueue(1 << 20);
+    const client = await this.agent();
+    readBounded(client, path, max, {
+      onData: (b) => queue.push(b),
+      onOver: () => new FileSystemError(path, "EFBIG", `${path} is larger than maxBytes (${max})`),
+    }).then(
+      () => queue.end(),
+      (e: unknown) => queue.fail(fsError(e, path)),
+    );
+    try {
+      yield* queue;
+    } finally {
+      queue.fail(new Error("read abandoned")); // the reader left: the rest is dropped, never buffered
+    }
   }
 
   /**

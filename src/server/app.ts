@@ -44,6 +44,11 @@ export interface ServerContext {
   metrics: ServerMetrics;
 }
 
+const ROUTES = new WeakMap<FastifyInstance, string[]>();
+
+/** Every route the application registered, as `method /path/{param}`. */
+export const routesOf = (app: FastifyInstance): string[] => ROUTES.get(app) ?? [];
+
 export async function buildServer(opts: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logger ?? false,
@@ -55,6 +60,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     forceCloseConnections: true,
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as FastifyInstance;
+  const routes: string[] = [];
+  app.addHook("onRoute", (r) => {
+    for (const m of [r.method].flat()) routes.push(`${m.toLowerCase()} ${r.url.replace(/:(\w+)/g, "{$1}")}`);
+  });
+  ROUTES.set(app, routes);
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
 
@@ -73,7 +83,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.setErrorHandler((err, req, reply) => {
     const e = toHttp(err);
     if (e.status >= 500) req.log.error({ err }, "request failed");
-    return reply.status(e.status).send({ error: e.body });
+    return reply.status(e.status).type("application/json; charset=utf-8").send({ error: e.body });
   });
   app.setNotFoundHandler((req, reply) => {
     // No route: the same answer with or without a token, so nothing is learned without one.
@@ -90,7 +100,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     transform: jsonSchemaTransform,
   });
   await app.register(websocket, { options: { maxPayload: 1 << 20 } });
-  app.get("/health", { config: { auth: false }, schema: { hide: true } }, async () => ({ status: "ok" }));
+  app.get(
+    "/health",
+    { config: { auth: false }, schema: { summary: "Liveness (no token needed)", security: [], tags: ["server"] } },
+    async () => ({ status: "ok" }),
+  );
   app.get("/openapi.json", { config: { auth: false }, schema: { hide: true } }, async () => app.swagger());
   await app.register(metricsPlugin, { ctx });
   await app.register(restPlugin, { ctx, prefix: "/v1" });

@@ -115,6 +115,22 @@ export class SandboxHub {
     }
   }
 
+  /** A new sandbox from a snapshot, under the same limits; with a lifetime. */
+  async restore(snapshot: string, opts: { name?: string; timeoutMs?: number } = {}): Promise<SmolVM> {
+    const snap = SmolVM.listSnapshots().find((s) => s.id === snapshot || s.name === snapshot);
+    const mem = snap ? (StateStore.open().getById(snap.vmId)?.config.memSizeMib ?? 512) : 512;
+    const timeoutMs = this.lifetime(opts.timeoutMs);
+    this.reserve(mem);
+    try {
+      const vm = await SmolVM.fromSnapshot(snapshot, { name: opts.name, timeoutMs, keep: true });
+      this.vms.set(vm.vmId, vm);
+      return vm;
+    } finally {
+      this.pendingCount--;
+      this.pendingMemory -= mem;
+    }
+  }
+
   private reserve(mem: number, n = 1): void {
     const u = this.usage();
     const count = u.sandboxes + this.pendingCount;

@@ -58,7 +58,7 @@ export function countRequests(app: FastifyInstance, metrics: ServerMetrics): voi
 }
 
 export const metricsPlugin: FastifyPluginAsync<{ ctx: ServerContext }> = async (app, { ctx }) => {
-  app.get("/metrics", { schema: { hide: true } }, async (_req, reply) => {
+  app.get("/metrics", { schema: { summary: "Prometheus metrics", tags: ["server"] } }, async (_req, reply) => {
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });

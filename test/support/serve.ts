@@ -1,0 +1,84 @@
+/** A `smolvm serve` child process on a loopback port of its own, with its own token file, for the server tests. */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const BIN = join(import.meta.dirname, "..", "..", "..", "bin", "smolvm.js");
+
+export interface Served {
+  url: string;
+  token: string;
+  proc: ChildProcess;
+  /** Headers carrying the token (and JSON content type). */
+  auth: Record<string, string>;
+  /** SIGTERM and wait. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait. */
+  kill9(): Promise<void>;
+  /** fetch relative to the server, with the token. */
+  api(path: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
+}
+
+export function newTokenFile(token = `e2b_${randomBytes(20).toString("hex")}`): { file: string; token: string } {
+  const dir = mkdtempSync(join(tmpdir(), "smolvm-token-"));
+  const file = join(dir, "token");
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  return { file, token };
+}
+
+export async function serve(args: string[] = [], tok = newTokenFile(), port = 0): Promise<Served> {
+  const proc = spawn(
+    process.execPath,
+    [BIN, "serve", "--port", String(port), "--json", "--log-level", "warn", "--token-file", tok.file, ...args],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SMOLVM_API_TOKEN: "" } },
+  );
+  let out = "";
+  let err = "";
+  proc.stderr?.on("data", (b: Buffer) => {
+    err = (err + b.toString()).slice(-8000);
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000);
+    proc.stdout?.on("data", (b: Buffer) => {
+      out += b.toString();
+      try {
+        const j = JSON.parse(out) as { url: string };
+        clearTimeout(t);
+        resolve(j.url);
+      } catch {
+        // not all of it yet
+      }
+    });
+    proc.on("exit", (code) => {
+      clearTimeout(t);
+      reject(new Error(`serve exited ${code}: ${err}`));
+    });
+  });
+  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  const auth = { authorization: `Bearer ${tok.token}` };
+  return {
+    url,
+    token: tok.token,
+    proc,
+    auth,
+    async stop() {
+      proc.kill("SIGTERM");
+      await exited;
+    },
+    async kill9() {
+      proc.kill("SIGKILL");
+      await exited;
+    },
+    api(path, init = {}) {
+      const headers: Record<string, string> = { ...auth, ...((init.headers as Record<string, string>) ?? {}) };
+      let body = init.body;
+      if (init.json !== undefined) {
+        headers["content-type"] = "application/json";
+        body = JSON.stringify(init.json);
+      }
+      return fetch(`${url}${path}`, { ...init, headers, body });
+    },
+  };
+}
