@@ -55,7 +55,11 @@ describe("REST API", () => {
     const other = await serve([], newTokenFile());
     try {
       const bodies = new Set<string>();
-      for (const headers of [{} as Record<string, string>, { authorization: "Bearer nope-nope-nope-nope" }, { authorization: `Bearer ${other.token}` }]) {
+      for (const headers of [
+        {} as Record<string, string>,
+        { authorization: "Bearer nope-nope-nope-nope" },
+        { authorization: `Bearer ${other.token}` },
+      ]) {
         for (const path of [`/v1/sandboxes/${id}`, "/v1/sandboxes/vm-doesnotexist", "/v1/sandboxes"]) {
           const res = await fetch(`${s.url}${path}`, { headers });
           assert.equal(res.status, 401, path);
@@ -87,7 +91,10 @@ describe("REST API", () => {
   });
 
   test("the OpenAPI document is valid OpenAPI 3.1 and lists every route", async () => {
-    const doc = (await (await fetch(`${s.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, object> };
+    const doc = (await (await fetch(`${s.url}/openapi.json`)).json()) as {
+      openapi: string;
+      paths: Record<string, object>;
+    };
     assert.equal(doc.openapi, "3.1.0");
     const v = await new Validator().validate(doc as never);
     assert.ok(v.valid, JSON.stringify(v.errors)?.slice(0, 2000));
@@ -150,13 +157,21 @@ describe("REST API", () => {
     assert.equal(end?.ev.exitCode, 7);
     assert.ok((end?.at ?? 0) - (first?.at ?? 0) > 1500, "the first bytes arrived before the command ended");
 
-    const sse = await s.api(`/v1/sandboxes/${id}/commands?stream=sse`, { method: "POST", json: { cmd: ["echo", "sse"] } });
+    const sse = await s.api(`/v1/sandboxes/${id}/commands?stream=sse`, {
+      method: "POST",
+      json: { cmd: ["echo", "sse"] },
+    });
     assert.match(sse.headers.get("content-type") ?? "", /text\/event-stream/);
     const text = await sse.text();
     assert.match(text, /event: stdout\ndata: \{"type":"stdout","data":"sse\\n"\}/);
     assert.match(text, /event: exit\ndata: \{"type":"exit","exitCode":0/);
 
-    const plain = (await (await s.api(`/v1/sandboxes/${id}/commands`, { method: "POST", json: { cmd: "echo $X; pwd", env: { X: "y" }, cwd: "/tmp" } })).json()) as { stdout: string; exitCode: number };
+    const plain = (await (
+      await s.api(`/v1/sandboxes/${id}/commands`, {
+        method: "POST",
+        json: { cmd: "echo $X; pwd", env: { X: "y" }, cwd: "/tmp" },
+      })
+    ).json()) as { stdout: string; exitCode: number };
     assert.deepEqual(plain.stdout.split("\n"), ["y", "/tmp", ""]);
   });
 
@@ -169,16 +184,24 @@ describe("REST API", () => {
     const { pid } = (await start.json()) as { pid: number };
     const follow = s.api(`/v1/sandboxes/${id}/commands/${pid}`).then(events);
     await new Promise((r) => setTimeout(r, 300));
-    const wrote = await s.api(`/v1/sandboxes/${id}/commands/${pid}/stdin`, { method: "POST", json: { data: "hello\n" } });
+    const wrote = await s.api(`/v1/sandboxes/${id}/commands/${pid}/stdin`, {
+      method: "POST",
+      json: { data: "hello\n" },
+    });
     assert.equal(wrote.status, 204);
-    const listed = (await (await s.api(`/v1/sandboxes/${id}/commands`)).json()) as { commands: { pid: number; running: boolean }[] };
+    const listed = (await (await s.api(`/v1/sandboxes/${id}/commands`)).json()) as {
+      commands: { pid: number; running: boolean }[];
+    };
     assert.ok(listed.commands.some((c) => c.pid === pid && c.running));
     await new Promise((r) => setTimeout(r, 500));
     const sig = await s.api(`/v1/sandboxes/${id}/commands/${pid}/signal`, { method: "POST", json: { signal: "TERM" } });
     assert.equal(sig.status, 204);
     const evs = (await follow).map((e) => e.ev);
     assert.deepEqual(evs[0], { type: "start", pid });
-    assert.ok(evs.some((e) => e.type === "stdout" && e.data === "got:hello\n"), JSON.stringify(evs));
+    assert.ok(
+      evs.some((e) => e.type === "stdout" && e.data === "got:hello\n"),
+      JSON.stringify(evs),
+    );
     assert.equal(evs.at(-1)?.type, "exit");
     assert.equal(evs.at(-1)?.signal, 15);
   });
@@ -216,13 +239,33 @@ describe("REST API", () => {
   });
 
   test("files: list, stat, mkdir, rename, remove, folders as tar, errors", async () => {
-    assert.equal((await s.api(`/v1/sandboxes/${id}/files/mkdir`, { method: "POST", json: { path: "/root/d/e" } })).status, 204);
-    const put = await s.api(`/v1/sandboxes/${id}/files/content?path=/root/d/e/f.txt&mode=0640`, { method: "PUT", body: "contents" });
+    assert.equal(
+      (await s.api(`/v1/sandboxes/${id}/files/mkdir`, { method: "POST", json: { path: "/root/d/e" } })).status,
+      204,
+    );
+    const put = await s.api(`/v1/sandboxes/${id}/files/content?path=/root/d/e/f.txt&mode=0640`, {
+      method: "PUT",
+      body: "contents",
+    });
     assert.equal(put.status, 201);
-    const st = (await (await s.api(`/v1/sandboxes/${id}/files/stat?path=/root/d/e/f.txt`)).json()) as { size: number; mode: number; type: string };
+    const st = (await (await s.api(`/v1/sandboxes/${id}/files/stat?path=/root/d/e/f.txt`)).json()) as {
+      size: number;
+      mode: number;
+      type: string;
+    };
     assert.deepEqual([st.type, st.size, st.mode], ["file", 8, 0o640]);
-    assert.equal((await s.api(`/v1/sandboxes/${id}/files/rename`, { method: "POST", json: { from: "/root/d/e/f.txt", to: "/root/d/g.txt" } })).status, 204);
-    const list = (await (await s.api(`/v1/sandboxes/${id}/files?path=/root/d`)).json()) as { entries: { name: string }[] };
+    assert.equal(
+      (
+        await s.api(`/v1/sandboxes/${id}/files/rename`, {
+          method: "POST",
+          json: { from: "/root/d/e/f.txt", to: "/root/d/g.txt" },
+        })
+      ).status,
+      204,
+    );
+    const list = (await (await s.api(`/v1/sandboxes/${id}/files?path=/root/d`)).json()) as {
+      entries: { name: string }[];
+    };
     assert.deepEqual(list.entries.map((e) => e.name).sort(), ["e", "g.txt"]);
     const tar = Buffer.from(await (await s.api(`/v1/sandboxes/${id}/files/tar?path=/root/d`)).arrayBuffer());
     assert.ok(tar.includes(Buffer.from("g.txt")) && tar.includes(Buffer.from("contents")));
@@ -233,12 +276,17 @@ describe("REST API", () => {
     const missing = await s.api(`/v1/sandboxes/${id}/files/content?path=/root/nope`);
     assert.equal(missing.status, 404);
     assert.equal(((await missing.json()) as { error: { code: string } }).error.code, "file_not_found");
-    assert.equal((await s.api(`/v1/sandboxes/${id}/files?path=/root/d&recursive=true`, { method: "DELETE" })).status, 204);
+    assert.equal(
+      (await s.api(`/v1/sandboxes/${id}/files?path=/root/d&recursive=true`, { method: "DELETE" })).status,
+      204,
+    );
     assert.equal((await s.api(`/v1/sandboxes/${id}/files/stat?path=/root/d`)).status, 404);
   });
 
   test("a terminal over WebSocket", async () => {
-    const ws = new WebSocket(`${s.url.replace("http", "ws")}/v1/sandboxes/${id}/terminal?cols=100&rows=30`, { headers: s.auth });
+    const ws = new WebSocket(`${s.url.replace("http", "ws")}/v1/sandboxes/${id}/terminal?cols=100&rows=30`, {
+      headers: s.auth,
+    });
     let screen = "";
     const exit = new Promise<Record<string, unknown>>((resolve, reject) => {
       ws.on("message", (data: Buffer, binary: boolean) => {
@@ -259,7 +307,9 @@ describe("REST API", () => {
     assert.match(screen, /45 123/);
     assert.match(screen, /sum-42/);
     const unauth = new WebSocket(`${s.url.replace("http", "ws")}/v1/sandboxes/${id}/terminal`);
-    const status = await new Promise<number>((resolve) => unauth.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0)));
+    const status = await new Promise<number>((resolve) =>
+      unauth.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0)),
+    );
     assert.equal(status, 401);
   });
 
@@ -278,7 +328,10 @@ describe("REST API", () => {
     const metrics = await (await s.api("/metrics")).text();
     assert.match(metrics, /smolvm_sandboxes\{state="running"\} [1-9]/);
     assert.match(metrics, /smolvm_exec_seconds_count\{api="rest"\} [1-9]/);
-    assert.match(metrics, /smolvm_http_requests_total\{method="POST",route="\/v1\/sandboxes\/:id\/commands",status="200"\}/);
+    assert.match(
+      metrics,
+      /smolvm_http_requests_total\{method="POST",route="\/v1\/sandboxes\/:id\/commands",status="200"\}/,
+    );
   });
 
   test("delete: the sandbox is gone", async () => {

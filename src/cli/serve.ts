@@ -33,13 +33,23 @@ export function registerServe(program: Command): void {
   program
     .command("serve")
     .description("Serve the REST API (/v1, /openapi.json), MCP (/mcp) and the E2B-compatible API")
-    .option("--host <ADDR>", "address to listen on (non-loopback needs --tls-cert/--tls-key or --insecure-listen)", "127.0.0.1")
+    .option(
+      "--host <ADDR>",
+      "address to listen on (non-loopback needs --tls-cert/--tls-key or --insecure-listen)",
+      "127.0.0.1",
+    )
     .option("-p, --port <PORT>", "TCP port", "8686")
     .option("--socket <PATH>", "listen on this Unix socket (mode 0600) instead of TCP")
-    .option("--token-file <FILE>", "read the API token from FILE (mode 0600); default SMOLVM_API_TOKEN, else a generated one")
+    .option(
+      "--token-file <FILE>",
+      "read the API token from FILE (mode 0600); default SMOLVM_API_TOKEN, else a generated one",
+    )
     .option("--tls-cert <FILE>", "TLS certificate (PEM)")
     .option("--tls-key <FILE>", "TLS private key (PEM)")
-    .option("--insecure-listen", "allow a non-loopback address without TLS (the token then crosses the network in clear)")
+    .option(
+      "--insecure-listen",
+      "allow a non-loopback address without TLS (the token then crosses the network in clear)",
+    )
     .option("--max-sandboxes <N>", "sandboxes running at once on this host (default 64); more get 429")
     .option("--max-memory <MIB>", "guest memory of all sandboxes together (default 3/4 of host RAM); more get 507")
     .option("--default-timeout <D>", "lifetime of a sandbox created without one (default 15m)")
@@ -61,7 +71,8 @@ async function serve(o: ServeOpts): Promise<void> {
       `${o.host} is not a loopback address: give --tls-cert and --tls-key, or say --insecure-listen to serve the token in clear`,
     );
   }
-  if (!!o.tlsCert !== !!o.tlsKey) throw new ConfigError(o.tlsCert ? "--tls-key" : "--tls-cert", "--tls-cert and --tls-key go together");
+  if (!!o.tlsCert !== !!o.tlsKey)
+    throw new ConfigError(o.tlsCert ? "--tls-key" : "--tls-cert", "--tls-cert and --tls-key go together");
   const limits = defaultLimits();
   limits.maxSandboxes = int("--max-sandboxes", o.maxSandboxes, { min: 1, max: 4096 }) ?? limits.maxSandboxes;
   limits.maxMemoryMib = int("--max-memory", o.maxMemory, { min: 128, max: 1 << 24 }) ?? limits.maxMemoryMib;
@@ -105,7 +116,12 @@ async function serve(o: ServeOpts): Promise<void> {
     if (o.socket) rmSync(o.socket, { force: true });
   });
   if (o.json) {
-    printJson({ url: where, tokenFile: tok.path, tokenFrom: tok.from, ...(tok.from === "generated" ? { token: tok.token } : {}) });
+    printJson({
+      url: where,
+      tokenFile: tok.path,
+      tokenFrom: tok.from,
+      ...(tok.from === "generated" ? { token: tok.token } : {}),
+    });
   } else {
     progress(`serving on ${where} (REST ${where}/v1, OpenAPI /openapi.json, MCP /mcp, E2B API at the root)`);
     if (tok.from === "generated") progress(`API token (saved to ${tok.path}, shown only this once): ${tok.token}`);

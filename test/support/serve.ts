@@ -28,25 +28,33 @@ export function newTokenFile(token = `e2b_${randomBytes(20).toString("hex")}`): 
   return { file, token };
 }
 
-export async function serve(args: string[] = [], tok = newTokenFile(), port = 0): Promise<Served> {
+/** Start a server; `tok: null` lets it find or generate its token (then `token` is what it printed, if anything). */
+export async function serve(
+  args: string[] = [],
+  tok: { file: string; token: string } | null = newTokenFile(),
+  env: Record<string, string> = {},
+): Promise<Served & { printed: Record<string, unknown> }> {
   const proc = spawn(
     process.execPath,
-    [BIN, "serve", "--port", String(port), "--json", "--log-level", "warn", "--token-file", tok.file, ...args],
-    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SMOLVM_API_TOKEN: "" } },
+    [BIN, "serve", "--port", "0", "--json", "--log-level", "warn", ...(tok ? ["--token-file", tok.file] : []), ...args],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SMOLVM_API_TOKEN: "", ...env } },
   );
   let out = "";
   let err = "";
   proc.stderr?.on("data", (b: Buffer) => {
     err = (err + b.toString()).slice(-8000);
   });
+  let printed: Record<string, unknown> = {};
   const url = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000);
     proc.stdout?.on("data", (b: Buffer) => {
       out += b.toString();
       try {
-        const j = JSON.parse(out) as { url: string };
+        const j = JSON.parse(out) as { url?: string; error?: { message: string } };
         clearTimeout(t);
-        resolve(j.url);
+        printed = j;
+        if (j.url) resolve(j.url);
+        else reject(new Error(`serve failed: ${j.error?.message ?? out}`));
       } catch {
         // not all of it yet
       }
@@ -57,10 +65,12 @@ export async function serve(args: string[] = [], tok = newTokenFile(), port = 0)
     });
   });
   const exited = new Promise<void>((r) => proc.once("exit", () => r()));
-  const auth = { authorization: `Bearer ${tok.token}` };
+  const token = tok?.token ?? String(printed.token ?? "");
+  const auth = { authorization: `Bearer ${token}` };
   return {
     url,
-    token: tok.token,
+    token,
+    printed,
     proc,
     auth,
     async stop() {

@@ -25,7 +25,13 @@ const RunBody = z
     timeoutMs: z.number().int().positive().optional().describe("Kill the command after this long"),
     stdin: z.string().max(MAX_STDIN).optional().describe("Text written to stdin, which is then closed"),
     background: z.boolean().optional().describe("Start it and return its pid at once; follow it with GET .../:pid"),
-    maxOutputBytes: z.number().int().min(0).max(16 << 20).optional().describe("Output kept per stream (JSON answer)"),
+    maxOutputBytes: z
+      .number()
+      .int()
+      .min(0)
+      .max(16 << 20)
+      .optional()
+      .describe("Output kept per stream (JSON answer)"),
   })
   .strict();
 
@@ -93,7 +99,13 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
       const stop = execTimer();
       if (!format) {
         const r = await vm
-          .run(b.cmd, { ...opts, timeoutMs: b.timeoutMs, stdin: b.stdin, signal: abort.signal, maxOutputBytes: b.maxOutputBytes ?? 4 << 20 })
+          .run(b.cmd, {
+            ...opts,
+            timeoutMs: b.timeoutMs,
+            stdin: b.stdin,
+            signal: abort.signal,
+            maxOutputBytes: b.maxOutputBytes ?? 4 << 20,
+          })
           .finally(stop);
         return { ...r, durationMs: Math.round(r.durationMs) };
       }
@@ -111,7 +123,11 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
         await out.end({ type: "exit", exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs) });
       } catch (e) {
         const timeout = e instanceof CommandTimeoutError;
-        await out.end({ type: "error", code: timeout ? "command_timeout" : "command_failed", message: (e as Error).message });
+        await out.end({
+          type: "error",
+          code: timeout ? "command_timeout" : "command_failed",
+          message: (e as Error).message,
+        });
       } finally {
         stop();
       }
@@ -159,7 +175,11 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
             queue = queue.then(() => out.output(c.stream, c.data));
           },
           exit: (e) => {
-            queue = queue.then(() => out.end("error" in e ? { type: "error", code: "command_failed", message: e.error } : { type: "exit", ...e }));
+            queue = queue.then(() =>
+              out.end(
+                "error" in e ? { type: "error", code: "command_failed", message: e.error } : { type: "exit", ...e },
+              ),
+            );
             void queue.then(resolve);
           },
         });

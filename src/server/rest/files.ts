@@ -44,7 +44,13 @@ const rawRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (app, { c
         tags,
         summary: "Upload one file (the raw request body, streamed; parents created; replaced atomically)",
         params: SandboxParams,
-        querystring: Path.extend({ mode: z.string().regex(/^[0-7]{3,4}$/).optional().describe("Octal, e.g. 0755") }),
+        querystring: Path.extend({
+          mode: z
+            .string()
+            .regex(/^[0-7]{3,4}$/)
+            .optional()
+            .describe("Octal, e.g. 0755"),
+        }),
         response: { 201: z.object({ path: z.string(), bytesWritten: z.number() }), ...errors },
       },
     },
@@ -97,7 +103,9 @@ export const fileRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (
       const vm = await hub.get(req.params.id);
       const st = await vm.files.stat(req.query.path); // 404 before any byte is sent
       if (st.type !== "file") {
-        return reply.status(400).send({ error: { code: "not_a_file", message: `${req.query.path} is a ${st.type}`, field: "path" } });
+        return reply
+          .status(400)
+          .send({ error: { code: "not_a_file", message: `${req.query.path} is a ${st.type}`, field: "path" } });
       }
       reply.header("content-type", "application/octet-stream");
       return reply.send(Readable.from(vm.files.readStream(req.query.path, { maxBytes: MAX_DOWNLOAD })));
@@ -123,7 +131,15 @@ export const fileRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (
 
   app.get(
     "/sandboxes/:id/files/stat",
-    { schema: { tags, summary: "Stat a path", params: SandboxParams, querystring: Path, response: { 200: Entry, ...errors } } },
+    {
+      schema: {
+        tags,
+        summary: "Stat a path",
+        params: SandboxParams,
+        querystring: Path,
+        response: { 200: Entry, ...errors },
+      },
+    },
     async (req) => entry(await (await hub.get(req.params.id)).files.stat(req.query.path)),
   );
 

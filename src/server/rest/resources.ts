@@ -35,7 +35,14 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
 
   app.get(
     "/sandboxes/:id/ports",
-    { schema: { tags: ["ports"], summary: "Ports exposed on the host", params: SandboxParams, response: { 200: z.object({ ports: z.array(Port) }), ...errors } } },
+    {
+      schema: {
+        tags: ["ports"],
+        summary: "Ports exposed on the host",
+        params: SandboxParams,
+        response: { 200: z.object({ ports: z.array(Port) }), ...errors },
+      },
+    },
     async (req) => ({ ports: (await hub.get(req.params.id)).ports() }),
   );
 
@@ -46,7 +53,12 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
         tags: ["ports"],
         summary: "Expose a guest port on the host's loopback (hostPort: 0 or absent picks one)",
         params: SandboxParams,
-        body: z.object({ guestPort: z.number().int().min(1).max(65535), hostPort: z.number().int().min(0).max(65535).optional() }).strict(),
+        body: z
+          .object({
+            guestPort: z.number().int().min(1).max(65535),
+            hostPort: z.number().int().min(0).max(65535).optional(),
+          })
+          .strict(),
         response: { 201: Port, ...errors },
       },
     },
@@ -71,7 +83,13 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
 
   app.get(
     "/snapshots",
-    { schema: { tags: ["snapshots"], summary: "List snapshots", response: { 200: z.object({ snapshots: z.array(Snapshot) }), ...errors } } },
+    {
+      schema: {
+        tags: ["snapshots"],
+        summary: "List snapshots",
+        response: { 200: z.object({ snapshots: z.array(Snapshot) }), ...errors },
+      },
+    },
     async () => ({ snapshots: SmolVM.listSnapshots() }),
   );
 
@@ -82,7 +100,10 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
         tags: ["snapshots"],
         summary: "Start a new sandbox from a snapshot",
         params: SnapshotParams,
-        body: z.object({ name: z.string().max(64).optional(), timeoutMs: z.number().int().positive().optional() }).strict().optional(),
+        body: z
+          .object({ name: z.string().max(64).optional(), timeoutMs: z.number().int().positive().optional() })
+          .strict()
+          .optional(),
         response: { 201: Sandbox, ...errors, 429: ErrorResponse, 507: ErrorResponse },
       },
     },
@@ -94,7 +115,14 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
 
   app.delete(
     "/snapshots/:snapshot",
-    { schema: { tags: ["snapshots"], summary: "Delete a snapshot", params: SnapshotParams, response: { 204: z.null(), ...errors } } },
+    {
+      schema: {
+        tags: ["snapshots"],
+        summary: "Delete a snapshot",
+        params: SnapshotParams,
+        response: { 204: z.null(), ...errors },
+      },
+    },
     async (req, reply) => {
       SmolVM.deleteSnapshot(req.params.snapshot);
       return reply.status(204).send(null);
@@ -103,7 +131,13 @@ export const resourceRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
 
   app.get(
     "/images",
-    { schema: { tags: ["images"], summary: "Images in the local store", response: { 200: z.object({ images: z.array(Image) }), ...errors } } },
+    {
+      schema: {
+        tags: ["images"],
+        summary: "Images in the local store",
+        response: { 200: z.object({ images: z.array(Image) }), ...errors },
+      },
+    },
     async () => ({ images: images.list() }),
   );
 };

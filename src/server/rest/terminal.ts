@@ -9,7 +9,11 @@ import type { ServerContext } from "../app.js";
 import { ErrorResponse, SandboxParams } from "./schemas.js";
 
 const SLOW_SOCKET = 1 << 20;
-const Control = z.object({ type: z.literal("resize"), cols: z.number().int().min(1).max(65535), rows: z.number().int().min(1).max(65535) });
+const Control = z.object({
+  type: z.literal("resize"),
+  cols: z.number().int().min(1).max(65535),
+  rows: z.number().int().min(1).max(65535),
+});
 
 export const terminalRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (app, { ctx }) => {
   // @fastify/websocket hides WebSocket routes from the OpenAPI document; this one is part of the API
@@ -66,7 +70,10 @@ export const terminalRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
             socket.send(chunk, { binary: true });
             if (socket.bufferedAmount > SLOW_SOCKET) {
               return new Promise<void>((resolve) => {
-                const check = () => (socket.bufferedAmount <= SLOW_SOCKET / 2 || socket.readyState !== socket.OPEN ? resolve() : setTimeout(check, 10));
+                const check = () =>
+                  socket.bufferedAmount <= SLOW_SOCKET / 2 || socket.readyState !== socket.OPEN
+                    ? resolve()
+                    : setTimeout(check, 10);
                 check();
               });
             }

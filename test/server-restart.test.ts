@@ -1,0 +1,124 @@
+/**
+ * `smolvm serve` under stress: `kill -9` with sandboxes running (they live on, are found again, and their lifetimes
+ * hold while no server runs), and 20 clients creating, running and deleting at once against a limit.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { SmolVM } from "../src/index.js";
+import { newTokenFile, serve } from "./support/serve.js";
+
+interface Info {
+  vmId: string;
+  expiresAt: string | null;
+  status: string;
+}
+
+describe("server restart and load", () => {
+  test("kill -9 the server with two sandboxes running: both answer after a restart, and lifetimes still hold", async () => {
+    const tok = newTokenFile();
+    let s = await serve([], tok);
+    const made: string[] = [];
+    try {
+      const create = async (timeoutMs: number) => {
+        const res = await s.api("/v1/sandboxes", { method: "POST", json: { timeoutMs, labels: { suite: "restart" } } });
+        assert.equal(res.status, 201);
+        const info = (await res.json()) as Info;
+        made.push(info.vmId);
+        return info;
+      };
+      const long = await create(300_000);
+      const other = await create(300_000);
+      const short = await create(10_000);
+      await s.kill9();
+      // the short one's lifetime ends while no server runs: its own supervisor enforces it
+      await new Promise((r) => setTimeout(r, 12_000));
+      s = await serve([], tok);
+      for (const vm of [long, other]) {
+        const info = (await (await s.api(`/v1/sandboxes/${vm.vmId}`)).json()) as Info;
+        assert.equal(info.status, "running");
+        assert.equal(info.expiresAt, vm.expiresAt, "the lifetime is the one set before the restart");
+        const run = await s.api(`/v1/sandboxes/${vm.vmId}/commands`, {
+          method: "POST",
+          json: { cmd: `echo alive-${vm.vmId}` },
+        });
+        assert.equal(((await run.json()) as { stdout: string }).stdout, `alive-${vm.vmId}\n`);
+      }
+      assert.equal((await s.api(`/v1/sandboxes/${short.vmId}`)).status, 404, "the expired sandbox is gone");
+    } finally {
+      for (const id of made) await s.api(`/v1/sandboxes/${id}`, { method: "DELETE" }).catch(() => {});
+      await s.stop();
+    }
+  });
+
+  test("20 clients at once each create, run and delete: all succeed or get a clear 429", async () => {
+    const s = await serve(["--max-sandboxes", "4"]);
+    try {
+      const outcomes = await Promise.all(
+        Array.from({ length: 20 }, async (_, i) => {
+          const res = await s.api("/v1/sandboxes", {
+            method: "POST",
+            json: { labels: { suite: "load", client: String(i) } },
+          });
+          if (res.status === 429) {
+            const e = ((await res.json()) as { error: { limit: string; message: string } }).error;
+            assert.equal(e.limit, "maxSandboxes");
+            assert.match(e.message, /maxSandboxes=4/);
+            return "limited";
+          }
+          assert.equal(res.status, 201, await res.clone().text());
+          const { vmId } = (await res.json()) as Info;
+          const run = await s.api(`/v1/sandboxes/${vmId}/commands`, {
+            method: "POST",
+            json: { cmd: `echo client-${i}` },
+          });
+          assert.equal(((await run.json()) as { stdout: string }).stdout, `client-${i}\n`);
+          assert.equal((await s.api(`/v1/sandboxes/${vmId}`, { method: "DELETE" })).status, 204);
+          return "ok";
+        }),
+      );
+      const ok = outcomes.filter((o) => o === "ok").length;
+      assert.ok(ok >= 4, `${ok} of 20 succeeded`);
+      assert.equal(ok + outcomes.filter((o) => o === "limited").length, 20);
+      const left = (await SmolVM.list()).filter((v) => v.labels.suite === "load");
+      assert.deepEqual(left, [], "nothing is left behind");
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test("a token file readable by others is refused, naming the file", async () => {
+    const tok = newTokenFile();
+    const { chmodSync } = await import("node:fs");
+    chmodSync(tok.file, 0o644);
+    await assert.rejects(serve([], tok), /token-file.*readable by others/s);
+    await assert.rejects(serve(["--host", "0.0.0.0"]), /--host: 0\.0\.0\.0 is not a loopback address/);
+  });
+
+  test("without a token, the first start generates one into a 0600 file and prints it once", async () => {
+    const { mkdtempSync, statSync, readFileSync, rmSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { tmpdir } = await import("node:os");
+    const dir = mkdtempSync(join(tmpdir(), "smolvm-serve-state-"));
+    try {
+      const first = await serve([], null, { SMOLVM_STATE_DIR: dir });
+      await first.stop();
+      assert.equal(first.printed.tokenFrom, "generated");
+      const file = String(first.printed.tokenFile);
+      assert.equal(statSync(file).mode & 0o777, 0o600);
+      assert.equal(readFileSync(file, "utf8").trim(), first.printed.token);
+      const second = await serve([], null, { SMOLVM_STATE_DIR: dir });
+      try {
+        assert.equal(second.printed.tokenFrom, "stored");
+        assert.equal(second.printed.token, undefined, "printed only the first time");
+        const res = await fetch(`${second.url}/v1/sandboxes`, {
+          headers: { authorization: `Bearer ${first.printed.token}` },
+        });
+        assert.equal(res.status, 200);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
