@@ -49,7 +49,11 @@ describe("server restart and load", () => {
       assert.equal((await SmolVM.fromId(long.vmId)).status, "running");
     } finally {
       await s.stop();
-      for (const id of made) await SmolVM.fromId(id).then((vm) => vm.delete(), () => {});
+      for (const id of made)
+        await SmolVM.fromId(id).then(
+          (vm) => vm.delete(),
+          () => {},
+        );
     }
   });
 
