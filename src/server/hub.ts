@@ -46,6 +46,8 @@ const LIVE = new Set(["running", "paused"]);
 
 export class SandboxHub {
   private readonly vms = new Map<string, SmolVM>();
+  /** fromId calls in flight, so concurrent requests for one VM share one handle (one agent connection). */
+  private readonly opening = new Map<string, Promise<SmolVM>>();
   private pendingCount = 0;
   private pendingMemory = 0;
   private readonly store = StateStore.open();
@@ -167,9 +169,14 @@ export class SandboxHub {
       this.forget(cached);
       throw new VMNotFoundError(idOrName);
     }
-    const vm = await SmolVM.fromId(idOrName);
-    const again = this.vms.get(vm.vmId); // a name resolved to a VM already cached
-    if (again) {
+    let pending = this.opening.get(idOrName);
+    if (!pending) {
+      pending = SmolVM.fromId(idOrName).finally(() => this.opening.delete(idOrName));
+      this.opening.set(idOrName, pending);
+    }
+    const vm = await pending;
+    const again = this.vms.get(vm.vmId); // a name resolved to a VM already cached, or a concurrent get won
+    if (again && again !== vm) {
       vm.close();
       return again;
     }
