@@ -144,6 +144,30 @@ export class Files {
   }
 
   /**
+   * Stream a file through `onData`, chunk by chunk; a promise returned by `onData` holds the guest back until it
+   * settles (backpressure: a slow consumer never makes output queue in memory). At most `maxBytes` (default no
+   * limit): past it the read stops with `FileSystemError` (EFBIG). Only regular files unless `allowSpecial`.
+   */
+  async readStream(
+    path: string,
+    onData: (chunk: Buffer) => unknown,
+    opts: { maxBytes?: number; allowSpecial?: boolean } = {},
+  ): Promise<void> {
+    checkPath("path", path);
+    const max = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    if (!Number.isSafeInteger(max) || max < 0) throw new ConfigError("maxBytes", "must be a whole number >= 0");
+    try {
+      await readBounded(await this.agent(), path, max, {
+        allowSpecial: opts.allowSpecial,
+        onData,
+        onOver: () => new FileSystemError(path, "EFBIG", `${path} is larger than maxBytes (${max})`),
+      });
+    } catch (e) {
+      throw fsError(e, path);
+    }
+  }
+
+  /**
    * Write a file, creating parent directories. The content goes to a temporary file renamed over the target at the
    * end, so a failed or interrupted write never leaves half a file. A Readable is streamed (bounded memory).
    */

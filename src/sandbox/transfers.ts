@@ -56,7 +56,8 @@ export async function readBounded(
   client: AgentClient,
   path: string,
   max: number,
-  opts: { allowSpecial?: boolean; onData: (b: Buffer) => void; onOver: () => Error },
+  /** `onData` may return a promise: the guest is held back until it settles (backpressure). */
+  opts: { allowSpecial?: boolean; onData: (b: Buffer) => unknown; onOver: () => Error },
 ): Promise<Field[]> {
   let total = 0;
   let h: OpHandle | null = null;
@@ -73,7 +74,7 @@ export async function readBounded(
         cancelRead(client, h as OpHandle, opts.onOver());
         return;
       }
-      opts.onData(b);
+      return opts.onData(b);
     },
   );
   const started = await h.started;

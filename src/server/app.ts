@@ -15,6 +15,7 @@ import { randomUUID } from "node:crypto";
 import { credentialOf, tokenChecker } from "./auth.js";
 import { httpError, toHttp } from "./errors.js";
 import type { SandboxHub } from "./hub.js";
+import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { countRequests, metricsPlugin, type ServerMetrics, serverMetrics } from "./metrics.js";
 import { restPlugin } from "./rest/index.js";
 
@@ -90,9 +91,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     transform: jsonSchemaTransform,
   });
   await app.register(websocket, { options: { maxPayload: 1 << 20 } });
-  app.get("/health", { config: { auth: false }, schema: { hide: true } }, async () => ({ status: "ok" }));
+  app.get("/health", { config: { auth: false }, schema: { hide: true } }, async (req, reply) => {
+    // with E2b-Sandbox-Id it is envd's health check (E2B_SANDBOX_URL points here): 204, or 502 for no such sandbox
+    const sandbox = req.headers["e2b-sandbox-id"];
+    if (typeof sandbox !== "string") return { status: "ok" };
+    if (await sandboxHealth(ctx, sandbox)) return reply.status(204).send();
+    return reply.status(502).send({ code: 502, message: `sandbox ${sandbox.slice(0, 128)} is not running` });
+  });
   app.get("/openapi.json", { config: { auth: false }, schema: { hide: true } }, async () => app.swagger());
   await app.register(metricsPlugin, { ctx });
   await app.register(restPlugin, { ctx, prefix: "/v1" });
+  await app.register(e2bPlugin, { ctx });
   return app;
 }
