@@ -3,19 +3,16 @@
  * shape, request ids, limits, and the API plugins (REST under `/v1`, MCP at `/mcp`, E2B's API at its own paths).
  * Built without listening so tests and `serve` share it.
  */
+
+import { randomUUID } from "node:crypto";
 import swagger from "@fastify/swagger";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
-import {
-  jsonSchemaTransform,
-  serializerCompiler,
-  validatorCompiler,
-} from "fastify-type-provider-zod";
-import { randomUUID } from "node:crypto";
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from "fastify-type-provider-zod";
 import { credentialOf, tokenChecker } from "./auth.js";
+import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { httpError, toHttp } from "./errors.js";
 import type { SandboxHub } from "./hub.js";
-import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { countRequests, metricsPlugin, type ServerMetrics, serverMetrics } from "./metrics.js";
 import { restPlugin } from "./rest/index.js";
 
@@ -78,7 +75,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
   app.setNotFoundHandler((req, reply) => {
     // No route: the same answer with or without a token, so nothing is learned without one.
-    reply.status(404).send({ error: { code: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` } });
+    reply
+      .status(404)
+      .send({ error: { code: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` } });
   });
 
   await app.register(swagger, {

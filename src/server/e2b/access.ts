@@ -4,8 +4,8 @@
  * (files, processes, file system) requires it in `X-Access-Token`; the sandbox is named by `E2b-Sandbox-Id`.
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
-import type { SmolVM } from "../../sandbox/smolvm.js";
 import { VMNotFoundError } from "../../errors.js";
+import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
 
 export function envdAccessToken(serverToken: string, sandboxId: string): string {
@@ -43,7 +43,8 @@ export function basicUser(authorization: string | null | undefined): string | un
  */
 export async function envdSandbox(ctx: ServerContext, header: HeaderGetter): Promise<SmolVM> {
   const id = header("e2b-sandbox-id");
-  if (!id || !SANDBOX_ID.test(id)) throw new EnvdAccessError("unknown_sandbox", "missing or invalid E2b-Sandbox-Id header");
+  if (!id || !SANDBOX_ID.test(id))
+    throw new EnvdAccessError("unknown_sandbox", "missing or invalid E2b-Sandbox-Id header");
   const token = header("x-access-token") ?? "";
   const want = Buffer.from(envdAccessToken(ctx.token, id));
   const got = Buffer.from(token);

@@ -15,7 +15,11 @@ import { createdSandbox, detailedSandbox, e2bState, listedSandbox } from "./view
 
 const hide = true;
 const Params = z.object({ sandboxID: z.string().min(1).max(128) });
-const Seconds = z.number().int().min(0).max(366 * 86_400);
+const Seconds = z
+  .number()
+  .int()
+  .min(0)
+  .max(366 * 86_400);
 const NewSandbox = z.looseObject({
   templateID: z.string().min(1).max(256).optional(),
   timeout: Seconds.optional(),
@@ -82,7 +86,8 @@ export const controlRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
     { schema: { hide, params: Params, body: ConnectBody } },
     async (req, reply) => {
       const vm = await hub.get(req.params.sandboxID);
-      if (vm.status !== "paused") throw new E2bError(409, `sandbox ${req.params.sandboxID} is ${vm.status}, not paused`);
+      if (vm.status !== "paused")
+        throw new E2bError(409, `sandbox ${req.params.sandboxID} is ${vm.status}, not paused`);
       await vm.resume();
       if (req.body?.timeout !== undefined) vm.setTimeout(lifetime(req.body.timeout));
       return reply.status(201).send(createdSandbox(vm.info(), ctx.token));

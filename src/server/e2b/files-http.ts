@@ -25,7 +25,8 @@ const MAX_PARTS = 1000;
 
 function userOf(query: { username?: string }, authorization: string | undefined): string | undefined {
   const u = query.username || undefined;
-  if (u !== undefined && !/^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$/i.test(u)) throw new E2bError(400, "invalid username");
+  if (u !== undefined && !/^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$/i.test(u))
+    throw new E2bError(400, "invalid username");
   return u ?? basicUser(authorization);
 }
 
@@ -53,10 +54,12 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
       const st = await vm.files.stat(path);
       if (st.type === "dir") throw new E2bError(400, `path '${path}' is a directory`);
       const out = new PullStream();
-      vm.files.readStream(path, (b) => out.offer(b)).then(
-        () => out.push(null),
-        (e: unknown) => out.destroy(e as Error),
-      );
+      vm.files
+        .readStream(path, (b) => out.offer(b))
+        .then(
+          () => out.push(null),
+          (e: unknown) => out.destroy(e as Error),
+        );
       const name = posix.basename(path).replace(/[^\x20-\x7e]|["\\]/g, "_");
       return reply
         .header("content-type", "application/octet-stream")
@@ -85,7 +88,8 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
       if (!boundary) {
         const path = guestPath(req.query.path, home);
         const encoding = (req.headers["content-encoding"] ?? "identity").toLowerCase();
-        if (encoding !== "identity" && encoding !== "gzip") throw new E2bError(400, `unsupported content-encoding ${encoding}`);
+        if (encoding !== "identity" && encoding !== "gzip")
+          throw new E2bError(400, `unsupported content-encoding ${encoding}`);
         const source = encoding === "gzip" ? body.pipe(createGunzip()) : body;
         if (source !== body) body.on("error", (e) => source.destroy(e));
         await writeOne(vm, path, source);

@@ -20,7 +20,14 @@ const TYPES: Partial<Record<EntryInfo["type"], FileType>> = {
   dir: FileType.DIRECTORY,
   symlink: FileType.SYMLINK,
 };
-const TYPE_CHAR: Partial<Record<EntryInfo["type"], string>> = { dir: "d", symlink: "l", char: "c", block: "b", fifo: "p", socket: "s" };
+const TYPE_CHAR: Partial<Record<EntryInfo["type"], string>> = {
+  dir: "d",
+  symlink: "l",
+  char: "c",
+  block: "b",
+  fifo: "p",
+  socket: "s",
+};
 /** Entries one ListDir answers at most. */
 const MAX_ENTRIES = 100_000;
 

@@ -17,6 +17,7 @@ const PLAIN = "e2b.m.";
 const HEX = "e2b.x.";
 const PLAIN_KEY = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,120}[A-Za-z0-9])?$/;
 const MAX_HEX_KEY_BYTES = 61;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
 const BAD_VALUE = /[\u0000-\u001f\u007f-\u009f]/;
 /** Room left for the labels this module adds itself (the template). */
 export const MAX_METADATA = MAX_LABELS - 1;
@@ -25,7 +26,10 @@ export function metadataLabelKey(key: string): string {
   if (PLAIN_KEY.test(key)) return PLAIN + key;
   const bytes = Buffer.from(key, "utf8");
   if (key === "" || bytes.length > MAX_HEX_KEY_BYTES) {
-    throw new E2bError(400, `metadata key ${JSON.stringify(key.slice(0, 80))}: must be 1 to ${MAX_HEX_KEY_BYTES} bytes`);
+    throw new E2bError(
+      400,
+      `metadata key ${JSON.stringify(key.slice(0, 80))}: must be 1 to ${MAX_HEX_KEY_BYTES} bytes`,
+    );
   }
   return HEX + bytes.toString("hex");
 }

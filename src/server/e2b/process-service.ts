@@ -86,7 +86,8 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
       }
       const user = basicUser(h.requestHeader.get("authorization"));
       const home = homeOf(effectiveUser(vm, user));
-      const cwd = p.cwd ? guestPath(p.cwd, home) : undefined;
+      // envd's default working directory is the user's home
+      const cwd = p.cwd ? guestPath(p.cwd, home) : (await vm.files.exists(home)) ? home : undefined;
       const { session, subscriber } = await registry.start(
         vm,
         { cmd: p.cmd, args: p.args, envs: p.envs, cwd },
@@ -164,7 +165,8 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
     sendSignal: unary(async (req, h) => {
       const vm = await sandboxOf(ctx, h);
       const sel = req.process?.selector;
-      const pid = sel?.case === "pid" ? sel.value : sel?.case === "tag" ? registry.byTag(vm, sel.value)?.pid : undefined;
+      const pid =
+        sel?.case === "pid" ? sel.value : sel?.case === "tag" ? registry.byTag(vm, sel.value)?.pid : undefined;
       if (!pid) throw new ConnectError("process not found", Code.NotFound);
       const signal = req.signal === 15 ? 15 : 9;
       await vm.processes.kill(pid, signal);
