@@ -12,6 +12,7 @@ import {
   NotFoundError,
   Sandbox,
   SandboxNotFoundError,
+  TimeoutError,
 } from "e2b";
 import type { FastifyInstance } from "fastify";
 import { buildServer } from "../src/server/app.js";
@@ -104,6 +105,75 @@ describe("E2B API: pure parts", () => {
   });
 });
 
+describe("E2B API: routing, auth and error shapes (no VM)", () => {
+  const token = "e2b_fedcba9876543210fedcba9876543210";
+  let app: FastifyInstance;
+  before(async () => {
+    app = await buildServer({ token, hub: new SandboxHub() });
+  });
+  after(() => app?.close());
+
+  it("keeps the REST API, /health and the OpenAPI document as they were; E2B routes answer E2B's shapes", async () => {
+    assert.deepEqual((await app.inject({ url: "/health" })).json(), { status: "ok" });
+    const paths = Object.keys((await app.inject({ url: "/openapi.json" })).json().paths);
+    assert.ok(paths.some((p) => p.startsWith("/v1/")));
+    assert.ok(!paths.some((p) => !p.startsWith("/v1/") && p !== "/metrics"), paths.join(" "));
+    const rest = await app.inject({
+      method: "POST",
+      url: "/v1/sandboxes",
+      headers: { authorization: `Bearer ${token}` },
+      payload: { vcpuCount: "x" },
+    });
+    assert.equal(rest.statusCode, 400);
+    assert.equal(rest.json().error.code, "invalid_request");
+    const noKey = await app.inject({ method: "POST", url: "/v2/sandboxes", payload: {} });
+    assert.deepEqual([noKey.statusCode, noKey.json().code], [401, 401]);
+    const bad = await app.inject({
+      method: "POST",
+      url: "/v2/sandboxes",
+      headers: { "x-api-key": token },
+      payload: { timeout: "soon" },
+    });
+    assert.deepEqual([bad.statusCode, bad.json().code], [400, 400]);
+    const badMeta = await app.inject({
+      method: "POST",
+      url: "/v2/sandboxes",
+      headers: { "x-api-key": token },
+      payload: { metadata: { k: "a\u0001" } },
+    });
+    assert.equal(badMeta.statusCode, 400);
+    assert.match(badMeta.json().message, /metadata value/);
+    const list = await app.inject({ url: "/v2/sandboxes", headers: { "x-api-key": token } });
+    assert.deepEqual([list.statusCode, list.json()], [200, []]);
+    const missing = await app.inject({ url: "/sandboxes/vm-nope", headers: { "x-api-key": token } });
+    assert.deepEqual([missing.statusCode, missing.json().code], [404, 404]);
+  });
+
+  it("envd routes: sandbox access token required, unknown sandbox is 502 / Unavailable like E2B's proxy", async () => {
+    const envd = (id: string, accessToken: string) => ({ "e2b-sandbox-id": id, "x-access-token": accessToken });
+    const good = envd("vm-nope", envdAccessToken(token, "vm-nope"));
+    assert.equal((await app.inject({ url: "/health", headers: envd("vm-nope", "x") })).statusCode, 401);
+    assert.equal((await app.inject({ url: "/health", headers: good })).statusCode, 502);
+    const file = await app.inject({ url: "/files?path=/etc/hostname", headers: good });
+    assert.deepEqual([file.statusCode, file.json().code], [502, 502]);
+    const rpc = (headers: Record<string, string>) =>
+      app.inject({
+        method: "POST",
+        url: "/filesystem.Filesystem/Stat",
+        headers: { ...headers, "content-type": "application/json" },
+        payload: { path: "/" },
+      });
+    const unauth = await rpc(envd("vm-nope", envdAccessToken(token, "vm-other")));
+    assert.deepEqual([unauth.statusCode, unauth.json().code], [401, "unauthenticated"]);
+    const gone = await rpc(good);
+    assert.deepEqual([gone.statusCode, gone.json().code], [503, "unavailable"]);
+    // the server token itself does not open envd routes, and envd tokens do not open the control plane
+    assert.equal((await rpc({ ...envd("vm-nope", token), authorization: `Bearer ${token}` })).statusCode, 401);
+    const ctl = await app.inject({ url: "/v2/sandboxes", headers: { "x-api-key": envdAccessToken(token, "vm-nope") } });
+    assert.equal(ctl.statusCode, 401);
+  });
+});
+
 describe("E2B API: the stock e2b SDK against smolvm serve", () => {
   const token = "e2b_0123456789abcdef0123456789abcdef01234567";
   let app: FastifyInstance;
@@ -167,6 +237,11 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     assert.equal(await sbx.commands.kill(999_999), false);
     const quick = await sbx.commands.run("sleep 0.2; echo done", { background: true });
     assert.equal((await quick.wait()).stdout, "done\n");
+    // timeoutMs is the command's deadline: it is killed then
+    await assert.rejects(sbx.commands.run("sleep 30; echo never", { timeoutMs: 1500 }), TimeoutError);
+    const stillThere = async () => (await sbx.commands.list()).some((p) => p.args.includes("sleep 30; echo never"));
+    for (let i = 0; i < 30 && (await stillThere()); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await stillThere(), false);
   });
 
   it("files: write, read, list, exists, makeDir, rename, remove; relative paths are under the home directory", async () => {
@@ -176,6 +251,13 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     const bytes = Buffer.alloc(300_000, 7);
     await sbx.files.write("/tmp/e2b/blob.bin", new Blob([bytes]).stream());
     assert.ok(Buffer.from(await sbx.files.read("/tmp/e2b/blob.bin", { format: "bytes" })).equals(bytes));
+    await sbx.files.write("/tmp/e2b/gz.txt", "compressed on the way", { gzip: true });
+    assert.equal(await sbx.files.read("/tmp/e2b/gz.txt"), "compressed on the way");
+    const stream = await sbx.files.read("/tmp/e2b/blob.bin", { format: "stream" });
+    let streamed = 0;
+    for await (const chunk of stream) streamed += (chunk as Uint8Array).length;
+    assert.equal(streamed, bytes.length);
+    await sbx.files.remove("/tmp/e2b/gz.txt");
     await sbx.files.write([
       { path: "/tmp/e2b/m1.txt", data: "one" },
       { path: "/tmp/e2b/m2.txt", data: "two" },

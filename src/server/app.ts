@@ -92,10 +92,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   await app.register(websocket, { options: { maxPayload: 1 << 20 } });
   app.get("/health", { config: { auth: false }, schema: { hide: true } }, async (req, reply) => {
     // with E2b-Sandbox-Id it is envd's health check (E2B_SANDBOX_URL points here): 204, or 502 for no such sandbox
-    const sandbox = req.headers["e2b-sandbox-id"];
-    if (typeof sandbox !== "string") return { status: "ok" };
-    if (await sandboxHealth(ctx, sandbox)) return reply.status(204).send();
-    return reply.status(502).send({ code: 502, message: `sandbox ${sandbox.slice(0, 128)} is not running` });
+    if (req.headers["e2b-sandbox-id"] === undefined) return { status: "ok" };
+    const health = await sandboxHealth(ctx, (name) => req.headers[name]?.toString());
+    return health.code === 204 ? reply.status(204).send() : reply.status(health.code).send(health);
   });
   app.get("/openapi.json", { config: { auth: false }, schema: { hide: true } }, async () => app.swagger());
   await app.register(metricsPlugin, { ctx });

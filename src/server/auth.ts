@@ -40,9 +40,16 @@ export function loadToken(opts: { tokenFile?: string } = {}): TokenSource {
     if (!existsSync(opts.tokenFile)) throw new ConfigError("--token-file", `${opts.tokenFile} does not exist`);
     const st = statSync(opts.tokenFile);
     if (st.mode & 0o077) {
-      throw new ConfigError("--token-file", `${opts.tokenFile} is readable by others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
+      throw new ConfigError(
+        "--token-file",
+        `${opts.tokenFile} is readable by others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`,
+      );
     }
-    return { token: checkToken(readFileSync(opts.tokenFile, "utf8"), "--token-file"), from: "file", path: opts.tokenFile };
+    return {
+      token: checkToken(readFileSync(opts.tokenFile, "utf8"), "--token-file"),
+      from: "file",
+      path: opts.tokenFile,
+    };
   }
   const path = defaultTokenPath();
   if (existsSync(path)) {

@@ -4,7 +4,7 @@
  * REST, MCP and the E2B API all go through one hub; none of them touches the state store or a backend directly.
  */
 import { totalmem } from "node:os";
-import { type VMConfig, LIFETIME_MS } from "../config.js";
+import { LIFETIME_MS, type VMConfig } from "../config.js";
 import { ConfigError, VMNotFoundError } from "../errors.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { StateStore } from "../state/store.js";

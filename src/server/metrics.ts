@@ -53,7 +53,11 @@ export function serverMetrics(hub: SandboxHub): ServerMetrics {
 /** Count every request (added on the root instance so it sees all routes). */
 export function countRequests(app: FastifyInstance, metrics: ServerMetrics): void {
   app.addHook("onResponse", async (req, reply) => {
-    metrics.requests.inc({ method: req.method, route: req.routeOptions.url ?? "unmatched", status: String(reply.statusCode) });
+    metrics.requests.inc({
+      method: req.method,
+      route: req.routeOptions.url ?? "unmatched",
+      status: String(reply.statusCode),
+    });
   });
 }
 

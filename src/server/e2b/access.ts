@@ -63,13 +63,19 @@ export async function envdSandbox(ctx: ServerContext, header: HeaderGetter): Pro
   return vm;
 }
 
-/** `GET /health` with `E2b-Sandbox-Id`: 204 when the sandbox runs (envd's answer), else 502 (E2B's proxy's). */
-export async function sandboxHealth(ctx: ServerContext, id: string): Promise<boolean> {
-  if (!SANDBOX_ID.test(id)) return false;
+/**
+ * `GET /health` with `E2b-Sandbox-Id`: 204 when the sandbox runs (envd's answer), 502 when it does not (E2B's
+ * proxy's), 401 without the sandbox's access token (so sandbox ids cannot be probed).
+ */
+export async function sandboxHealth(
+  ctx: ServerContext,
+  header: HeaderGetter,
+): Promise<{ code: 204 | 401 | 502; message: string }> {
   try {
-    return (await ctx.hub.get(id)).status === "running";
+    await envdSandbox(ctx, header);
+    return { code: 204, message: "" };
   } catch (e) {
-    if (e instanceof VMNotFoundError) return false;
+    if (e instanceof EnvdAccessError) return { code: e.kind === "unauthenticated" ? 401 : 502, message: e.message };
     throw e;
   }
 }

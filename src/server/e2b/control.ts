@@ -75,8 +75,9 @@ export const controlRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
       const vm = await hub.get(req.params.sandboxID);
       const state = e2bState(vm.info());
       if (!state) throw new E2bError(404, `sandbox ${req.params.sandboxID} is ${vm.status}`);
+      // a resumed sandbox always gets a lifetime again (the one asked for, else the server's default)
       if (state === "paused") await vm.resume();
-      if (req.body?.timeout !== undefined) vm.setTimeout(lifetime(req.body.timeout));
+      if (state === "paused" || req.body?.timeout !== undefined) vm.setTimeout(lifetime(req.body?.timeout));
       return reply.status(state === "paused" ? 201 : 200).send(createdSandbox(vm.info(), ctx.token));
     });
   }
@@ -89,7 +90,7 @@ export const controlRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
       if (vm.status !== "paused")
         throw new E2bError(409, `sandbox ${req.params.sandboxID} is ${vm.status}, not paused`);
       await vm.resume();
-      if (req.body?.timeout !== undefined) vm.setTimeout(lifetime(req.body.timeout));
+      vm.setTimeout(lifetime(req.body?.timeout));
       return reply.status(201).send(createdSandbox(vm.info(), ctx.token));
     },
   );

@@ -4,7 +4,15 @@ import { z } from "zod";
 import type { VMConfig } from "../../config.js";
 import type { ServerContext } from "../app.js";
 import { httpError } from "../errors.js";
-import { CreateSandbox, ErrorResponse, ForkRequest, Sandbox, SandboxParams, SnapshotRequest, Timeout } from "./schemas.js";
+import {
+  CreateSandbox,
+  ErrorResponse,
+  ForkRequest,
+  Sandbox,
+  SandboxParams,
+  SnapshotRequest,
+  Timeout,
+} from "./schemas.js";
 
 const Snapshot = z.object({
   id: z.string(),
@@ -90,7 +98,14 @@ export const sandboxRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
 
   app.post(
     "/sandboxes/:id/resume",
-    { schema: { tags, summary: "Resume a paused sandbox", params: SandboxParams, response: { 200: Sandbox, ...errors } } },
+    {
+      schema: {
+        tags,
+        summary: "Resume a paused sandbox",
+        params: SandboxParams,
+        response: { 200: Sandbox, ...errors },
+      },
+    },
     async (req) => {
       const vm = await hub.get(req.params.id);
       await vm.resume();

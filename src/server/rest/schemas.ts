@@ -6,7 +6,12 @@ const ACCELS = ["auto", "kvm", "hvf", "tcg"] as const;
 
 export const Internet = z.union([
   z.enum(["open", "off"]),
-  z.object({ allowCidrs: z.array(z.string()).max(256).optional(), allowDomains: z.array(z.string()).max(256).optional() }).strict(),
+  z
+    .object({
+      allowCidrs: z.array(z.string()).max(256).optional(),
+      allowDomains: z.array(z.string()).max(256).optional(),
+    })
+    .strict(),
 ]);
 
 export const Network = z.union([
@@ -70,7 +75,9 @@ export const ErrorResponse = z.object({
 
 export const SandboxParams = z.object({ id: z.string().min(1).max(128) });
 
-export const Timeout = z.object({ timeoutMs: z.number().int().positive().describe("New lifetime from now, in ms") }).strict();
+export const Timeout = z
+  .object({ timeoutMs: z.number().int().positive().describe("New lifetime from now, in ms") })
+  .strict();
 
 export const SnapshotRequest = z.object({ name: z.string().max(64).optional() }).strict();
 export const ForkRequest = z
