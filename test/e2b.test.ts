@@ -244,6 +244,28 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     assert.equal(await stillThere(), false);
   });
 
+  it("pty: a terminal running bash, input, resize, kill", async () => {
+    let screen = "";
+    const term = await sbx.pty.create({
+      cols: 80,
+      rows: 24,
+      onData: (d) => {
+        screen += Buffer.from(d).toString();
+      },
+    });
+    const seen = async (text: string) => {
+      for (let i = 0; i < 100 && !screen.includes(text); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(screen.includes(text), `terminal output: ${JSON.stringify(screen.slice(-400))}`);
+    };
+    await sbx.pty.sendInput(term.pid, new TextEncoder().encode("echo $((6*7))-$TERM\n"));
+    await seen("42-xterm-256color");
+    await sbx.pty.resize(term.pid, { cols: 100, rows: 30 });
+    await sbx.pty.sendInput(term.pid, new TextEncoder().encode("stty size\n"));
+    await seen("30 100");
+    assert.equal(await sbx.pty.kill(term.pid), true);
+    await assert.rejects(term.wait(), CommandExitError);
+  });
+
   it("files: write, read, list, exists, makeDir, rename, remove; relative paths are under the home directory", async () => {
     const info = await sbx.files.write("/tmp/e2b/a.txt", "first file");
     assert.equal(info.path, "/tmp/e2b/a.txt");

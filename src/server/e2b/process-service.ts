@@ -1,7 +1,7 @@
 /**
  * envd's `process.Process` service on SmolVM: Start (a background process followed to its end: start event with
  * the pid, output, end event with the exit code), Connect, List, SendInput, StreamInput, CloseStdin, SendSignal.
- * PTYs (Start with `pty`, Update) are not supported: Unimplemented.
+ * Start with `pty` runs the program on a guest terminal (its output is `pty` data; Update resizes it).
  */
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { SmolVM } from "../../sandbox/smolvm.js";
@@ -54,8 +54,11 @@ function selected(registry: ProcessRegistry, vm: SmolVM, sel: ProcessSelector | 
 }
 
 async function writeInput(session: ProcessSession, input: ProcessInput | undefined): Promise<void> {
-  if (input?.input.case === "pty") throw new ConnectError("PTYs are not supported", Code.Unimplemented);
-  if (input?.input.case !== "stdin") return;
+  if (input?.input.case !== "stdin" && input?.input.case !== "pty") return;
+  if (session.pty) {
+    await session.pty.write(Buffer.from(input.input.value));
+    return;
+  }
   const stdin = session.stdin;
   if (!stdin || stdin.writableEnded || stdin.destroyed) {
     throw new ConnectError("stdin is not open for this process (start it with stdin: true)", Code.FailedPrecondition);
@@ -77,7 +80,6 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
   return {
     start: streaming(async function* (req, h) {
       const vm = await sandboxOf(ctx, h);
-      if (req.pty) throw new ConnectError("PTYs are not supported by SmolVM's E2B API", Code.Unimplemented);
       const p = req.process;
       if (!p?.cmd) throw new ConnectError("process.cmd is required", Code.InvalidArgument);
       const argBytes = [p.cmd, ...p.args].reduce((n, a) => n + Buffer.byteLength(a), 0);
@@ -88,16 +90,19 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
       const home = homeOf(effectiveUser(vm, user));
       // envd's default working directory is the user's home
       const cwd = p.cwd ? guestPath(p.cwd, home) : (await vm.files.exists(home)) ? home : undefined;
-      const { session, subscriber } = await registry.start(
-        vm,
-        { cmd: p.cmd, args: p.args, envs: p.envs, cwd },
-        { user, stdin: req.stdin === true, tag: req.tag },
-      );
+      const config = { cmd: p.cmd, args: p.args, envs: p.envs, cwd };
+      const size = req.pty?.size;
+      const { session, subscriber } = req.pty
+        ? await registry.startPty(vm, config, { user, cols: size?.cols || 80, rows: size?.rows || 24, tag: req.tag })
+        : await registry.start(vm, config, { user, stdin: req.stdin === true, tag: req.tag });
       // the request's deadline (the SDK's `timeoutMs`) is the command's: it is killed then
       const deadline = h.timeoutMs();
       const timer =
         deadline !== undefined
-          ? setTimeout(() => vm.processes.kill(session.pid, 9).catch(() => {}), Math.max(0, deadline))
+          ? setTimeout(
+              () => (session.pty ? session.pty.kill(9) : vm.processes.kill(session.pid, 9)).catch(() => {}),
+              Math.max(0, deadline),
+            )
           : undefined;
       try {
         yield* events(session, subscriber, h);
@@ -169,12 +174,19 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
         sel?.case === "pid" ? sel.value : sel?.case === "tag" ? registry.byTag(vm, sel.value)?.pid : undefined;
       if (!pid) throw new ConnectError("process not found", Code.NotFound);
       const signal = req.signal === 15 ? 15 : 9;
-      await vm.processes.kill(pid, signal);
+      const pty = registry.get(vm, pid)?.pty;
+      await (pty ? pty.kill(signal) : vm.processes.kill(pid, signal));
       return {};
     }),
 
-    update: unary(async () => {
-      throw new ConnectError("PTYs are not supported by SmolVM's E2B API", Code.Unimplemented);
+    update: unary(async (req, h) => {
+      const vm = await sandboxOf(ctx, h);
+      const session = selected(registry, vm, req.process);
+      const size = req.pty?.size;
+      if (!size) return {};
+      if (!session.pty) throw new ConnectError("the process has no terminal to resize", Code.FailedPrecondition);
+      await session.pty.resize({ cols: size.cols, rows: size.rows });
+      return {};
     }),
   };
 }

@@ -3,10 +3,13 @@
  * process at a time, so each process has one session here that follows it (with backpressure) and fans its events
  * out to the streams subscribed to it (the Start stream, later Connect streams). A session with nobody subscribed
  * drains output to nowhere, so the process never blocks on a full pipe. Stdin, when asked for, is a bounded pipe
- * fed by SendInput / StreamInput and closed by CloseStdin.
+ * fed by SendInput / StreamInput and closed by CloseStdin. A PTY session runs its program on a guest terminal
+ * (`vm.pty`): its output is `pty` data, its input goes to the terminal, it can be resized.
  */
 import { PassThrough } from "node:stream";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { ExecExit } from "../../agent/client.js";
+import type { PtyHandle } from "../../sandbox/pty.js";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ProcessEventSchema } from "./gen/process/process_pb.js";
 
@@ -79,9 +82,11 @@ export class ProcessSession {
   private readonly subscribers = new Set<Subscriber>();
   /** The end event, once the process has ended. */
   ended: EventInit | null = null;
+  /** The terminal of a PTY session. */
+  pty: PtyHandle | null = null;
 
   constructor(
-    readonly pid: number,
+    public pid: number,
     readonly config: SessionConfig,
     readonly tag: string | undefined,
     readonly stdin: PassThrough | null,
@@ -116,7 +121,25 @@ export class ProcessSession {
   }
 }
 
-const data = (stream: "stdout" | "stderr", value: Buffer): EventInit => ({
+const endEvent = (r: ExecExit): EventInit => ({
+  event: {
+    case: "end",
+    value: {
+      exitCode: r.signal ? -1 : (r.exitCode ?? -1),
+      exited: r.signal === null,
+      status: r.signal ? `signal: ${r.signal}` : `exit status ${r.exitCode}`,
+    },
+  },
+});
+
+const failedEvent = (e: unknown): EventInit => ({
+  event: {
+    case: "end",
+    value: { exitCode: -1, exited: false, status: "error", error: (e as Error).message ?? String(e) },
+  },
+});
+
+const data = (stream: "stdout" | "stderr" | "pty", value: Buffer): EventInit => ({
   event: { case: "data", value: { output: { case: stream, value } } },
 });
 
@@ -168,6 +191,41 @@ export class ProcessRegistry {
     return { session, subscriber };
   }
 
+  /** Run a program on a new guest terminal; the returned subscriber sees every event from the start. */
+  async startPty(
+    vm: SmolVM,
+    config: SessionConfig,
+    opts: { user?: string; cols: number; rows: number; tag?: string },
+  ): Promise<{ session: ProcessSession; subscriber: Subscriber }> {
+    const sessions = this.sessions(vm);
+    if (sessions.size >= MAX_SESSIONS) throw new RangeError(`at most ${MAX_SESSIONS} processes per sandbox`);
+    const session = new ProcessSession(0, config, opts.tag, null);
+    const subscriber = session.subscribe();
+    const pty = await vm.pty.create({
+      cmd: [config.cmd, ...config.args],
+      env: config.envs,
+      cwd: config.cwd,
+      user: opts.user,
+      cols: opts.cols,
+      rows: opts.rows,
+      onData: (b) => session.broadcast(data("pty", b), b.length),
+    });
+    session.pid = pty.pid;
+    session.pty = pty;
+    sessions.set(pty.pid, session);
+    pty
+      .wait()
+      .then(
+        (r) => session.finish(endEvent(r)),
+        (e: unknown) => session.finish(failedEvent(e)),
+      )
+      .finally(() => {
+        if (sessions.get(session.pid) === session) sessions.delete(session.pid);
+        if (sessions.size === 0) this.byVm.delete(vm.vmId);
+      });
+    return { session, subscriber };
+  }
+
   /** The session of a running process: this server's, or a new one following a process started elsewhere. */
   async attach(vm: SmolVM, pid: number): Promise<ProcessSession | null> {
     const known = this.get(vm, pid);
@@ -190,24 +248,8 @@ export class ProcessRegistry {
         ...(session.stdin ? { stdin: session.stdin } : {}),
       })
       .then(
-        (r) =>
-          session.finish({
-            event: {
-              case: "end",
-              value: {
-                exitCode: r.signal ? -1 : r.exitCode,
-                exited: r.signal === null,
-                status: r.signal ? `signal: ${r.signal}` : `exit status ${r.exitCode}`,
-              },
-            },
-          }),
-        (e: unknown) =>
-          session.finish({
-            event: {
-              case: "end",
-              value: { exitCode: -1, exited: false, status: "error", error: (e as Error).message ?? String(e) },
-            },
-          }),
+        (r) => session.finish(endEvent(r)),
+        (e: unknown) => session.finish(failedEvent(e)),
       )
       .finally(() => {
         if (sessions.get(session.pid) === session) sessions.delete(session.pid);
