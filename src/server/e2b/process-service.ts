@@ -95,20 +95,15 @@ export function processService(ctx: ServerContext, registry: ProcessRegistry): S
       const { session, subscriber } = req.pty
         ? await registry.startPty(vm, config, { user, cols: size?.cols || 80, rows: size?.rows || 24, tag: req.tag })
         : await registry.start(vm, config, { user, stdin: req.stdin === true, tag: req.tag });
-      // the request's deadline (the SDK's `timeoutMs`) is the command's: it is killed then
+      // the request's deadline (the SDK's `timeoutMs`) is the command's: it is killed then, whether or not the
+      // stream is still there (Connect's deadline, or the client's, may end it first)
       const deadline = h.timeoutMs();
-      const timer =
-        deadline !== undefined
-          ? setTimeout(
-              () => (session.pty ? session.pty.kill(9) : vm.processes.kill(session.pid, 9)).catch(() => {}),
-              Math.max(0, deadline),
-            )
-          : undefined;
-      try {
-        yield* events(session, subscriber, h);
-      } finally {
-        clearTimeout(timer);
-      }
+      const kill = () => {
+        if (!session.ended) (session.pty ? session.pty.kill(9) : vm.processes.kill(session.pid, 9)).catch(() => {});
+      };
+      const timer = deadline !== undefined ? setTimeout(kill, Math.max(0, deadline)).unref() : undefined;
+      yield* events(session, subscriber, h);
+      clearTimeout(timer); // it ended
     }),
 
     connect: streaming(async function* (req, h) {
