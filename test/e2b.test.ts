@@ -145,6 +145,12 @@ describe("E2B API: routing, auth and error shapes (no VM)", () => {
     assert.match(badMeta.json().message, /metadata value/);
     const list = await app.inject({ url: "/v2/sandboxes", headers: { "x-api-key": token } });
     assert.deepEqual([list.statusCode, list.json()], [200, []]);
+    const snap = await app.inject({
+      method: "POST",
+      url: "/sandboxes/vm-nope/snapshots",
+      headers: { "x-api-key": token },
+    });
+    assert.deepEqual([snap.statusCode, snap.json().code], [501, 501]);
     const missing = await app.inject({ url: "/sandboxes/vm-nope", headers: { "x-api-key": token } });
     assert.deepEqual([missing.statusCode, missing.json().code], [404, 404]);
   });
@@ -316,6 +322,19 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     assert.equal(await sbx.isRunning(), false);
     const resumed = await Sandbox.connect(sbx.sandboxId);
     assert.equal((await resumed.commands.run("echo back")).stdout, "back\n");
+  });
+
+  it("fork: a copy of the running sandbox with its files and metadata", async () => {
+    await sbx.files.write("/root/before-fork.txt", "forked state");
+    const [clone] = await Sandbox.fork(sbx.sandboxId, { count: 1 });
+    assert.ok(clone instanceof Sandbox, String(clone));
+    try {
+      assert.notEqual(clone.sandboxId, sbx.sandboxId);
+      assert.equal((await clone.commands.run("cat /root/before-fork.txt")).stdout, "forked state");
+      assert.deepEqual((await clone.getInfo()).metadata, { suite: "e2b-test", "run id": "7" });
+    } finally {
+      await clone.kill();
+    }
   });
 
   it("refuses a wrong API key, a wrong envd access token, an unknown template and an unknown sandbox", async () => {

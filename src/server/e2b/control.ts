@@ -104,6 +104,25 @@ export const controlRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
     return reply.status(204).send();
   });
 
+  /** Fork: `count` copies of a running sandbox as it is now (each its own VM with the same metadata). */
+  app.post(
+    "/sandboxes/:sandboxID/fork",
+    {
+      schema: {
+        hide,
+        params: Params,
+        body: z.looseObject({ timeout: Seconds.optional(), count: z.number().int().min(1).max(16).optional() }),
+      },
+    },
+    async (req, reply) => {
+      const vm = await hub.get(req.params.sandboxID);
+      if (vm.status !== "running")
+        throw new E2bError(409, `sandbox ${req.params.sandboxID} is ${vm.status}, not running`);
+      const clones = await hub.fork(vm, req.body.count ?? 1, lifetime(req.body.timeout));
+      return reply.status(201).send(clones.map((c) => ({ sandbox: createdSandbox(c.info(), ctx.token) })));
+    },
+  );
+
   app.get("/sandboxes/:sandboxID", { schema: { hide, params: Params } }, async (req) => {
     const info = (await hub.get(req.params.sandboxID)).info();
     if (!e2bState(info)) throw new E2bError(404, `sandbox ${req.params.sandboxID} is ${info.status}`);

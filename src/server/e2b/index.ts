@@ -9,6 +9,7 @@ import { controlRoutes } from "./control.js";
 import { e2bErrorHandler } from "./errors.js";
 import { filesRoutes } from "./files-http.js";
 import { rpcRoutes } from "./rpc.js";
+import { unsupportedRoutes } from "./unsupported.js";
 
 export { sandboxHealth } from "./access.js";
 
@@ -17,4 +18,5 @@ export const e2bPlugin: FastifyPluginAsync<{ ctx: ServerContext }> = async (app,
   await app.register(controlRoutes, { ctx });
   await app.register(filesRoutes, { ctx });
   await app.register(rpcRoutes, { ctx });
+  await app.register(unsupportedRoutes);
 };
