@@ -75,9 +75,16 @@ export const controlRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
       const vm = await hub.get(req.params.sandboxID);
       const state = e2bState(vm.info());
       if (!state) throw new E2bError(404, `sandbox ${req.params.sandboxID} is ${vm.status}`);
-      // a resumed sandbox always gets a lifetime again (the one asked for, else the server's default)
-      if (state === "paused") await vm.resume();
-      if (state === "paused" || req.body?.timeout !== undefined) vm.setTimeout(lifetime(req.body?.timeout));
+      // a resumed sandbox always gets a lifetime again (the one asked for, else the server's default); a running
+      // one's is only ever extended, as E2B does
+      if (state === "paused") {
+        await vm.resume();
+        vm.setTimeout(lifetime(req.body?.timeout));
+      } else if (req.body?.timeout !== undefined) {
+        const wanted = lifetime(req.body.timeout);
+        const left = vm.info().timeLeftMs;
+        if (left !== null && wanted > left) vm.setTimeout(wanted);
+      }
       return reply.status(state === "paused" ? 201 : 200).send(createdSandbox(vm.info(), ctx.token));
     });
   }

@@ -230,6 +230,7 @@ export class ProcessRegistry {
   async attach(vm: SmolVM, pid: number): Promise<ProcessSession | null> {
     const known = this.get(vm, pid);
     if (known) return known;
+    if (this.sessions(vm).size >= MAX_SESSIONS) throw new RangeError(`at most ${MAX_SESSIONS} processes per sandbox`);
     const info = (await vm.processes.list()).find((p) => p.pid === pid);
     if (!info || (!info.running && info.exitCode === undefined)) return null;
     const session = new ProcessSession(pid, { cmd: info.command, args: [], envs: {} }, undefined, null);
