@@ -15,13 +15,15 @@ import {
   TimeoutError,
 } from "e2b";
 import type { FastifyInstance } from "fastify";
+import type { EntryInfo } from "../src/sandbox/files.js";
 import { buildServer } from "../src/server/app.js";
 import { basicUser, envdAccessToken } from "../src/server/e2b/access.js";
-import { permissionString } from "../src/server/e2b/filesystem-service.js";
+import { permissionString } from "../src/server/e2b/entry.js";
 import { labelsToMetadata, metadataToLabels, parseMetadataQuery } from "../src/server/e2b/metadata.js";
 import { boundaryOf, type MultipartEvent, readMultipart } from "../src/server/e2b/multipart.js";
 import { guestPath } from "../src/server/e2b/paths.js";
 import { templateImage } from "../src/server/e2b/templates.js";
+import { diff } from "../src/server/e2b/watch.js";
 import { SandboxHub } from "../src/server/hub.js";
 import { isolatedState } from "./helpers.js";
 
@@ -63,6 +65,25 @@ describe("E2B API: pure parts", () => {
     assert.notEqual(t, envdAccessToken("server-token-1234567890", "vm-b"));
     assert.notEqual(t, envdAccessToken("server-token-0987654321", "vm-a"));
     assert.equal(t, envdAccessToken("server-token-1234567890", "vm-a"));
+  });
+
+  it("watch: listing differences become create, write, chmod and remove events", () => {
+    const e = (name: string, size: number, mode = 0o644, type: EntryInfo["type"] = "file"): [string, EntryInfo] => [
+      name,
+      { name, path: `/w/${name}`, type, size, mode, mtime: new Date(1000) },
+    ];
+    const before = new Map([e("same", 1), e("grows", 1), e("chmod", 1), e("gone", 1), e("kind", 0)]);
+    const after = new Map([e("same", 1), e("grows", 2), e("chmod", 1, 0o600), e("new", 0), e("kind", 0, 0o755, "dir")]);
+    const events = diff(before, after, true).map((ev) => `${ev.type}:${ev.name}:${ev.entry ? "entry" : "-"}`);
+    assert.deepEqual(events.sort(), [
+      "1:kind:entry",
+      "1:new:entry",
+      "2:grows:entry",
+      "3:gone:-",
+      "3:kind:-",
+      "5:chmod:entry",
+    ]);
+    assert.equal(diff(before, before, false).length, 0);
   });
 
   it("multipart: parts and data across any chunking, bounded headers, malformed input refused", async () => {
@@ -322,6 +343,33 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     assert.equal(await sbx.isRunning(), false);
     const resumed = await Sandbox.connect(sbx.sandboxId);
     assert.equal((await resumed.commands.run("echo back")).stdout, "back\n");
+  });
+
+  it("watching a directory: WatchDir stream and the CreateWatcher/GetWatcherEvents API", async () => {
+    await sbx.files.makeDir("/tmp/watched");
+    const seen: string[] = [];
+    const handle = await sbx.files.watchDir("/tmp/watched", (ev) => void seen.push(`${ev.type}:${ev.name}`));
+    const rpc = async (method: string, body: object) => {
+      const res = await fetch(`${url}/filesystem.Filesystem/${method}`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "e2b-sandbox-id": sbx.sandboxId,
+          "x-access-token": (sbx as unknown as { envdAccessToken: string }).envdAccessToken,
+        },
+        body: JSON.stringify(body),
+      });
+      assert.equal(res.status, 200, await res.clone().text());
+      return (await res.json()) as Record<string, unknown>;
+    };
+    const { watcherId } = (await rpc("CreateWatcher", { path: "/tmp/watched" })) as { watcherId: string };
+    await sbx.files.write("/tmp/watched/new.txt", "x");
+    for (let i = 0; i < 50 && !seen.includes("create:new.txt"); i++) await new Promise((r) => setTimeout(r, 100));
+    await handle.stop();
+    assert.ok(seen.includes("create:new.txt"), seen.join(" "));
+    const { events } = (await rpc("GetWatcherEvents", { watcherId })) as { events: { name: string; type: string }[] };
+    assert.deepEqual(events, [{ name: "new.txt", type: "EVENT_TYPE_CREATE" }]);
+    await rpc("RemoveWatcher", { watcherId });
   });
 
   it("fork: a copy of the running sandbox with its files and metadata", async () => {

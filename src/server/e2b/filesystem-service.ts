@@ -1,59 +1,18 @@
 /**
  * envd's `filesystem.Filesystem` service on SmolVM's file operations (done by the guest agent, as root): Stat,
- * ListDir, MakeDir, Move, Remove. Watching (WatchDir, CreateWatcher...) is not supported: Unimplemented.
+ * ListDir, MakeDir, Move, Remove, and watching by comparing listings (WatchDir, CreateWatcher...: see watch.ts).
  * Relative paths are under the home directory of the user the request names (Basic auth), as envd does.
  */
-import { posix } from "node:path";
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { EntryInfo } from "../../sandbox/files.js";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
 import { basicUser } from "./access.js";
-import { type EntryInfoSchema, type Filesystem, FileType } from "./gen/filesystem/filesystem_pb.js";
+import { entryInfo } from "./entry.js";
+import type { Filesystem } from "./gen/filesystem/filesystem_pb.js";
 import { effectiveUser, guestPath, homeOf } from "./paths.js";
-import { sandboxOf } from "./process-service.js";
-import { unary } from "./rpc-errors.js";
-
-const TYPES: Partial<Record<EntryInfo["type"], FileType>> = {
-  file: FileType.FILE,
-  dir: FileType.DIRECTORY,
-  symlink: FileType.SYMLINK,
-};
-const TYPE_CHAR: Partial<Record<EntryInfo["type"], string>> = {
-  dir: "d",
-  symlink: "l",
-  char: "c",
-  block: "b",
-  fifo: "p",
-  socket: "s",
-};
-/** Entries one ListDir answers at most. */
-const MAX_ENTRIES = 100_000;
-
-/** `-rwxr-xr-x`, as Go's `fs.FileMode.String()` shows permission bits. */
-export function permissionString(type: EntryInfo["type"], mode: number): string {
-  const rwx = "rwxrwxrwx";
-  let s = TYPE_CHAR[type] ?? "-";
-  for (let i = 0; i < 9; i++) s += mode & (1 << (8 - i)) ? rwx[i] : "-";
-  return s;
-}
-
-export function entryInfo(e: EntryInfo, path: string): MessageInitShape<typeof EntryInfoSchema> {
-  const ms = e.mtime.getTime();
-  return {
-    name: posix.basename(path) || "/",
-    type: TYPES[e.type] ?? FileType.UNSPECIFIED,
-    path,
-    size: BigInt(e.size),
-    mode: e.mode & 0o7777,
-    permissions: permissionString(e.type, e.mode),
-    owner: "",
-    group: "",
-    modifiedTime: { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
-    ...(e.symlinkTarget !== undefined ? { symlinkTarget: e.symlinkTarget } : {}),
-  };
-}
+import { keepaliveMs, sandboxOf } from "./process-service.js";
+import { streaming, unary } from "./rpc-errors.js";
+import { diff, listing, WATCH_INTERVAL_MS, Watchers, type WatchSpec } from "./watch.js";
 
 async function target(ctx: ServerContext, h: HandlerContext): Promise<{ vm: SmolVM; path: (p: string) => string }> {
   const vm = await sandboxOf(ctx, h);
@@ -61,11 +20,40 @@ async function target(ctx: ServerContext, h: HandlerContext): Promise<{ vm: Smol
   return { vm, path: (p) => guestPath(p, home) };
 }
 
-const unsupported = async (): Promise<never> => {
-  throw new ConnectError("watching directories is not supported by SmolVM's E2B API", Code.Unimplemented);
-};
+/** Entries one ListDir answers at most. */
+const MAX_ENTRIES = 100_000;
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", stop);
+      resolve();
+    }, ms);
+    const stop = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    if (signal.aborted) stop();
+    else signal.addEventListener("abort", stop, { once: true });
+  });
+}
+
+/** The directory a watch request names (it must be one), and how to watch it. */
+async function watchSpec(
+  ctx: ServerContext,
+  h: HandlerContext,
+  req: { path: string; recursive: boolean; includeEntry: boolean },
+): Promise<{ vm: SmolVM; spec: WatchSpec }> {
+  const { vm, path } = await target(ctx, h);
+  const dir = path(req.path);
+  if ((await vm.files.stat(dir)).type !== "dir") {
+    throw new ConnectError(`path '${dir}' is not a directory`, Code.InvalidArgument);
+  }
+  return { vm, spec: { path: dir, recursive: req.recursive, includeEntry: req.includeEntry } };
+}
 
 export function filesystemService(ctx: ServerContext): ServiceImpl<typeof Filesystem> {
+  const watchers = new Watchers();
   return {
     stat: unary(async (req, h) => {
       const { vm, path } = await target(ctx, h);
@@ -107,12 +95,38 @@ export function filesystemService(ctx: ServerContext): ServiceImpl<typeof Filesy
       return {};
     }),
 
-    watchDir: async function* () {
-      yield* [];
-      await unsupported();
-    },
-    createWatcher: unsupported,
-    getWatcherEvents: unsupported,
-    removeWatcher: unsupported,
+    watchDir: streaming(async function* (req, h) {
+      const { vm, spec } = await watchSpec(ctx, h, req);
+      let last = await listing(vm, spec);
+      yield { event: { case: "start" as const, value: {} } };
+      const keepaliveEvery = Math.max(1, Math.round(keepaliveMs(h) / WATCH_INTERVAL_MS));
+      for (let quiet = 0; ; ) {
+        await sleep(WATCH_INTERVAL_MS, h.signal);
+        const now = await listing(vm, spec);
+        const events = diff(last, now, spec.includeEntry);
+        last = now;
+        for (const ev of events) yield { event: { case: "filesystem" as const, value: ev } };
+        quiet = events.length ? 0 : quiet + 1;
+        if (quiet >= keepaliveEvery) {
+          quiet = 0;
+          yield { event: { case: "keepalive" as const, value: {} } };
+        }
+      }
+    }),
+
+    createWatcher: unary(async (req, h) => {
+      const { vm, spec } = await watchSpec(ctx, h, req);
+      return { watcherId: await watchers.create(vm, spec) };
+    }),
+
+    getWatcherEvents: unary(async (req, h) => {
+      const vm = await sandboxOf(ctx, h);
+      return { events: await watchers.events(vm, req.watcherId) };
+    }),
+
+    removeWatcher: unary(async (req, h) => {
+      watchers.remove(await sandboxOf(ctx, h), req.watcherId);
+      return {};
+    }),
   };
 }

@@ -15,7 +15,7 @@ import { streaming, toConnectError, unary } from "./rpc-errors.js";
 const MAX_ARGS = 4096;
 const MAX_ARG_BYTES = 1 << 20;
 /** envd's Keepalive-Ping-Interval header is in seconds. */
-function keepaliveMs(ctx: HandlerContext): number {
+export function keepaliveMs(ctx: HandlerContext): number {
   const s = Number(ctx.requestHeader.get("keepalive-ping-interval"));
   return Number.isFinite(s) && s >= 1 ? Math.min(s, 300) * 1000 : 50_000;
 }

@@ -5,8 +5,8 @@ import { labelsToMetadata, TEMPLATE_LABEL } from "./metadata.js";
 
 /**
  * The envd version this server speaks for (the SDKs gate features on it): 0.5.7 = process stdin close (0.5.2),
- * octet-stream uploads (0.5.7), no default user (0.4.0). Not 0.6.2+: file metadata and watch entries are not
- * implemented, and below that version the SDK refuses them itself with a clear error.
+ * octet-stream uploads (0.5.7), no default user (0.4.0), recursive watching (0.1.4). Not 0.6.2+: file metadata is
+ * not implemented, and below that version the SDK refuses it itself with a clear error.
  */
 export const ENVD_VERSION = "0.5.7";
 export const CLIENT_ID = "smolvm";
