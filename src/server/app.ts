@@ -3,12 +3,15 @@
  * shape, request ids, limits, and the API plugins (REST under `/v1`, MCP at `/mcp`, E2B's API at its own paths).
  * Built without listening so tests and `serve` share it.
  */
-
-import { randomUUID } from "node:crypto";
 import swagger from "@fastify/swagger";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
-import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from "fastify-type-provider-zod";
+import {
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+} from "fastify-type-provider-zod";
+import { randomUUID } from "node:crypto";
 import { credentialOf, tokenChecker } from "./auth.js";
 import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { httpError, toHttp } from "./errors.js";
@@ -75,9 +78,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
   app.setNotFoundHandler((req, reply) => {
     // No route: the same answer with or without a token, so nothing is learned without one.
-    reply
-      .status(404)
-      .send({ error: { code: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` } });
+    reply.status(404).send({ error: { code: "not_found", message: `no route ${req.method} ${req.url.split("?")[0]}` } });
   });
 
   await app.register(swagger, {
