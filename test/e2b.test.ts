@@ -238,6 +238,9 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     assert.equal(r.stderr, "oops\n");
     assert.equal((await sbx.commands.run("pwd", { cwd: "/tmp" })).stdout, "/tmp\n");
     assert.equal((await sbx.commands.run("whoami", { user: "root" })).stdout, "root\n");
+    const many = await sbx.commands.run("seq 1 200000");
+    assert.equal(many.stdout.length, 1_288_895);
+    assert.ok(many.stdout.endsWith("\n199999\n200000\n"));
     const chunks: string[] = [];
     await sbx.commands.run("for i in 1 2 3; do echo $i; done", { onStdout: (d) => void chunks.push(d) });
     assert.equal(chunks.join(""), "1\n2\n3\n");
