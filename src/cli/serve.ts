@@ -126,6 +126,7 @@ async function serve(o: ServeOpts): Promise<void> {
     progress(`serving on ${where} (REST ${where}/v1, OpenAPI /openapi.json, MCP /mcp, E2B API at the root)`);
     if (tok.from === "generated") progress(`API token (saved to ${tok.path}, shown only this once): ${tok.token}`);
     else progress(`API token from ${tok.from === "env" ? "SMOLVM_API_TOKEN" : tok.path}`);
+    progress(`E2B SDKs: E2B_API_URL=${where} E2B_SANDBOX_URL=${where} E2B_API_KEY=<the token> (docs/E2B.md)`);
   }
   await new Promise(() => {}); // until a signal: cleanup.ts runs the interrupt task, then exits
 }

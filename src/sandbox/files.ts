@@ -144,25 +144,43 @@ export class Files {
   }
 
   /**
-   * Stream a regular file's content as it arrives, with backpressure to the guest (the guest's reads wait while
-   * 1 MiB is unread); past `maxBytes` (default 256 MiB) it fails with EFBIG.
+   * Stream a file through `onData`, chunk by chunk; a promise returned by `onData` holds the guest back until it
+   * settles (backpressure: a slow consumer never makes output queue in memory). At most `maxBytes` (default no
+   * limit): past it the read stops with `FileSystemError` (EFBIG). Only regular files unless `allowSpecial`.
    */
-  async *readStream(path: string, opts: { maxBytes?: number } = {}): AsyncGenerator<Buffer> {
+  async readStream(
+    path: string,
+    onData: (chunk: Buffer) => unknown,
+    opts: { maxBytes?: number; allowSpecial?: boolean } = {},
+  ): Promise<void> {
     checkPath("path", path);
-    const max = opts.maxBytes ?? 256 << 20;
+    const max = opts.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    if (!Number.isSafeInteger(max) || max < 0) throw new ConfigError("maxBytes", "must be a whole number >= 0");
+    try {
+      await readBounded(await this.agent(), path, max, {
+        allowSpecial: opts.allowSpecial,
+        onData,
+        onOver: () => new FileSystemError(path, "EFBIG", `${path} is larger than maxBytes (${max})`),
+      });
+    } catch (e) {
+      throw fsError(e, path);
+    }
+  }
+
+  /**
+   * A file's content as an async iterable of chunks, with backpressure (the guest waits while 1 MiB is unread); if
+   * the consumer stops early the rest is read and dropped, never buffered. Past `maxBytes` it fails with EFBIG.
+   */
+  async *readChunks(path: string, opts: { maxBytes?: number } = {}): AsyncGenerator<Buffer> {
     const queue = new ChunkQueue(1 << 20);
-    const client = await this.agent();
-    readBounded(client, path, max, {
-      onData: (b) => queue.push(b),
-      onOver: () => new FileSystemError(path, "EFBIG", `${path} is larger than maxBytes (${max})`),
-    }).then(
+    this.readStream(path, (b) => queue.push(b), opts).then(
       () => queue.end(),
-      (e: unknown) => queue.fail(fsError(e, path)),
+      (e: unknown) => queue.fail(e as Error),
     );
     try {
       yield* queue;
     } finally {
-      queue.fail(new Error("read abandoned")); // the reader left: the rest is dropped, never buffered
+      queue.fail(new Error("read abandoned"));
     }
   }
 

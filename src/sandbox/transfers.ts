@@ -56,6 +56,7 @@ export async function readBounded(
   client: AgentClient,
   path: string,
   max: number,
+  /** `onData` may return a promise: the guest is held back until it settles (backpressure). */
   opts: { allowSpecial?: boolean; onData: (b: Buffer) => unknown; onOver: () => Error },
 ): Promise<Field[]> {
   let total = 0;
@@ -73,7 +74,7 @@ export async function readBounded(
         cancelRead(client, h as OpHandle, opts.onOver());
         return;
       }
-      return opts.onData(b); // a promise holds the guest back (backpressure)
+      return opts.onData(b);
     },
   );
   const started = await h.started;

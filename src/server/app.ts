@@ -10,6 +10,7 @@ import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from "fastify-type-provider-zod";
 import { credentialOf, tokenChecker } from "./auth.js";
+import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { httpError, toHttp } from "./errors.js";
 import type { SandboxHub } from "./hub.js";
 import { countRequests, metricsPlugin, type ServerMetrics, serverMetrics } from "./metrics.js";
@@ -102,10 +103,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.get(
     "/health",
     { config: { auth: false }, schema: { summary: "Liveness (no token needed)", security: [], tags: ["server"] } },
-    async () => ({ status: "ok" }),
+    async (req, reply) => {
+      // with E2b-Sandbox-Id it is envd's health check (E2B_SANDBOX_URL points here): 204, or 502 for no such sandbox
+      if (req.headers["e2b-sandbox-id"] === undefined) return { status: "ok" };
+      const health = await sandboxHealth(ctx, (name) => req.headers[name]?.toString());
+      return health.code === 204 ? reply.status(204).send() : reply.status(health.code).send(health);
+    },
   );
   app.get("/openapi.json", { config: { auth: false }, schema: { hide: true } }, async () => app.swagger());
   await app.register(metricsPlugin, { ctx });
   await app.register(restPlugin, { ctx, prefix: "/v1" });
+  await app.register(e2bPlugin, { ctx });
   return app;
 }

@@ -108,7 +108,7 @@ export const fileRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (
           .send({ error: { code: "not_a_file", message: `${req.query.path} is a ${st.type}`, field: "path" } });
       }
       reply.header("content-type", "application/octet-stream");
-      return reply.send(Readable.from(vm.files.readStream(req.query.path, { maxBytes: MAX_DOWNLOAD })));
+      return reply.send(Readable.from(vm.files.readChunks(req.query.path, { maxBytes: MAX_DOWNLOAD })));
     },
   );
 

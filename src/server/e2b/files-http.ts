@@ -1,0 +1,137 @@
+/**
+ * envd's HTTP file API at `E2B_SANDBOX_URL`: `GET /files?path=` streams a file, `POST /files?path=` writes one from
+ * an `application/octet-stream` body (optionally gzip) or from `multipart/form-data` parts (each part's filename is
+ * its path when no `path` is given). Both stream with bounded memory. Authenticated per sandbox with
+ * `X-Access-Token` (see access.ts), not with the server token.
+ */
+import { posix } from "node:path";
+import { PassThrough, type Readable } from "node:stream";
+import { createGunzip } from "node:zlib";
+import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
+import { z } from "zod";
+import type { SmolVM } from "../../sandbox/smolvm.js";
+import type { ServerContext } from "../app.js";
+import { basicUser, envdSandbox } from "./access.js";
+import { E2bError } from "./errors.js";
+import { boundaryOf, readMultipart } from "./multipart.js";
+import { effectiveUser, guestPath, homeOf } from "./paths.js";
+import { PullStream } from "./pull-stream.js";
+
+const FilesQuery = z.looseObject({
+  path: z.string().max(4096).optional(),
+  username: z.string().max(64).optional(),
+});
+const MAX_PARTS = 1000;
+
+function userOf(query: { username?: string }, authorization: string | undefined): string | undefined {
+  const u = query.username || undefined;
+  if (u !== undefined && !/^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$/i.test(u))
+    throw new E2bError(400, "invalid username");
+  return u ?? basicUser(authorization);
+}
+
+/** What envd answers for a written file. */
+const written = (path: string) => ({ name: posix.basename(path), type: "file", path });
+
+export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (app, { ctx }) => {
+  // the raw body stream: written to the guest as it arrives, never parsed into memory
+  const raw = (_req: unknown, payload: Readable, done: (err: Error | null, body?: unknown) => void) =>
+    done(null, payload);
+  app.addContentTypeParser("application/octet-stream", raw);
+  app.addContentTypeParser(/^multipart\/form-data/i, raw);
+  const header = (req: { headers: Record<string, string | string[] | undefined> }) => (name: string) => {
+    const v = req.headers[name];
+    return typeof v === "string" ? v : undefined;
+  };
+
+  app.get(
+    "/files",
+    { config: { auth: false }, schema: { hide: true, querystring: FilesQuery } },
+    async (req, reply) => {
+      const vm = await envdSandbox(ctx, header(req));
+      const user = effectiveUser(vm, userOf(req.query, req.headers.authorization));
+      const path = guestPath(req.query.path, homeOf(user));
+      const st = await vm.files.stat(path);
+      if (st.type === "dir") throw new E2bError(400, `path '${path}' is a directory`);
+      const out = new PullStream();
+      vm.files
+        .readStream(path, (b) => out.offer(b))
+        .then(
+          () => out.push(null),
+          (e: unknown) => out.destroy(e as Error),
+        );
+      const name = posix.basename(path).replace(/[^\x20-\x7e]|["\\]/g, "_");
+      return reply
+        .header("content-type", "application/octet-stream")
+        .header("content-disposition", `attachment; filename="${name}"`)
+        .send(out);
+    },
+  );
+
+  async function writeOne(vm: SmolVM, path: string, source: Readable): Promise<void> {
+    await vm.files.write(path, source);
+  }
+
+  app.post(
+    "/files",
+    { config: { auth: false }, schema: { hide: true, querystring: FilesQuery } },
+    async (req, reply) => {
+      const vm = await envdSandbox(ctx, header(req));
+      const user = effectiveUser(vm, userOf(req.query, req.headers.authorization));
+      const home = homeOf(user);
+      const body = req.body as Readable | undefined;
+      if (!body || typeof (body as Readable).pipe !== "function") {
+        throw new E2bError(400, "send the file as application/octet-stream or multipart/form-data");
+      }
+      const contentType = req.headers["content-type"];
+      const boundary = boundaryOf(contentType);
+      if (!boundary) {
+        const path = guestPath(req.query.path, home);
+        const encoding = (req.headers["content-encoding"] ?? "identity").toLowerCase();
+        if (encoding !== "identity" && encoding !== "gzip")
+          throw new E2bError(400, `unsupported content-encoding ${encoding}`);
+        const source = encoding === "gzip" ? body.pipe(createGunzip()) : body;
+        if (source !== body) body.on("error", (e) => source.destroy(e));
+        await writeOne(vm, path, source);
+        return [written(path)];
+      }
+      const results: ReturnType<typeof written>[] = [];
+      let part: PassThrough | null = null;
+      let writing: Promise<void> | null = null;
+      try {
+        for await (const ev of readMultipart(body, boundary)) {
+          if (ev.type === "part") {
+            if (results.length >= MAX_PARTS) throw new E2bError(400, `at most ${MAX_PARTS} files per request`);
+            const name = ev.filename ?? undefined;
+            const path = guestPath(req.query.path && results.length === 0 ? req.query.path : name, home);
+            part = new PassThrough({ highWaterMark: 1 << 20 });
+            const p = part;
+            p.on("error", () => {}); // the guest write failed: its error is the one reported
+            writing = writeOne(vm, path, p);
+            writing.catch(() => p.destroy());
+            results.push(written(path));
+          } else if (ev.type === "data" && part) {
+            if (!part.write(ev.chunk)) {
+              const p = part;
+              await Promise.race([
+                new Promise<void>((r) => p.once("drain", () => r())),
+                (writing as Promise<void>).then(() => {}),
+              ]);
+            }
+          } else if (ev.type === "end" && part) {
+            part.end();
+            await writing;
+            part = null;
+            writing = null;
+          }
+        }
+      } catch (e) {
+        part?.destroy();
+        await writing?.catch(() => {});
+        throw e;
+      }
+      if (results.length === 0) throw new E2bError(400, "multipart body without any file");
+      return reply.status(200).send(results);
+    },
+  );
+};
