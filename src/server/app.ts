@@ -15,6 +15,7 @@ import { randomUUID } from "node:crypto";
 import { credentialOf, tokenChecker } from "./auth.js";
 import { httpError, toHttp } from "./errors.js";
 import type { SandboxHub } from "./hub.js";
+import { mcpHttpPlugin } from "./mcp/http.js";
 import { countRequests, metricsPlugin, type ServerMetrics, serverMetrics } from "./metrics.js";
 import { restPlugin } from "./rest/index.js";
 
@@ -94,5 +95,6 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.get("/openapi.json", { config: { auth: false }, schema: { hide: true } }, async () => app.swagger());
   await app.register(metricsPlugin, { ctx });
   await app.register(restPlugin, { ctx, prefix: "/v1" });
+  await app.register(mcpHttpPlugin, { ctx });
   return app;
 }

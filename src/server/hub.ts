@@ -100,13 +100,13 @@ export class SandboxHub {
     return vm;
   }
 
-  /** `count` copies of a running sandbox, under the same limits; each with a lifetime. */
-  async fork(vm: SmolVM, count: number, timeoutMs?: number): Promise<SmolVM[]> {
+  /** `count` copies of a running sandbox, under the same limits; each with a lifetime (kept unless `keep: false`). */
+  async fork(vm: SmolVM, count: number, timeoutMs?: number, opts: { keep?: boolean } = {}): Promise<SmolVM[]> {
     const mem = vm.config.memSizeMib;
     const lifetime = this.lifetime(timeoutMs);
     this.reserve(mem, count);
     try {
-      const clones = await vm.fork(count, { timeoutMs: lifetime, keep: true });
+      const clones = await vm.fork(count, { timeoutMs: lifetime, keep: opts.keep ?? true });
       for (const c of clones) this.vms.set(c.vmId, c);
       return clones;
     } finally {
