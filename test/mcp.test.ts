@@ -260,3 +260,47 @@ describe("MCP over Streamable HTTP: /mcp", () => {
     assert.equal(await exists(id), false);
   });
 });
+
+describe("MCP over HTTP: bounded sessions", () => {
+  it("refuses sessions past maxSessions and ends idle ones", async () => {
+    const { default: Fastify } = await import("fastify");
+    const { mcpHttpPlugin } = await import("../src/server/mcp/http.js");
+    const hub = new SandboxHub();
+    const app = Fastify();
+    const ctx = { hub, token: "t", checkToken: () => true, metrics: {} } as unknown as Parameters<
+      typeof mcpHttpPlugin
+    >[1]["ctx"];
+    await app.register(mcpHttpPlugin, { ctx, maxSessions: 1, idleMs: 1000 });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const addr = app.server.address();
+    assert.ok(addr && typeof addr === "object");
+    const url = new URL(`http://127.0.0.1:${addr.port}/mcp`);
+    try {
+      const first = new Client({ name: "a", version: "1" });
+      const t1 = new StreamableHTTPClientTransport(url);
+      await first.connect(t1);
+      const sid = t1.sessionId;
+      assert.ok(sid);
+      const second = new Client({ name: "b", version: "1" });
+      await assert.rejects(second.connect(new StreamableHTTPClientTransport(url)), /Too many MCP sessions|503/);
+      await new Promise((r) => setTimeout(r, 3500)); // idle past 1 s; the sweep runs every second
+      const res = await fetch(url, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          accept: "application/json, text/event-stream",
+          "mcp-session-id": sid,
+        },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 9, method: "tools/list", params: {} }),
+      });
+      assert.equal(res.status, 404, "the idle session was ended");
+      const third = new Client({ name: "c", version: "1" });
+      await third.connect(new StreamableHTTPClientTransport(url)); // its place is free again
+      await third.close();
+      await first.close();
+    } finally {
+      await app.close();
+      hub.close();
+    }
+  });
+});

@@ -38,6 +38,8 @@ async function serveStdio(o: McpOpts): Promise<void> {
   const { McpSession } = await import("../server/mcp/session.js");
   const { buildMcpServer } = await import("../server/mcp/server.js");
 
+  // stdout carries JSON-RPC only: anything logged goes to stderr
+  console.log = console.info = console.debug = console.error;
   const limits = defaultLimits();
   const perClient = int("--max-sandboxes", o.maxSandboxes, { min: 1, max: 4096 }) ?? 16;
   limits.maxMemoryMib = int("--max-memory", o.maxMemory, { min: 128, max: 1 << 24 }) ?? limits.maxMemoryMib;

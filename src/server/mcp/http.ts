@@ -17,14 +17,14 @@ export interface McpHttpOptions {
   ctx: ServerContext;
   /** Sessions open at once (default 64); more initialize requests get 503. */
   maxSessions?: number;
-  /** A session with no request for this long (and no open stream) is ended (default 30 min). */
+  /** A session with no request for this long is ended, its event stream closed (default 30 min). */
   idleMs?: number;
 }
 
 /** One session: its transport, MCP server and sandboxes. */
 class HttpSession {
   lastSeen = Date.now();
-  /** Requests (and event streams) in progress. */
+  /** Requests in progress (not counting its event stream). */
   active = 0;
   private ending: Promise<void> | null = null;
   readonly transport: StreamableHTTPServerTransport;
@@ -127,12 +127,15 @@ export const mcpHttpPlugin: FastifyPluginAsync<McpHttpOptions> = async (app, opt
       return rpcError(reply, 400, -32000, "Bad Request: no Mcp-Session-Id header; send an initialize request first");
     }
     s.lastSeen = Date.now();
-    s.active++;
-    const session = s;
-    reply.raw.once("close", () => {
-      session.active--;
-      session.lastSeen = Date.now();
-    });
+    if (req.method !== "GET") {
+      // an open event stream (GET) does not keep a session alive: only requests do
+      s.active++;
+      const session = s;
+      reply.raw.once("close", () => {
+        session.active--;
+        session.lastSeen = Date.now();
+      });
+    }
     reply.hijack();
     try {
       await s.transport.handleRequest(req.raw, reply.raw, req.body);
