@@ -138,7 +138,7 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
       description: "Delete a sandbox of this session now: its VM, disk and exposed ports are gone for good.",
       inputSchema: { sandbox_id: SandboxId },
       outputSchema: { sandbox_id: z.string(), deleted: z.boolean() },
-      annotations: { destructiveHint: true, idempotentHint: true },
+      annotations: { destructiveHint: true },
     },
     (args) =>
       guarded({}, async () => {
@@ -189,7 +189,7 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
       title: "Snapshot a sandbox",
       description:
         "Save a sandbox's complete state (memory, running processes, disk) as a snapshot; the sandbox keeps running. " +
-        "Snapshots outlive this MCP session (the SmolVM host's operator can restore them: smolvm snapshot restore).",
+        "Snapshots outlive this MCP session (the SmolVM host's operator can restore them: smolvm create --snapshot).",
       inputSchema: {
         sandbox_id: SandboxId,
         name: z
