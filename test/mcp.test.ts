@@ -26,6 +26,7 @@ const TOOLS = [
   "list_files",
   "list_sandboxes",
   "read_file",
+  "restore_snapshot",
   "run_command",
   "snapshot_sandbox",
   "write_file",
@@ -239,14 +240,27 @@ describe("MCP over Streamable HTTP: /mcp", () => {
       (await ok(a.client, "read_file", { sandbox_id: clone, path: "/root/dir/a.txt" })).content,
       "héllo wörld\nline 2\n",
     );
+    const snap = await ok(a.client, "snapshot_sandbox", { sandbox_id: id });
+    await ok(a.client, "write_file", { sandbox_id: id, path: "/root/dir/a.txt", content: "changed" });
+    const restored = await ok(a.client, "restore_snapshot", { snapshot_id: snap.snapshot_id, lifetime_seconds: 120 });
+    const back = restored.sandbox_id as string;
+    assert.equal(
+      (await ok(a.client, "read_file", { sandbox_id: back, path: "/root/dir/a.txt" })).content,
+      "héllo wörld\nline 2\n",
+    );
+    assert.match(
+      await failure(b.client, "restore_snapshot", { snapshot_id: snap.snapshot_id }),
+      /snapshot_id.*not a snapshot taken in this MCP session/,
+    );
     const listed = await ok(a.client, "list_sandboxes", {});
-    assert.deepEqual((listed.sandboxes as Structured[]).map((s) => s.sandbox_id).sort(), [id, clone].sort());
+    assert.deepEqual((listed.sandboxes as Structured[]).map((s) => s.sandbox_id).sort(), [id, clone, back].sort());
     const port = await ok(a.client, "expose_port", { sandbox_id: id, port: 8080 });
     assert.match(port.url as string, /^http:\/\/127\.0\.0\.1:\d+$/);
     assert.ok(await exists(id));
     await a.transport.terminateSession(); // DELETE /mcp: answered once the sandboxes are gone
     assert.equal(await exists(id), false);
     assert.equal(await exists(clone), false, "the fork belonged to the session too");
+    assert.equal(await exists(back), false, "so did the restored sandbox");
     const again = await call(a.client, "list_sandboxes", {}).catch((e: Error) => e);
     assert.ok(again instanceof Error, "the ended session is refused");
   });

@@ -7,6 +7,7 @@ import { totalmem } from "node:os";
 import { type VMConfig, LIFETIME_MS } from "../config.js";
 import { ConfigError, VMNotFoundError } from "../errors.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
+import { SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { StateStore } from "../state/store.js";
 import type { Progress } from "../util/run.js";
 
@@ -112,6 +113,23 @@ export class SandboxHub {
     } finally {
       this.pendingCount -= count;
       this.pendingMemory -= mem * count;
+    }
+  }
+
+  /** A new sandbox restored from a snapshot, under the same limits; with a lifetime (kept unless `keep: false`). */
+  async restore(snapshot: string, opts: { timeoutMs?: number; keep?: boolean } = {}): Promise<SmolVM> {
+    const snap = this.store.getSnapshot(snapshot);
+    if (!snap) throw new SnapshotNotFoundError(snapshot);
+    const mem = snap.config.memSizeMib;
+    const lifetime = this.lifetime(opts.timeoutMs);
+    this.reserve(mem);
+    try {
+      const vm = await SmolVM.fromSnapshot(snap.id, { timeoutMs: lifetime, keep: opts.keep ?? true });
+      this.vms.set(vm.vmId, vm);
+      return vm;
+    } finally {
+      this.pendingCount--;
+      this.pendingMemory -= mem;
     }
   }
 

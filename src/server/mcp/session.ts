@@ -5,8 +5,9 @@
  * however it dies), always have a lifetime, and are deleted when the session ends (`close`).
  */
 import type { VMConfig } from "../../config.js";
-import { SmolVMError, VMNotFoundError } from "../../errors.js";
+import { ConfigError, SmolVMError, VMNotFoundError } from "../../errors.js";
 import type { SmolVM, VMInfo } from "../../sandbox/smolvm.js";
+import type { SnapshotInfo } from "../../sandbox/snapshots.js";
 import type { SandboxHub } from "../hub.js";
 
 export const SESSION_LABEL = "mcp.session";
@@ -40,7 +41,7 @@ export class McpSession {
   private readonly maxSandboxes: number;
   private readonly maxSnapshots: number;
   private pending = 0;
-  private snapshots = 0;
+  private readonly snapshots = new Set<string>();
   private closing: Promise<void> | null = null;
 
   constructor(opts: SessionOptions) {
@@ -81,12 +82,27 @@ export class McpSession {
     }
   }
 
-  /** Count a snapshot against this session's limit (before it is taken). */
-  countSnapshot(): void {
-    if (this.snapshots >= this.maxSnapshots) {
+  /** Snapshot one of this session's sandboxes (counted against the session's limit); only it may restore it. */
+  async snapshot(vm: SmolVM, name?: string): Promise<SnapshotInfo> {
+    if (this.snapshots.size >= this.maxSnapshots) {
       throw new SessionLimitError(`this MCP session already took ${this.maxSnapshots} snapshots, its limit`);
     }
-    this.snapshots++;
+    const snap = await vm.snapshot({ name });
+    this.snapshots.add(snap.id);
+    return snap;
+  }
+
+  /** A new sandbox of this session from a snapshot it took. */
+  async restore(snapshotId: string, timeoutMs?: number): Promise<SmolVM> {
+    if (!this.snapshots.has(snapshotId)) {
+      throw new ConfigError("snapshot_id", `"${snapshotId}" is not a snapshot taken in this MCP session`);
+    }
+    this.reserve(1);
+    try {
+      return await this.adopt(await this.hub.restore(snapshotId, { timeoutMs, keep: false }));
+    } finally {
+      this.pending--;
+    }
   }
 
   /** One of this session's sandboxes; `NotInSessionError` for any other id. */

@@ -189,7 +189,8 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
       title: "Snapshot a sandbox",
       description:
         "Save a sandbox's complete state (memory, running processes, disk) as a snapshot; the sandbox keeps running. " +
-        "Snapshots outlive this MCP session (the SmolVM host's operator can restore them: smolvm create --snapshot).",
+        "restore_snapshot starts new sandboxes from it later in this session. Snapshots outlive the session (the " +
+        "SmolVM host's operator can restore or delete them: smolvm create --snapshot, smolvm snapshot rm).",
       inputSchema: {
         sandbox_id: SandboxId,
         name: z
@@ -209,8 +210,7 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
     (args) =>
       guarded({}, async () => {
         const vm = await session.get(args.sandbox_id);
-        session.countSnapshot();
-        const s = await vm.snapshot({ name: args.name });
+        const s = await session.snapshot(vm, args.name);
         const out = {
           snapshot_id: s.id,
           name: s.name,
@@ -219,6 +219,27 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
           created_at: s.createdAt,
         };
         return ok(out, `Snapshot ${s.id}${s.name ? ` (${s.name})` : ""} of ${s.vmId}: ${s.sizeBytes} bytes`);
+      }),
+  );
+
+  server.registerTool(
+    "restore_snapshot",
+    {
+      title: "Restore a snapshot",
+      description:
+        "Start a new sandbox from a snapshot this session took (snapshot_sandbox): the files, memory and running " +
+        "processes as they were then, with a new sandbox_id. The snapshot stays, so it can be restored again.",
+      inputSchema: {
+        snapshot_id: z.string().min(1).max(128).describe("The snapshot_id snapshot_sandbox returned"),
+        lifetime_seconds: LifetimeSeconds.optional(),
+      },
+      outputSchema: SandboxSummary.shape,
+    },
+    (args) =>
+      guarded({ timeoutMs: "lifetime_seconds" }, async () => {
+        const vm = await session.restore(args.snapshot_id, lifetimeMs(session, args.lifetime_seconds));
+        const s = summary(vm.info(), vm);
+        return ok(s, `Restored snapshot ${args.snapshot_id} as sandbox ${summaryLine(s)}`);
       }),
   );
 
