@@ -148,33 +148,44 @@ async function basics(client: Client): Promise<string> {
   return id;
 }
 
-describe("MCP over stdio: smolvm mcp", () => {
-  let client: Client;
-  let transport: StdioClientTransport;
-  let stderr = "";
-
-  before(async () => {
-    transport = new StdioClientTransport({
-      command: process.execPath,
-      args: [cliPath, "mcp"],
-      env: process.env as Record<string, string>,
-      stderr: "pipe",
-    });
-    transport.stderr?.on("data", (d) => {
-      stderr += d;
-    });
-    client = new Client({ name: "smolvm-test", version: "1" });
-    await client.connect(transport);
+/** `smolvm mcp` spawned by the SDK's stdio client; `errors` collects anything on stdout that is not JSON-RPC. */
+async function stdioServer() {
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [cliPath, "mcp"],
+    env: process.env as Record<string, string>,
+    stderr: "pipe",
   });
+  const out = { stderr: "", errors: [] as Error[] };
+  transport.stderr?.on("data", (d) => {
+    out.stderr += d;
+  });
+  const client = new Client({ name: "smolvm-test", version: "1" });
+  client.onerror = (e) => out.errors.push(e);
+  await client.connect(transport);
+  return { client, transport, out };
+}
 
+describe("MCP over stdio: smolvm mcp", () => {
   it("serves the tools; its sandboxes are deleted when stdin closes", async () => {
+    const { client, out } = await stdioServer();
     const id = await basics(client);
     assert.equal((await SmolVM.list()).find((v) => v.vmId === id)?.keep, false, "owned by the mcp process");
-    const pid = transport.pid;
-    assert.ok(pid);
     await client.close(); // closes the server's stdin
     await waitGone(id, 15_000);
-    assert.match(stderr, /stdin closed/);
+    assert.match(out.stderr, /stdin closed/);
+    assert.deepEqual(out.errors, [], "nothing but JSON-RPC on stdout");
+  });
+
+  it("SIGTERM deletes its sandboxes; so does SIGKILL (the VM supervisor)", async () => {
+    for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+      const { client, transport } = await stdioServer();
+      const id = (await ok(client, "create_sandbox", { memory_mib: 256 })).sandbox_id as string;
+      assert.ok(await exists(id));
+      process.kill(transport.pid as number, signal);
+      await waitGone(id, 15_000);
+      await client.close();
+    }
   });
 });
 
