@@ -171,6 +171,33 @@ describe("MCP over stdio: smolvm mcp", () => {
     const { client, out } = await stdioServer();
     const id = await basics(client);
     assert.equal((await SmolVM.list()).find((v) => v.vmId === id)?.keep, false, "owned by the mcp process");
+
+    // a long command sends progress (so clients can keep waiting); cancelling the call kills the command
+    const abort = new AbortController();
+    const messages: string[] = [];
+    const long = client.callTool(
+      {
+        name: "run_command",
+        arguments: { sandbox_id: id, command: "echo $$ > /tmp/pid; sleep 60", timeout_seconds: 120 },
+      },
+      undefined,
+      {
+        signal: abort.signal,
+        resetTimeoutOnProgress: true,
+        onprogress: (p) => {
+          messages.push(p.message ?? "");
+          abort.abort();
+        },
+      },
+    );
+    await assert.rejects(long, /abort/i);
+    assert.match(messages[0] ?? "", /run_command: still working/);
+    const check = await ok(client, "run_command", {
+      sandbox_id: id,
+      command: "sleep 1; kill -0 $(cat /tmp/pid) && echo alive || echo gone",
+    });
+    assert.equal(check.stdout, "gone\n", "the cancelled command was killed");
+
     await client.close(); // closes the server's stdin
     await waitGone(id, 15_000);
     assert.match(out.stderr, /stdin closed/);

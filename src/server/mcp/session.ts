@@ -8,6 +8,7 @@ import type { VMConfig } from "../../config.js";
 import { ConfigError, SmolVMError, VMNotFoundError } from "../../errors.js";
 import type { SmolVM, VMInfo } from "../../sandbox/smolvm.js";
 import type { SnapshotInfo } from "../../sandbox/snapshots.js";
+import type { Progress } from "../../util/run.js";
 import type { SandboxHub } from "../hub.js";
 
 export const SESSION_LABEL = "mcp.session";
@@ -56,13 +57,11 @@ export class McpSession {
   }
 
   /** Create a sandbox for this session (labelled, not kept, with a lifetime: the hub's default if none is given). */
-  async create(config: VMConfig): Promise<SmolVM> {
+  async create(config: VMConfig, onProgress?: Progress): Promise<SmolVM> {
     this.reserve(1);
     try {
-      const vm = await this.hub.create(
-        { ...config, labels: { ...config.labels, [SESSION_LABEL]: this.id } },
-        { keep: false },
-      );
+      const labels = { ...config.labels, [SESSION_LABEL]: this.id };
+      const vm = await this.hub.create({ ...config, labels }, { keep: false, onProgress });
       return await this.adopt(vm);
     } finally {
       this.pending--;

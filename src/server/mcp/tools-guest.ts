@@ -2,6 +2,7 @@
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
 import { CommandTimeoutError, ConfigError } from "../../errors.js";
+import { withProgress } from "./progress.js";
 import { asText, guarded, HeadTail, ok, withoutCutEnd } from "./results.js";
 import { GuestPath, SandboxId } from "./schemas.js";
 import type { McpSession } from "./session.js";
@@ -64,7 +65,7 @@ function registerRun(server: McpServer, session: McpSession): void {
       },
       annotations: { openWorldHint: true },
     },
-    (args) =>
+    (args, extra) =>
       guarded(RUN_FIELDS, async () => {
         const vm = await session.get(args.sandbox_id);
         const timeoutMs = (args.timeout_seconds ?? 60) * 1000;
@@ -74,15 +75,18 @@ function registerRun(server: McpServer, session: McpSession): void {
         let exitCode: number | null = null;
         let timedOut = false;
         try {
-          const r = await vm.run(args.command, {
-            timeoutMs,
-            cwd: args.cwd,
-            env: args.env,
-            stdin: args.stdin,
-            maxOutputBytes: 0, // kept here, head and tail, not by `run`
-            onStdout: (b) => out.push(b),
-            onStderr: (b) => err.push(b),
-          });
+          const r = await withProgress(extra, "run_command", () =>
+            vm.run(args.command, {
+              timeoutMs,
+              cwd: args.cwd,
+              env: args.env,
+              stdin: args.stdin,
+              signal: extra.signal, // the client cancelled the call (or gave up on it): the command is killed
+              maxOutputBytes: 0, // kept here, head and tail, not by `run`
+              onStdout: (b) => out.push(b),
+              onStderr: (b) => err.push(b),
+            }),
+          );
           exitCode = r.exitCode;
         } catch (e) {
           if (!(e instanceof CommandTimeoutError)) throw e;

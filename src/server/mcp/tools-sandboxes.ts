@@ -3,6 +3,7 @@ import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
 import { type InternetPolicy, LIMITS, type VMConfig } from "../../config.js";
 import { ConfigError } from "../../errors.js";
+import { withProgress } from "./progress.js";
 import { guarded, ok } from "./results.js";
 import { LifetimeSeconds, SandboxId, SandboxSummary, summary, summaryLine } from "./schemas.js";
 import type { McpSession } from "./session.js";
@@ -92,7 +93,7 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
       outputSchema: SandboxSummary.shape,
       annotations: { destructiveHint: false, openWorldHint: true },
     },
-    (args) =>
+    (args, extra) =>
       guarded(CREATE_FIELDS, async () => {
         const internet = internetPolicy(args.internet);
         const mode = args.network ?? "none";
@@ -108,7 +109,7 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
           labels: args.labels,
           timeoutMs: lifetimeMs(session, args.lifetime_seconds),
         };
-        const vm = await session.create(config);
+        const vm = await withProgress(extra, "create_sandbox", (report) => session.create(config, report));
         const s = summary(vm.info(), vm);
         return ok(s, `Created sandbox ${summaryLine(s)}`);
       }),
