@@ -136,6 +136,7 @@ export const mcpHttpPlugin: FastifyPluginAsync<McpHttpOptions> = async (app, opt
         session.lastSeen = Date.now();
       });
     }
+    reply.raw.setHeader("x-request-id", req.id); // headers set through `reply` are not sent once hijacked
     reply.hijack();
     try {
       await s.transport.handleRequest(req.raw, reply.raw, req.body);
