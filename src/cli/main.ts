@@ -29,6 +29,7 @@ const MODULES: [string[], () => Promise<Register>][] = [
   [["image"], async () => (await import("./images.js")).registerImages],
   [["system"], async () => (await import("./system.js")).registerSystem],
   [["serve"], async () => (await import("./serve.js")).registerServe],
+  [["mcp"], async () => (await import("./mcp.js")).registerMcp],
   [["_expire"], async () => (await import("./expire.js")).registerExpire],
 ];
 

@@ -185,6 +185,25 @@ export class Files {
   }
 
   /**
+   * The first `maxBytes` of a regular file, and whether the file goes on past them (the read then stops in the
+   * guest, so a huge file costs no more than `maxBytes`).
+   */
+  async readHead(path: string, maxBytes: number): Promise<{ data: Buffer; truncated: boolean }> {
+    checkPath("path", path);
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0)
+      throw new ConfigError("maxBytes", "must be a whole number >= 0");
+    const chunks: Buffer[] = [];
+    const over = new FileSystemError(path, "EFBIG", `${path} is longer than ${maxBytes} bytes`);
+    try {
+      await readBounded(await this.agent(), path, maxBytes, { onData: (b) => chunks.push(b), onOver: () => over });
+    } catch (e) {
+      if (e !== over) throw fsError(e, path);
+      return { data: Buffer.concat(chunks), truncated: true };
+    }
+    return { data: Buffer.concat(chunks), truncated: false };
+  }
+
+  /**
    * Write a file, creating parent directories. The content goes to a temporary file renamed over the target at the
    * end, so a failed or interrupted write never leaves half a file. A Readable is streamed (bounded memory).
    */

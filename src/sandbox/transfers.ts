@@ -49,8 +49,8 @@ function cancelRead(client: AgentClient, h: OpHandle, e: Error): void {
 }
 
 /**
- * Read a guest file through `onData` with a byte limit: past `max` bytes the read is cancelled in the guest and
- * the promise rejects with `onOver()`'s error. Only regular files unless `allowSpecial`.
+ * Read a guest file through `onData` with a byte limit: past `max` bytes (the first `max` delivered) the read is
+ * cancelled in the guest and the promise rejects with `onOver()`'s error. Only regular files unless `allowSpecial`.
  */
 export async function readBounded(
   client: AgentClient,
@@ -71,6 +71,8 @@ export async function readBounded(
     (b) => {
       total += b.length;
       if (total > max) {
+        const room = max - (total - b.length);
+        if (room > 0) opts.onData(b.subarray(0, room)); // exactly `max` bytes were delivered
         cancelRead(client, h as OpHandle, opts.onOver());
         return;
       }

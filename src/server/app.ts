@@ -13,6 +13,7 @@ import { credentialOf, tokenChecker } from "./auth.js";
 import { e2bPlugin, sandboxHealth } from "./e2b/index.js";
 import { httpError, toHttp } from "./errors.js";
 import type { SandboxHub } from "./hub.js";
+import { mcpHttpPlugin } from "./mcp/http.js";
 import { countRequests, metricsPlugin, type ServerMetrics, serverMetrics } from "./metrics.js";
 import { restPlugin } from "./rest/index.js";
 
@@ -114,5 +115,6 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   await app.register(metricsPlugin, { ctx });
   await app.register(restPlugin, { ctx, prefix: "/v1" });
   await app.register(e2bPlugin, { ctx });
+  await app.register(mcpHttpPlugin, { ctx });
   return app;
 }

@@ -7,6 +7,7 @@ import { totalmem } from "node:os";
 import { LIFETIME_MS, type VMConfig } from "../config.js";
 import { ConfigError, VMNotFoundError } from "../errors.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
+import { SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { StateStore } from "../state/store.js";
 import type { Progress } from "../util/run.js";
 
@@ -102,13 +103,13 @@ export class SandboxHub {
     return vm;
   }
 
-  /** `count` copies of a running sandbox, under the same limits; each with a lifetime. */
-  async fork(vm: SmolVM, count: number, timeoutMs?: number): Promise<SmolVM[]> {
+  /** `count` copies of a running sandbox, under the same limits; each with a lifetime (kept unless `keep: false`). */
+  async fork(vm: SmolVM, count: number, timeoutMs?: number, opts: { keep?: boolean } = {}): Promise<SmolVM[]> {
     const mem = vm.config.memSizeMib;
     const lifetime = this.lifetime(timeoutMs);
     this.reserve(mem, count);
     try {
-      const clones = await vm.fork(count, { timeoutMs: lifetime, keep: true });
+      const clones = await vm.fork(count, { timeoutMs: lifetime, keep: opts.keep ?? true });
       for (const c of clones) this.vms.set(c.vmId, c);
       return clones;
     } finally {
@@ -117,14 +118,15 @@ export class SandboxHub {
     }
   }
 
-  /** A new sandbox from a snapshot, under the same limits; with a lifetime. */
-  async restore(snapshot: string, opts: { name?: string; timeoutMs?: number } = {}): Promise<SmolVM> {
-    const snap = SmolVM.listSnapshots().find((s) => s.id === snapshot || s.name === snapshot);
-    const mem = snap ? (StateStore.open().getById(snap.vmId)?.config.memSizeMib ?? 512) : 512;
-    const timeoutMs = this.lifetime(opts.timeoutMs);
+  /** A new sandbox restored from a snapshot, under the same limits; with a lifetime (kept unless `keep: false`). */
+  async restore(snapshot: string, opts: { name?: string; timeoutMs?: number; keep?: boolean } = {}): Promise<SmolVM> {
+    const snap = this.store.getSnapshot(snapshot);
+    if (!snap) throw new SnapshotNotFoundError(snapshot);
+    const mem = snap.config.memSizeMib;
+    const lifetime = this.lifetime(opts.timeoutMs);
     this.reserve(mem);
     try {
-      const vm = await SmolVM.fromSnapshot(snapshot, { name: opts.name, timeoutMs, keep: true });
+      const vm = await SmolVM.fromSnapshot(snap.id, { name: opts.name, timeoutMs: lifetime, keep: opts.keep ?? true });
       this.vms.set(vm.vmId, vm);
       return vm;
     } finally {
