@@ -83,6 +83,7 @@ try {
     e2bOverSdkBash: Math.round((p50("e2b") - p50("sdkBash")) * 100) / 100,
   };
 
+  process.stderr.write("round trips done; create to first command\n");
   const creates: Record<string, () => Promise<void>> = {
     sdk: async () => {
       const v = await SmolVM.create({ image: "python", keep: false });
@@ -111,6 +112,7 @@ try {
   }
   result.createToFirstCommandMs = Object.fromEntries(Object.entries(createSamples).map(([k, v]) => [k, stats(v)]));
 
+  process.stderr.write(`creates done; requests per second; vm ${vm.status} ${vm.info().error}\n`);
   const rps = async (f: () => Promise<unknown>) => {
     let n = 0;
     const end = now() + SECONDS * 1000;
@@ -128,6 +130,15 @@ try {
     sdk: await rps(paths.sdk as () => Promise<unknown>),
     rest: await rps(paths.rest as () => Promise<unknown>),
   };
+} catch (e) {
+  process.stderr.write(`bench failed: ${(e as Error).message}; the VM is ${vm.status}: ${vm.info().error}\n`);
+  if (process.env.SMOLVM_BENCH_DEBUG) {
+    const { execFileSync } = await import("node:child_process");
+    const cli = join(packageRoot(), "bin", "smolvm.js");
+    process.stderr.write(execFileSync(process.execPath, [cli, "status", id, "--json"], { encoding: "utf8" }));
+    process.stderr.write(execFileSync(process.execPath, [cli, "logs", id, "-n", "40"], { encoding: "utf8" }));
+  }
+  throw e;
 } finally {
   await mcp.close(); // the MCP session ends: its sandbox is deleted
   vm.close();

@@ -61,10 +61,16 @@ export function kernelCmdline(
   return [...base, spec.bootArgs].filter(Boolean).join(" ");
 }
 
+/** TCG's translation buffer (MiB), counted in the VMM's memory limit (see cgroups.ts). */
+export const TCG_TB_MIB = 256;
+
 export function accelArgs(accel: string): string[] {
   if (accel === "kvm") return ["-accel", "kvm", "-cpu", "host"];
   if (accel === "hvf") return ["-accel", "hvf", "-cpu", "host"];
-  return ["-accel", "tcg"];
+  // TCG's translated-code buffer defaults to 1 GiB in QEMU 7.2 and fills up under a long, busy workload: with guest
+  // RAM it outgrew the VMM's memory limit (guest RAM x 1.25 + 512 MiB) and the cgroup OOM-killed QEMU (seen with 16
+  // commands in flight for a few minutes). 256 MiB keeps it inside the limit; a full buffer is flushed and refilled.
+  return ["-accel", `tcg,tb-size=${TCG_TB_MIB}`];
 }
 
 /** Descriptor number of the NIC's backend in QEMU: the TAP (opened there by the launcher) or passt's socket. 3 and 4
