@@ -1,9 +1,8 @@
 /**
  * E2B compatibility: the stock `e2b` JS SDK against `smolvm serve`'s E2B API (in-process server, one real python VM
- * shared by the subtests), plus the pure parts (metadata ↔ labels, multipart, paths, tokens) without a VM.
+ * shared by the subtests), plus the pure parts (metadata ↔ labels, paths, tokens) without a VM.
  */
 import assert from "node:assert/strict";
-import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import {
   AuthenticationError,
@@ -20,7 +19,6 @@ import { buildServer } from "../src/server/app.js";
 import { basicUser, envdAccessToken } from "../src/server/e2b/access.js";
 import { permissionString } from "../src/server/e2b/entry.js";
 import { labelsToMetadata, metadataToLabels, parseMetadataQuery } from "../src/server/e2b/metadata.js";
-import { boundaryOf, type MultipartEvent, readMultipart } from "../src/server/e2b/multipart.js";
 import { guestPath } from "../src/server/e2b/paths.js";
 import { templateImage } from "../src/server/e2b/templates.js";
 import { diff } from "../src/server/e2b/watch.js";
@@ -84,45 +82,6 @@ describe("E2B API: pure parts", () => {
       "5:chmod:entry",
     ]);
     assert.equal(diff(before, before, false).length, 0);
-  });
-
-  it("multipart: parts and data across any chunking, bounded headers, malformed input refused", async () => {
-    const boundary = "----b0und4ry";
-    assert.equal(boundaryOf(`multipart/form-data; boundary=${boundary}`), boundary);
-    assert.equal(boundaryOf('multipart/form-data; boundary="q b"'), "q b");
-    assert.equal(boundaryOf("application/json"), null);
-    const big = Buffer.alloc(70_000, 0x61);
-    const body = Buffer.concat([
-      Buffer.from(
-        `preamble\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="/tmp/one.txt"\r\n`,
-      ),
-      Buffer.from("Content-Type: application/octet-stream\r\n\r\nhello\r\n--not-the-boundary\r\n"),
-      Buffer.from(`\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="two"\r\n\r\n`),
-      big,
-      Buffer.from(`\r\n--${boundary}--\r\n`),
-    ]);
-    for (const size of [1, 7, 64, 1 << 20]) {
-      const chunks: Buffer[] = [];
-      for (let i = 0; i < body.length; i += size) chunks.push(body.subarray(i, i + size));
-      const files: { name: string | null; data: Buffer }[] = [];
-      for await (const ev of readMultipart(Readable.from(chunks), boundary) as AsyncIterable<MultipartEvent>) {
-        if (ev.type === "part") files.push({ name: ev.filename, data: Buffer.alloc(0) });
-        else if (ev.type === "data") {
-          const f = files.at(-1) as { data: Buffer };
-          f.data = Buffer.concat([f.data, ev.chunk]);
-        }
-      }
-      assert.equal(files.length, 2, `chunk size ${size}`);
-      assert.equal(files[0]?.name, "/tmp/one.txt");
-      assert.equal(files[0]?.data.toString(), "hello\r\n--not-the-boundary\r\n");
-      assert.equal(files[1]?.name, "two");
-      assert.ok(files[1]?.data.equals(big));
-    }
-    const drain = async (b: Buffer) => {
-      for await (const _ of readMultipart(Readable.from([b]), boundary));
-    };
-    await assert.rejects(drain(Buffer.from(`--${boundary}\r\nX: y\r\n\r\ntruncated`)), /ended early/);
-    await assert.rejects(drain(Buffer.from(`--${boundary}\r\n${"h".repeat(20_000)}`)), /headers too large/);
   });
 });
 

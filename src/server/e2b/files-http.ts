@@ -5,15 +5,15 @@
  * `X-Access-Token` (see access.ts), not with the server token.
  */
 import { posix } from "node:path";
-import { PassThrough, type Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
+import { Busboy, type BusboyHeaders } from "@fastify/busboy";
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
 import { basicUser, envdSandbox } from "./access.js";
 import { E2bError } from "./errors.js";
-import { boundaryOf, readMultipart } from "./multipart.js";
 import { effectiveUser, guestPath, homeOf } from "./paths.js";
 import { PullStream } from "./pull-stream.js";
 
@@ -84,8 +84,7 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
         throw new E2bError(400, "send the file as application/octet-stream or multipart/form-data");
       }
       const contentType = req.headers["content-type"];
-      const boundary = boundaryOf(contentType);
-      if (!boundary) {
+      if (!/^multipart\/form-data\s*;/i.test(contentType ?? "")) {
         const path = guestPath(req.query.path, home);
         const encoding = (req.headers["content-encoding"] ?? "identity").toLowerCase();
         if (encoding !== "identity" && encoding !== "gzip")
@@ -96,40 +95,40 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
         return [written(path)];
       }
       const results: ReturnType<typeof written>[] = [];
-      let part: PassThrough | null = null;
-      let writing: Promise<void> | null = null;
-      try {
-        for await (const ev of readMultipart(body, boundary)) {
-          if (ev.type === "part") {
-            if (results.length >= MAX_PARTS) throw new E2bError(400, `at most ${MAX_PARTS} files per request`);
-            const name = ev.filename ?? undefined;
-            const path = guestPath(req.query.path && results.length === 0 ? req.query.path : name, home);
-            part = new PassThrough({ highWaterMark: 1 << 20 });
-            const p = part;
-            p.on("error", () => {}); // the guest write failed: its error is the one reported
-            writing = writeOne(vm, path, p);
-            writing.catch(() => p.destroy());
-            results.push(written(path));
-          } else if (ev.type === "data" && part) {
-            if (!part.write(ev.chunk)) {
-              const p = part;
-              await Promise.race([
-                new Promise<void>((r) => p.once("drain", () => r())),
-                (writing as Promise<void>).then(() => {}),
-              ]);
-            }
-          } else if (ev.type === "end" && part) {
-            part.end();
-            await writing;
-            part = null;
-            writing = null;
-          }
-        }
-      } catch (e) {
-        part?.destroy();
-        await writing?.catch(() => {});
-        throw e;
-      }
+      await new Promise<void>((resolve, reject) => {
+        // @fastify/busboy parses the parts as they stream; a file's stream is written to the guest before the parser
+        // reads on, so an upload goes at the guest's pace and the server holds at most a chunk or two of it
+        const bb = Busboy({
+          headers: req.headers as BusboyHeaders,
+          preservePath: true, // E2B sends each file's path as its filename
+          limits: { files: MAX_PARTS, fields: 16, fieldSize: 64 << 10, headerSize: 16 << 10, parts: MAX_PARTS + 16 },
+        });
+        let writes = Promise.resolve();
+        let failed = false;
+        const fail = (e: unknown) => {
+          if (failed) return;
+          failed = true;
+          body.unpipe(bb);
+          body.resume(); // drain the rest of the request rather than leave it hanging
+          reject(e);
+        };
+        bb.on("file", (_field, stream, filename) => {
+          if (failed) return void stream.resume();
+          const path = guestPath(req.query.path && results.length === 0 ? req.query.path : filename || undefined, home);
+          results.push(written(path));
+          writes = writes.then(() => writeOne(vm, path, stream));
+          writes.catch((e: unknown) => {
+            stream.resume();
+            fail(e);
+          });
+        });
+        bb.on("filesLimit", () => fail(new E2bError(400, `at most ${MAX_PARTS} files per request`)));
+        bb.on("partsLimit", () => fail(new E2bError(400, `at most ${MAX_PARTS} parts per request`)));
+        bb.on("error", (e: unknown) => fail(new E2bError(400, `malformed multipart body: ${(e as Error).message}`)));
+        bb.on("finish", () => writes.then(resolve, fail));
+        body.on("error", fail);
+        body.pipe(bb);
+      });
       if (results.length === 0) throw new E2bError(400, "multipart body without any file");
       return reply.status(200).send(results);
     },
