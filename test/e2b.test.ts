@@ -275,6 +275,7 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     ]);
     const names = (await sbx.files.list("/tmp/e2b")).map((e) => e.name).sort();
     assert.deepEqual(names, ["a.txt", "blob.bin", "m1.txt", "m2.txt"]);
+    assert.equal(await sbx.files.read("/tmp/e2b/m2.txt"), "two"); // multipart: each part to its own path
     assert.equal(await sbx.files.makeDir("/tmp/e2b/sub/deeper"), true);
     assert.equal(await sbx.files.makeDir("/tmp/e2b/sub/deeper"), false);
     const moved = await sbx.files.rename("/tmp/e2b/a.txt", "/tmp/e2b/sub/b.txt");
