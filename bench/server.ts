@@ -170,7 +170,8 @@ ${row('stock E2B SDK `commands.run("true")` (runs `bash -l -c`)', ms.e2b as Stat
 Overhead at p50 over the SDK: REST **+${o.rest} ms**, MCP **+${o.mcp} ms**, E2B SDK **+${o.e2bOverSdkBash} ms** (over the
 SDK running the same \`bash -l -c true\`).
 
-Create (python image, warm start) to the first command's answer, then delete, ms:
+Create (python image, warm start), run a first command, delete: the whole cycle, ms. The E2B SDK's command runs
+through `bash -l -c`, which alone costs about 140 ms more here (first table):
 
 | path | p50 | p95 | n |
 | --- | ---: | ---: | ---: |
