@@ -171,7 +171,7 @@ Overhead at p50 over the SDK: REST **+${o.rest} ms**, MCP **+${o.mcp} ms**, E2B 
 SDK running the same \`bash -l -c true\`).
 
 Create (python image, warm start), run a first command, delete: the whole cycle, ms. The E2B SDK's command runs
-through `bash -l -c`, which alone costs about 140 ms more here (first table):
+through \`bash -l -c\`, which alone costs about 140 ms more here (first table):
 
 | path | p50 | p95 | n |
 | --- | ---: | ---: | ---: |

@@ -335,6 +335,36 @@ describe("E2B API: the stock e2b SDK against smolvm serve", () => {
     await rpc("RemoveWatcher", { watcherId });
   });
 
+  it("hostile uploads (a truncated multipart body, corrupt gzip) fail that request and never the server", async () => {
+    const headers = {
+      "e2b-sandbox-id": sbx.sandboxId,
+      "x-access-token": (sbx as unknown as { envdAccessToken: string }).envdAccessToken,
+    };
+    const truncated = await fetch(`${url}/files?path=/tmp/trunc`, {
+      method: "POST",
+      headers: { ...headers, "content-type": "multipart/form-data; boundary=XYZ" },
+      body: '--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nhello',
+    });
+    assert.ok(truncated.status >= 400, String(truncated.status));
+    for (const path of ["/tmp/gz", "/"]) {
+      const gz = await fetch(`${url}/files?path=${path}`, {
+        method: "POST",
+        headers: { ...headers, "content-type": "application/octet-stream", "content-encoding": "gzip" },
+        body: Buffer.from("this is not gzip at all"),
+      });
+      assert.ok(gz.status >= 400, String(gz.status));
+    }
+    await new Promise((r) => setTimeout(r, 200)); // an unhandled 'error' event would have ended this process by now
+    assert.equal((await sbx.commands.run("echo still")).stdout, "still\n");
+    // no token: refused before the body is read
+    const noToken = await fetch(`${url}/process.Process/List`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "e2b-sandbox-id": sbx.sandboxId },
+      body: "{}",
+    });
+    assert.equal(noToken.status, 401);
+  });
+
   it("fork: a copy of the running sandbox with its files and metadata", async () => {
     await sbx.files.write("/root/before-fork.txt", "forked state");
     const [clone] = await Sandbox.fork(sbx.sandboxId, { count: 1 });

@@ -88,6 +88,12 @@ describe("REST API", () => {
     assert.equal(run.status, 400);
     assert.equal(((await run.json()) as { error: { field: string } }).error.field, "timeoutMs");
     assert.equal((await s.api("/v1/sandboxes/vm-nosuchthing")).status, 404);
+    // a client may open the internet to its guest, never the host's networks
+    for (const cidr of ["169.254.169.254/32", "10.1.2.0/24", "0.0.0.0/0"]) {
+      const e = await bad({ network: { mode: "user", internet: { allowCidrs: [cidr] } } });
+      assert.equal(e.field, "network.internet.allowCidrs", cidr);
+      assert.match(e.message, /--allow-private-cidrs/);
+    }
   });
 
   test("the OpenAPI document is valid OpenAPI 3.1 and lists every route", async () => {
@@ -332,6 +338,16 @@ describe("REST API", () => {
       metrics,
       /smolvm_http_requests_total\{method="POST",route="\/v1\/sandboxes\/:id\/commands",status="200"\}/,
     );
+  });
+
+  test("pause and resume: a resumed sandbox runs for a new lifetime", async () => {
+    assert.equal((await s.api(`/v1/sandboxes/${id}/pause`, { method: "POST" })).status, 200);
+    const r = await s.api(`/v1/sandboxes/${id}/resume`, { method: "POST", json: { timeoutMs: 600_000 } });
+    const info = (await r.json()) as { status: string; timeLeftMs: number };
+    assert.equal(info.status, "running");
+    assert.ok(info.timeLeftMs > 590_000 && info.timeLeftMs <= 600_000, String(info.timeLeftMs));
+    const run = await s.api(`/v1/sandboxes/${id}/commands`, { method: "POST", json: { cmd: "echo awake" } });
+    assert.equal(((await run.json()) as { stdout: string }).stdout, "awake\n");
   });
 
   test("delete: the sandbox is gone", async () => {

@@ -18,6 +18,7 @@ interface ServeOpts {
   maxMemory?: string;
   defaultTimeout?: string;
   maxTimeout?: string;
+  allowPrivateCidrs?: boolean;
   logLevel: string;
   json?: boolean;
 }
@@ -54,6 +55,10 @@ export function registerServe(program: Command): void {
     .option("--max-memory <MIB>", "guest memory of all sandboxes together (default 3/4 of host RAM); more get 507")
     .option("--default-timeout <D>", "lifetime of a sandbox created without one (default 15m)")
     .option("--max-timeout <D>", "longest lifetime a client may ask for (default 24h)")
+    .option(
+      "--allow-private-cidrs",
+      "let clients allow their guests private, link-local or host addresses in network.internet.allowCidrs",
+    )
     .option("--log-level <LEVEL>", "fatal, error, warn, info, debug or silent", "info")
     .option("--json", "print where it listens as JSON")
     .action(async (o: ServeOpts) => serve(o));
@@ -78,6 +83,7 @@ async function serve(o: ServeOpts): Promise<void> {
   limits.maxMemoryMib = int("--max-memory", o.maxMemory, { min: 128, max: 1 << 24 }) ?? limits.maxMemoryMib;
   limits.defaultTimeoutMs = parseDuration("--default-timeout", o.defaultTimeout) ?? limits.defaultTimeoutMs;
   limits.maxTimeoutMs = parseDuration("--max-timeout", o.maxTimeout) ?? limits.maxTimeoutMs;
+  limits.allowPrivateCidrs = o.allowPrivateCidrs === true;
   if (limits.defaultTimeoutMs > limits.maxTimeoutMs) {
     throw new ConfigError("--default-timeout", "is longer than --max-timeout");
   }

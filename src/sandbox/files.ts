@@ -225,17 +225,25 @@ export class Files {
     }
   }
 
-  /** Entries below a directory, `depth` levels deep (default 1). Symlinks are listed, not followed. */
-  async list(path: string, opts: { depth?: number } = {}): Promise<EntryInfo[]> {
+  /**
+   * Entries below a directory, `depth` levels deep (default 1). Symlinks are listed, not followed. A listing larger
+   * than `maxBytes` on the wire (default 64 MiB, about a million entries) fails with E2BIG.
+   */
+  async list(path: string, opts: { depth?: number; maxBytes?: number } = {}): Promise<EntryInfo[]> {
     checkPath("path", path);
     const depth = opts.depth ?? 1;
     if (!Number.isInteger(depth) || depth < 1 || depth > 64) throw new ConfigError("depth", "must be 1 to 64");
+    const max = Math.min(opts.maxBytes ?? MAX_LIST_BYTES, MAX_LIST_BYTES);
     const fields: Field[] = [];
     let total = 0;
     await this.op(T.FLIST, path, [[FF.DEPTH, u32(depth)]], (b) => {
       total += b.length;
-      if (total > MAX_LIST_BYTES) {
-        throw new FileSystemError(path, "E2BIG", `the listing of ${path} exceeds ${MAX_LIST_BYTES >> 20} MiB`);
+      if (total > max) {
+        throw new FileSystemError(
+          path,
+          "E2BIG",
+          `the listing of ${path} exceeds ${max} bytes; list a smaller folder or depth`,
+        );
       }
       fields.push(...decodeFields(b));
     });

@@ -3,9 +3,10 @@
  * reserved before a VM starts so concurrent creates cannot overshoot), and every created VM given a lifetime.
  * REST, MCP and the E2B API all go through one hub; none of them touches the state store or a backend directly.
  */
-import { totalmem } from "node:os";
-import { LIFETIME_MS, type VMConfig } from "../config.js";
+import { networkInterfaces, totalmem } from "node:os";
+import { LIFETIME_MS, networkOf, type ResolvedNetwork, type VMConfig } from "../config.js";
 import { ConfigError, VMNotFoundError } from "../errors.js";
+import { addressPool, BLOCKED_BY_DEFAULT, cidrText, ipToInt, overlaps, parseCidr } from "../network/addr.js";
 import { SmolVM, type VMInfo } from "../sandbox/smolvm.js";
 import { SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { StateStore } from "../state/store.js";
@@ -20,6 +21,11 @@ export interface HubLimits {
   defaultTimeoutMs: number;
   /** Longest lifetime a client may ask for. */
   maxTimeoutMs: number;
+  /**
+   * Let clients allow their guests CIDRs of the host's own networks (private ranges, link-local with the cloud
+   * metadata address, the VM pool, the host's addresses). Off: such an `allowCidrs` is refused (`--allow-private-cidrs`).
+   */
+  allowPrivateCidrs?: boolean;
 }
 
 export function defaultLimits(): HubLimits {
@@ -44,6 +50,33 @@ export class LimitError extends Error {
 }
 
 const LIVE = new Set(["running", "paused"]);
+
+/** Largest folder listing the server asks a guest for (wire bytes; some 40,000 entries): decoded, it takes ~25x. */
+export const SERVER_LIST_BYTES = 2 << 20;
+
+/**
+ * A client of the server may open the internet to its guest, never the host's side of it: an `allowCidrs` entry that
+ * overlaps a private or link-local range, SmolVM's address pool or one of the host's own addresses is refused.
+ */
+export function refusePrivateCidrs(net: ResolvedNetwork): void {
+  if (typeof net.internet !== "object") return;
+  const hostAddrs = Object.values(networkInterfaces())
+    .flat()
+    .filter((a) => a?.family === "IPv4")
+    .map((a) => parseCidr(`${a?.address}/32`));
+  const forbidden = [...BLOCKED_BY_DEFAULT.map((c) => parseCidr(c)), addressPool(), ...hostAddrs];
+  for (const raw of net.internet.allowCidrs) {
+    const c = parseCidr(raw);
+    if (!c || ipToInt(raw.split("/")[0] ?? "") === null) continue; // resolveConfig already refused a malformed one
+    const hit = forbidden.find((f) => f && overlaps(c, f));
+    if (hit) {
+      throw new ConfigError(
+        "network.internet.allowCidrs",
+        `${raw} overlaps ${cidrText(hit)}, a network of the host (private, link-local, the VM pool or the host's own address); the server refuses it unless started with --allow-private-cidrs`,
+      );
+    }
+  }
+}
 
 export class SandboxHub {
   private readonly vms = new Map<string, SmolVM>();
@@ -88,6 +121,7 @@ export class SandboxHub {
       keep: opts.keep ?? true,
     };
     const vm = new SmolVM(cfg); // validates before anything is reserved
+    if (!this.limits.allowPrivateCidrs) refusePrivateCidrs(networkOf(vm.config));
     const mem = vm.config.memSizeMib;
     this.reserve(mem);
     try {

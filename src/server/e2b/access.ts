@@ -38,10 +38,10 @@ export function basicUser(authorization: string | null | undefined): string | un
 }
 
 /**
- * The running sandbox an envd request is for, after checking its access token. Throws `EnvdAccessError`
- * (unknown_sandbox also for a paused or stopped one: its envd is not reachable, as with E2B).
+ * The sandbox id of an envd request whose `X-Access-Token` is that sandbox's; throws `EnvdAccessError`. Synchronous
+ * and cheap, so it runs in `onRequest`, before any body is read: without the token nothing is buffered.
  */
-export async function envdSandbox(ctx: ServerContext, header: HeaderGetter): Promise<SmolVM> {
+export function checkEnvdToken(ctx: ServerContext, header: HeaderGetter): string {
   const id = header("e2b-sandbox-id");
   if (!id || !SANDBOX_ID.test(id))
     throw new EnvdAccessError("unknown_sandbox", "missing or invalid E2b-Sandbox-Id header");
@@ -51,6 +51,15 @@ export async function envdSandbox(ctx: ServerContext, header: HeaderGetter): Pro
   if (got.length !== want.length || !timingSafeEqual(got, want)) {
     throw new EnvdAccessError("unauthenticated", "invalid or missing X-Access-Token for this sandbox");
   }
+  return id;
+}
+
+/**
+ * The running sandbox an envd request is for, after checking its access token. Throws `EnvdAccessError`
+ * (unknown_sandbox also for a paused or stopped one: its envd is not reachable, as with E2B).
+ */
+export async function envdSandbox(ctx: ServerContext, header: HeaderGetter): Promise<SmolVM> {
+  const id = checkEnvdToken(ctx, header);
   let vm: SmolVM;
   try {
     vm = await ctx.hub.get(id);

@@ -5,14 +5,14 @@
  * `X-Access-Token` (see access.ts), not with the server token.
  */
 import { posix } from "node:path";
-import type { Readable } from "node:stream";
+import { pipeline, type Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { Busboy, type BusboyHeaders } from "@fastify/busboy";
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
-import { basicUser, envdSandbox } from "./access.js";
+import { basicUser, checkEnvdToken, envdSandbox } from "./access.js";
 import { E2bError } from "./errors.js";
 import { effectiveUser, guestPath, homeOf } from "./paths.js";
 import { PullStream } from "./pull-stream.js";
@@ -37,6 +37,10 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
   // the raw body stream: written to the guest as it arrives, never parsed into memory
   const raw = (_req: unknown, payload: Readable, done: (err: Error | null, body?: unknown) => void) =>
     done(null, payload);
+  // the sandbox's access token is checked before any body is read
+  app.addHook("onRequest", async (req) => {
+    checkEnvdToken(ctx, header(req));
+  });
   app.addContentTypeParser("application/octet-stream", raw);
   app.addContentTypeParser(/^multipart\/form-data/i, raw);
   const header = (req: { headers: Record<string, string | string[] | undefined> }) => (name: string) => {
@@ -89,8 +93,8 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
         const encoding = (req.headers["content-encoding"] ?? "identity").toLowerCase();
         if (encoding !== "identity" && encoding !== "gzip")
           throw new E2bError(400, `unsupported content-encoding ${encoding}`);
-        const source = encoding === "gzip" ? body.pipe(createGunzip()) : body;
-        if (source !== body) body.on("error", (e) => source.destroy(e));
+        // pipeline: a corrupt gzip stream is an error of the write, never an unhandled 'error' event
+        const source = encoding === "gzip" ? pipeline(body, createGunzip(), () => {}) : body;
         await writeOne(vm, path, source);
         return [written(path)];
       }
@@ -113,6 +117,7 @@ export const filesRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async 
           reject(e);
         };
         bb.on("file", (_field, stream, filename) => {
+          stream.on("error", fail); // a truncated part errors here, maybe before its write has started reading it
           if (failed) return void stream.resume();
           const path = guestPath(req.query.path && results.length === 0 ? req.query.path : filename || undefined, home);
           results.push(written(path));

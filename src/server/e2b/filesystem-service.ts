@@ -3,9 +3,11 @@
  * ListDir, MakeDir, Move, Remove, and watching by comparing listings (WatchDir, CreateWatcher...: see watch.ts).
  * Relative paths are under the home directory of the user the request names (Basic auth), as envd does.
  */
+
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
+import { SERVER_LIST_BYTES } from "../hub.js";
 import { basicUser } from "./access.js";
 import { entryInfo } from "./entry.js";
 import type { Filesystem } from "./gen/filesystem/filesystem_pb.js";
@@ -66,7 +68,10 @@ export function filesystemService(ctx: ServerContext): ServiceImpl<typeof Filesy
       const dir = path(req.path);
       const st = await vm.files.stat(dir);
       if (st.type !== "dir") throw new ConnectError(`path '${dir}' is not a directory`, Code.InvalidArgument);
-      const entries = await vm.files.list(dir, { depth: Math.min(Math.max(req.depth || 1, 1), 64) });
+      const entries = await vm.files.list(dir, {
+        depth: Math.min(Math.max(req.depth || 1, 1), 64),
+        maxBytes: SERVER_LIST_BYTES,
+      });
       if (entries.length > MAX_ENTRIES) {
         throw new ConnectError(`more than ${MAX_ENTRIES} entries: list a smaller depth`, Code.ResourceExhausted);
       }

@@ -23,7 +23,7 @@ export interface SessionConfig {
 }
 
 /** Output queued per subscriber before the process is held back. */
-const HIGH_WATER = 4 << 20;
+const HIGH_WATER = 256 << 10;
 /** Sessions one sandbox may have at once (running processes started or followed through this API). */
 export const MAX_SESSIONS = 256;
 

@@ -5,11 +5,13 @@
  * CREATE). Changes between two looks that cancel out are not seen. Bounded: at most MAX_WATCH_ENTRIES entries per
  * watched tree, MAX_WATCHERS watchers per sandbox, idle watchers dropped after WATCHER_IDLE_MS.
  */
+
 import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { EntryInfo } from "../../sandbox/files.js";
 import type { SmolVM } from "../../sandbox/smolvm.js";
+import { SERVER_LIST_BYTES } from "../hub.js";
 import { entryInfo } from "./entry.js";
 import { EventType, type FilesystemEventSchema } from "./gen/filesystem/filesystem_pb.js";
 
@@ -29,7 +31,7 @@ export interface WatchSpec {
 }
 
 export async function listing(vm: SmolVM, spec: WatchSpec): Promise<Listing> {
-  const entries = await vm.files.list(spec.path, { depth: spec.recursive ? 64 : 1 });
+  const entries = await vm.files.list(spec.path, { depth: spec.recursive ? 64 : 1, maxBytes: SERVER_LIST_BYTES });
   if (entries.length > MAX_WATCH_ENTRIES) {
     throw new ConnectError(
       `more than ${MAX_WATCH_ENTRIES} entries under ${spec.path}: watch a smaller tree`,

@@ -1,7 +1,9 @@
 /** MCP tools inside a sandbox: run a command, write, read and list files. Everything returned to the model is bounded. */
+
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
 import { CommandTimeoutError, ConfigError } from "../../errors.js";
+import { SERVER_LIST_BYTES } from "../hub.js";
 import { withProgress } from "./progress.js";
 import { asText, guarded, HeadTail, ok, withoutCutEnd } from "./results.js";
 import { GuestPath, SandboxId } from "./schemas.js";
@@ -232,7 +234,7 @@ function registerFileTools(server: McpServer, session: McpSession): void {
     (args) =>
       guarded({}, async () => {
         const vm = await session.get(args.sandbox_id);
-        const all = await vm.files.list(args.path, { depth: args.depth ?? 1 });
+        const all = await vm.files.list(args.path, { depth: args.depth ?? 1, maxBytes: SERVER_LIST_BYTES });
         const entries = all.slice(0, MAX_LIST_ENTRIES).map((e) => ({
           name: e.name,
           type: e.type,

@@ -29,9 +29,9 @@ const RunBody = z
       .number()
       .int()
       .min(0)
-      .max(16 << 20)
+      .max(4 << 20)
       .optional()
-      .describe("Output kept per stream (JSON answer)"),
+      .describe("Output kept per stream in a JSON answer (default 1 MiB; stream the output for more)"),
   })
   .strict();
 
@@ -104,7 +104,7 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
             timeoutMs: b.timeoutMs,
             stdin: b.stdin,
             signal: abort.signal,
-            maxOutputBytes: b.maxOutputBytes ?? 4 << 20,
+            maxOutputBytes: b.maxOutputBytes ?? 1 << 20,
           })
           .finally(stop);
         return { ...r, durationMs: Math.round(r.durationMs) };
@@ -161,18 +161,25 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
     async (req, reply) => {
       const vm = await hub.get(req.params.id);
       const a = await attachments.get(vm, req.params.pid);
+      const socket = reply.raw;
       const out = new EventStream(reply, streamFormat(req, req.query.stream) ?? "ndjson");
+      if (socket.destroyed) return; // the client left while we attached
       await out.send({ type: "start", pid: a.pid });
       await new Promise<void>((resolve) => {
         let queue = Promise.resolve();
-        const socket = reply.raw;
+        let waiting = 0; // bytes of output queued for this reader, not yet taken by its socket
         const unfollow = a.follow({
           chunk: (c: Chunk) => {
-            if (socket.writableLength > SLOW_READER_BYTES) {
+            if (waiting > SLOW_READER_BYTES) {
               socket.destroy(); // too slow a reader: cut off rather than buffered for
               return;
             }
-            queue = queue.then(() => out.output(c.stream, c.data));
+            waiting += c.data.length;
+            queue = queue
+              .then(() => out.output(c.stream, c.data))
+              .finally(() => {
+                waiting -= c.data.length;
+              });
           },
           exit: (e) => {
             queue = queue.then(() =>
@@ -187,6 +194,10 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
           unfollow(); // the process keeps running
           resolve();
         });
+        if (socket.destroyed) {
+          unfollow();
+          resolve();
+        }
       });
     },
   );

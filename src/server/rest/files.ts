@@ -3,6 +3,7 @@
  * mkdir, remove, rename, and folders as tar (down: the guest's archive is checked and extracted on the host as
  * `smolvm cp` does, then packed again, so nothing the guest made up reaches the client unchecked).
  */
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,7 +12,9 @@ import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { EntryInfo } from "../../sandbox/files.js";
 import { packDir } from "../../sandbox/tar.js";
+import { defaultTransferLimit } from "../../sandbox/transfers.js";
 import type { ServerContext } from "../app.js";
+import { SERVER_LIST_BYTES } from "../hub.js";
 import { ErrorResponse, SandboxParams } from "./schemas.js";
 
 const tags = ["files"];
@@ -125,7 +128,11 @@ export const fileRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (
     },
     async (req) => {
       const vm = await hub.get(req.params.id);
-      return { entries: (await vm.files.list(req.query.path, { depth: req.query.depth })).map(entry) };
+      return {
+        entries: (await vm.files.list(req.query.path, { depth: req.query.depth, maxBytes: SERVER_LIST_BYTES })).map(
+          entry,
+        ),
+      };
     },
   );
 
@@ -210,7 +217,9 @@ export const fileRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (
       const vm = await hub.get(req.params.id);
       const work = mkdtempSync(join(tmpdir(), "smolvm-serve-"));
       try {
-        await vm.files.downloadDir(req.query.path, join(work, "d"), { maxBytes: MAX_DOWNLOAD });
+        // at most 4 GiB, and never more than the host's temporary folder can take while keeping its margin free
+        const maxBytes = Math.min(MAX_DOWNLOAD, defaultTransferLimit(work));
+        await vm.files.downloadDir(req.query.path, join(work, "d"), { maxBytes });
       } catch (e) {
         rmSync(work, { recursive: true, force: true });
         throw e;

@@ -101,14 +101,17 @@ export const sandboxRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
     {
       schema: {
         tags,
-        summary: "Resume a paused sandbox",
+        summary: "Resume a paused sandbox; it runs for a new lifetime (timeoutMs, else the server's default)",
         params: SandboxParams,
+        body: z.object({ timeoutMs: z.number().int().positive().optional() }).strict().optional(),
         response: { 200: Sandbox, ...errors },
       },
     },
     async (req) => {
       const vm = await hub.get(req.params.id);
       await vm.resume();
+      // a sandbox paused by its lifetime has none left: it runs again for a new one
+      vm.setTimeout(hub.lifetime(req.body?.timeoutMs));
       return vm.info();
     },
   );

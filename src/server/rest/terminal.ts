@@ -9,6 +9,8 @@ import type { ServerContext } from "../app.js";
 import { ErrorResponse, SandboxParams } from "./schemas.js";
 
 const SLOW_SOCKET = 1 << 20;
+/** Input a client may send before its terminal has started. */
+const MAX_EARLY_INPUT = 64 << 10;
 const Control = z.object({
   type: z.literal("resize"),
   cols: z.number().int().min(1).max(65535),
@@ -45,13 +47,27 @@ export const terminalRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
       };
       let pty: Awaited<ReturnType<Awaited<ReturnType<typeof ctx.hub.get>>["pty"]["create"]>>;
       const pending: [Buffer, boolean][] = [];
+      let pendingBytes = 0;
+      let inFlight = 0; // input bytes sent on to the guest and not yet taken by it
       const onMessage = (data: Buffer, isBinary: boolean) => {
         if (!pty) {
-          if (pending.length < 1024) pending.push([Buffer.from(data), isBinary]);
+          pendingBytes += data.length;
+          if (pendingBytes > MAX_EARLY_INPUT) socket.close(1008, "too much input before the terminal started");
+          else pending.push([Buffer.from(data), isBinary]);
           return;
         }
         if (isBinary) {
-          pty.write(Buffer.from(data)).catch(() => {});
+          // the guest takes input at its own pace: past 1 MiB in flight, stop reading the socket until it catches up
+          const n = data.length;
+          inFlight += n;
+          if (inFlight > SLOW_SOCKET) socket.pause();
+          pty
+            .write(Buffer.from(data))
+            .catch(() => {})
+            .finally(() => {
+              inFlight -= n;
+              if (inFlight <= SLOW_SOCKET / 4) socket.resume();
+            });
           return;
         }
         const c = Control.safeParse(safeJson(data.toString("utf8")));
@@ -81,6 +97,10 @@ export const terminalRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asy
         });
       } catch (e) {
         fail((e as Error).message);
+        return;
+      }
+      if (socket.readyState !== socket.OPEN) {
+        pty.kill(9).catch(() => {}); // the client left while the terminal started
         return;
       }
       for (const [b, binary] of pending.splice(0)) onMessage(b, binary);
