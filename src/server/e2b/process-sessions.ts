@@ -213,16 +213,7 @@ export class ProcessRegistry {
     session.pid = pty.pid;
     session.pty = pty;
     sessions.set(pty.pid, session);
-    pty
-      .wait()
-      .then(
-        (r) => session.finish(endEvent(r)),
-        (e: unknown) => session.finish(failedEvent(e)),
-      )
-      .finally(() => {
-        if (sessions.get(session.pid) === session) sessions.delete(session.pid);
-        if (sessions.size === 0) this.byVm.delete(vm.vmId);
-      });
+    this.settle(vm, session, pty.wait());
     return { session, subscriber };
   }
 
@@ -239,15 +230,20 @@ export class ProcessRegistry {
   }
 
   private follow(vm: SmolVM, session: ProcessSession): void {
+    this.sessions(vm).set(session.pid, session);
+    const done = vm.processes.follow(session.pid, {
+      maxOutputBytes: 0,
+      onStdout: (b) => session.broadcast(data("stdout", b), b.length),
+      onStderr: (b) => session.broadcast(data("stderr", b), b.length),
+      ...(session.stdin ? { stdin: session.stdin } : {}),
+    });
+    this.settle(vm, session, done);
+  }
+
+  /** When the process ends: its end event to every subscriber, and the session forgotten. */
+  private settle(vm: SmolVM, session: ProcessSession, done: Promise<Parameters<typeof endEvent>[0]>): void {
     const sessions = this.sessions(vm);
-    sessions.set(session.pid, session);
-    vm.processes
-      .follow(session.pid, {
-        maxOutputBytes: 0,
-        onStdout: (b) => session.broadcast(data("stdout", b), b.length),
-        onStderr: (b) => session.broadcast(data("stderr", b), b.length),
-        ...(session.stdin ? { stdin: session.stdin } : {}),
-      })
+    done
       .then(
         (r) => session.finish(endEvent(r)),
         (e: unknown) => session.finish(failedEvent(e)),

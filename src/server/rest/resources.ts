@@ -4,20 +4,10 @@ import { z } from "zod";
 import { images } from "../../images/api.js";
 import { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
-import { ErrorResponse, Sandbox, SandboxParams } from "./schemas.js";
+import { ErrorResponse, Sandbox, SandboxParams, Snapshot } from "./schemas.js";
 
 const errors = { 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse };
 const Port = z.object({ guestPort: z.number(), host: z.string(), port: z.number(), url: z.string() });
-const Snapshot = z.object({
-  id: z.string(),
-  name: z.string().nullable(),
-  vmId: z.string(),
-  createdAt: z.string(),
-  sizeBytes: z.number(),
-  backend: z.string(),
-  parentId: z.string().nullable(),
-  temporary: z.boolean(),
-});
 const Image = z.object({
   id: z.string(),
   names: z.array(z.string()),

@@ -10,20 +10,10 @@ import {
   ForkRequest,
   Sandbox,
   SandboxParams,
+  Snapshot,
   SnapshotRequest,
   Timeout,
 } from "./schemas.js";
-
-const Snapshot = z.object({
-  id: z.string(),
-  name: z.string().nullable(),
-  vmId: z.string(),
-  createdAt: z.string(),
-  sizeBytes: z.number(),
-  backend: z.string(),
-  parentId: z.string().nullable(),
-  temporary: z.boolean(),
-});
 
 const tags = ["sandboxes"];
 const errors = { 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse };

@@ -79,6 +79,17 @@ export const Timeout = z
   .object({ timeoutMs: z.number().int().positive().describe("New lifetime from now, in ms") })
   .strict();
 
+export const Snapshot = z.object({
+  id: z.string(),
+  name: z.string().nullable(),
+  vmId: z.string(),
+  createdAt: z.string(),
+  sizeBytes: z.number(),
+  backend: z.string(),
+  parentId: z.string().nullable(),
+  temporary: z.boolean(),
+});
+
 export const SnapshotRequest = z.object({ name: z.string().max(64).optional() }).strict();
 export const ForkRequest = z
   .object({
