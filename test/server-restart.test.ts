@@ -101,6 +101,55 @@ describe("server restart and load", () => {
     await assert.rejects(serve(["--host", "0.0.0.0"]), /--host: 0\.0\.0\.0 is not a loopback address/);
   });
 
+  test("listeners: a Unix socket (mode 0600), TLS, request ids", async () => {
+    const { existsSync, readFileSync, statSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const http = await import("node:http");
+    const https = await import("node:https");
+    const get = (
+      mod: typeof http | typeof https,
+      opts: Record<string, unknown>,
+    ): Promise<{ status: number; headers: Record<string, unknown>; body: string }> =>
+      new Promise((resolve, reject) => {
+        const req = mod.request({ path: "/v1/sandboxes", ...opts }, (res) => {
+          let body = "";
+          res.on("data", (b: Buffer) => {
+            body += b.toString();
+          });
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    const sock = join("/tmp", `smolvm-test-${process.pid}.sock`);
+    const unix = await serve(["--socket", sock]);
+    try {
+      assert.equal(unix.url, `unix:${sock}`);
+      assert.equal(statSync(sock).mode & 0o777, 0o600);
+      const ok = await get(http, { socketPath: sock, headers: { ...unix.auth, "x-request-id": "trace-42" } });
+      assert.equal(ok.status, 200);
+      assert.equal(ok.headers["x-request-id"], "trace-42", "a caller's request id is kept");
+      const no = await get(http, { socketPath: sock });
+      assert.equal(no.status, 401);
+      assert.match(String(no.headers["x-request-id"]), /^[0-9a-f-]{36}$/, "else one is made");
+    } finally {
+      await unix.stop();
+    }
+    assert.equal(existsSync(sock), false, "the socket is removed on a graceful stop");
+    const fixtures = join(import.meta.dirname, "..", "..", "test", "fixtures");
+    const cert = join(fixtures, "tls-cert.pem");
+    const tls = await serve(["--tls-cert", cert, "--tls-key", join(fixtures, "tls-key.pem")]);
+    try {
+      assert.match(tls.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+      const u = new URL(tls.url);
+      const ok = await get(https, { host: u.hostname, port: u.port, ca: readFileSync(cert), headers: tls.auth });
+      assert.equal(ok.status, 200);
+      assert.deepEqual(JSON.parse(ok.body).sandboxes instanceof Array, true);
+    } finally {
+      await tls.stop();
+    }
+  });
+
   test("without a token, the first start generates one into a 0600 file and prints it once", async () => {
     const { mkdtempSync, statSync, readFileSync, rmSync } = await import("node:fs");
     const { join } = await import("node:path");
