@@ -109,7 +109,12 @@ async function serve(o: ServeOpts): Promise<void> {
     chmodSync(o.socket, 0o600);
     where = `unix:${o.socket}`;
   } else {
-    await app.listen({ host: o.host, port });
+    await app.listen({ host: o.host, port }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "EADDRINUSE")
+        throw new ConfigError("--port", `${o.host}:${port} is in use (another smolvm serve?); pick another --port`);
+      if (e.code === "EADDRNOTAVAIL") throw new ConfigError("--host", `${o.host} is not an address of this host`);
+      throw e;
+    });
     const addr = app.server.address();
     const p = typeof addr === "object" && addr ? addr.port : port;
     const h = o.host.includes(":") ? `[${o.host}]` : o.host;
