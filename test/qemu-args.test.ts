@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { limitsFor } from "../src/backends/cgroups.js";
-import { accelArgs, TCG_TB_MIB } from "../src/backends/qemu/args.js";
+import { accelArgs, kernelCmdline, TCG_TB_MIB } from "../src/backends/qemu/args.js";
 
 test("TCG gets a bounded translation buffer that fits the VMM's memory limit beside guest RAM", () => {
   assert.deepEqual(accelArgs("tcg"), ["-accel", `tcg,tb-size=${TCG_TB_MIB}`]);
@@ -12,4 +12,9 @@ test("TCG gets a bounded translation buffer that fits the VMM's memory limit bes
     assert.ok(TCG_TB_MIB + 150 <= overheadMib, `tb-size ${TCG_TB_MIB} MiB fits in ${overheadMib} MiB for ${mem} MiB`);
   }
   assert.deepEqual(accelArgs("kvm").slice(0, 2), ["-accel", "kvm"]);
+});
+
+test("a panicking guest resets at once (panic=-1 reboot=t), so QEMU's -no-reboot ends the VM", () => {
+  const words = kernelCmdline({ hostname: "h", bootArgs: "" }, "tcg", 0).split(" ");
+  assert.ok(words.includes("panic=-1") && words.includes("reboot=t"), words.join(" "));
 });

@@ -25,8 +25,9 @@ import type { Progress } from "../util/run.js";
 import type { LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
-// 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network
-const TEMPLATE_VERSION = 5;
+// 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network;
+// 6: booted with reboot=t (a panic ends the VM at once)
+const TEMPLATE_VERSION = 6;
 setTemplateVersion(TEMPLATE_VERSION);
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;

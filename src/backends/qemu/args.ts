@@ -56,7 +56,17 @@ export function kernelCmdline(
   accel: string,
   tscKhz = hostTscKhz(),
 ): string {
-  const base = ["console=ttyS0", "quiet", "panic=-1", "smolvm.channel=vport", `smolvm.hostname=${spec.hostname}`];
+  // panic=-1 reboot=t: a panicking guest resets at once by a triple fault, which QEMU (-no-reboot) ends on. The
+  // kernel's default way (efi, then acpi, then the keyboard controller, with delays between) hung forever in guests
+  // restored from some warm templates (those captured under load), leaving a dead VM running.
+  const base = [
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "reboot=t",
+    "smolvm.channel=vport",
+    `smolvm.hostname=${spec.hostname}`,
+  ];
   if (accel === "tcg" && tscKhz && process.arch === "x64") base.push(`tsc_early_khz=${tscKhz}`);
   return [...base, spec.bootArgs].filter(Boolean).join(" ");
 }
