@@ -1,7 +1,7 @@
 /** A `smolvm serve` child process on a loopback port of its own, with its own token file, for the server tests. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -21,8 +21,15 @@ export interface Served {
   api(path: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
 }
 
+/** Token folders made by this test process, removed when it exits (a token outlives the servers that share it). */
+const tokenDirs: string[] = [];
+process.on("exit", () => {
+  for (const d of tokenDirs) rmSync(d, { recursive: true, force: true });
+});
+
 export function newTokenFile(token = `e2b_${randomBytes(20).toString("hex")}`): { file: string; token: string } {
   const dir = mkdtempSync(join(tmpdir(), "smolvm-token-"));
+  tokenDirs.push(dir);
   const file = join(dir, "token");
   writeFileSync(file, `${token}\n`, { mode: 0o600 });
   return { file, token };
