@@ -1,32 +1,12 @@
 /** Background processes: `exec --detach` starts them (exec.ts); `ps`, `attach` and `kill` here. */
-import { constants } from "node:os";
 import type { Command } from "commander";
-import { ConfigError } from "../errors.js";
 import type { ProcessInfo } from "../sandbox/processes.js";
 import { SmolVM } from "../sandbox/smolvm.js";
+import { parseSignal, signalName } from "../util/signals.js";
 import { finish, follow } from "./exec.js";
 import { int, printJson, table } from "./output.js";
 
-const signals = constants.signals as Record<string, number>;
-
-/** A signal given as a name (`TERM`, `SIGTERM`, `term`) or a number (1-64); anything else is a usage error. */
-export function parseSignal(v: string): number {
-  if (/^[0-9]+$/.test(v)) return int("signal", v, { min: 1, max: 64 });
-  const name = v.toUpperCase();
-  const n = signals[name.startsWith("SIG") ? name : `SIG${name}`];
-  if (n === undefined) {
-    throw new ConfigError(
-      "signal",
-      `unknown signal ${JSON.stringify(v)}: give a name (TERM, KILL, INT, HUP, ...) or a number from 1 to 64`,
-    );
-  }
-  return n;
-}
-
-/** The signal's name (`SIGKILL`), or its number when it has none. */
-export function signalName(n: number): string {
-  return Object.keys(signals).find((k) => signals[k] === n) ?? String(n);
-}
+export { parseSignal, signalName };
 
 const parsePid = (v: string) => int("pid", v, { min: 1, max: 4_294_967_295 });
 

@@ -189,15 +189,11 @@ export class Files {
    * guest, so a huge file costs no more than `maxBytes`).
    */
   async readHead(path: string, maxBytes: number): Promise<{ data: Buffer; truncated: boolean }> {
-    checkPath("path", path);
-    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0)
-      throw new ConfigError("maxBytes", "must be a whole number >= 0");
     const chunks: Buffer[] = [];
-    const over = new FileSystemError(path, "EFBIG", `${path} is longer than ${maxBytes} bytes`);
     try {
-      await readBounded(await this.agent(), path, maxBytes, { onData: (b) => chunks.push(b), onOver: () => over });
+      await this.readStream(path, (b) => void chunks.push(b), { maxBytes });
     } catch (e) {
-      if (e !== over) throw fsError(e, path);
+      if (!(e instanceof FileSystemError && e.code === "EFBIG")) throw e;
       return { data: Buffer.concat(chunks), truncated: true };
     }
     return { data: Buffer.concat(chunks), truncated: false };

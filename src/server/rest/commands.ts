@@ -2,10 +2,10 @@
  * `/v1/sandboxes/:id/commands`: run (one JSON result, or output streamed as NDJSON/SSE while it runs), start in the
  * background, list, follow again, send stdin, signal.
  */
-import { constants } from "node:os";
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { CommandTimeoutError } from "../../errors.js";
+import { parseSignal } from "../../util/signals.js";
 import type { ServerContext } from "../app.js";
 import { Attachments, type Chunk, SLOW_READER_BYTES } from "../attached.js";
 import { httpError } from "../errors.js";
@@ -56,15 +56,6 @@ const ProcessInfo = z.object({
 
 const PidParams = SandboxParams.extend({ pid: z.coerce.number().int().positive() });
 const StreamQuery = z.object({ stream: z.enum(["ndjson", "sse"]).optional() });
-
-/** A signal by number (1-64) or name (`TERM`, `SIGKILL`). */
-export function signalNumber(v: string | number): number {
-  if (typeof v === "number") return v;
-  const name = v.toUpperCase().startsWith("SIG") ? v.toUpperCase() : `SIG${v.toUpperCase()}`;
-  const n = (constants.signals as Record<string, number>)[name];
-  if (!n) throw httpError(400, "invalid_request", `signal: unknown signal "${v}"`, { field: "signal" });
-  return n;
-}
 
 export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = async (app, { ctx }) => {
   const { hub } = ctx;
@@ -235,7 +226,7 @@ export const commandRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
     },
     async (req, reply) => {
       const vm = await hub.get(req.params.id);
-      await vm.processes.kill(req.params.pid, signalNumber(req.body.signal));
+      await vm.processes.kill(req.params.pid, parseSignal(req.body.signal));
       return reply.status(204).send(null);
     },
   );
