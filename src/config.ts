@@ -144,6 +144,8 @@ export interface ImageDefaults {
 }
 
 export const DEFAULTS = { vcpuCount: 2, memSizeMib: 512, diskMode: "isolated" as DiskMode };
+/** Images whose programs need more than the default memory: their default `memSizeMib` (Chromium: docs/BROWSER.md). */
+export const IMAGE_MEMORY_MIB: Readonly<Record<string, number>> = { browser: 2048 };
 export const LIMITS = { vcpuCount: [1, 32], memSizeMib: [128, 16384], diskSizeMib: [64, 1048576] } as const;
 const IMAGE_RE = /^[A-Za-z0-9][A-Za-z0-9._\-/:@]{0,510}$/;
 
@@ -292,7 +294,10 @@ export function resolveConfig(input: VMConfig = {}): ResolvedVMConfig {
     name,
     backend: c.backend === undefined ? "auto" : oneOf("backend", c.backend, BACKENDS),
     vcpuCount: c.vcpuCount === undefined ? DEFAULTS.vcpuCount : intIn("vcpuCount", c.vcpuCount, LIMITS.vcpuCount),
-    memSizeMib: c.memSizeMib === undefined ? DEFAULTS.memSizeMib : intIn("memSizeMib", c.memSizeMib, LIMITS.memSizeMib),
+    memSizeMib:
+      c.memSizeMib === undefined
+        ? ((image !== null ? IMAGE_MEMORY_MIB[image] : undefined) ?? DEFAULTS.memSizeMib)
+        : intIn("memSizeMib", c.memSizeMib, LIMITS.memSizeMib),
     diskMode,
     kernelPath: filePath("kernelPath", c.kernelPath),
     initrdPath: filePath("initrdPath", c.initrdPath),

@@ -36,6 +36,14 @@ export {
   UnsupportedPlatformError,
 } from "./images/oci/errors.js";
 export { PackError, type PackManifest } from "./images/pack.js";
+export {
+  type Browser,
+  BrowserError,
+  type BrowserInfo,
+  type BrowserStartOptions,
+  type PageInfo,
+  type Viewport,
+} from "./sandbox/browser.js";
 export type { CommandOptions, CommandResult, Process, RunOptions, SpawnOptions } from "./sandbox/commands.js";
 export type { Env } from "./sandbox/env.js";
 export type { EntryInfo, EntryType, Files, WriteResult } from "./sandbox/files.js";

@@ -42,6 +42,23 @@ export const PRESETS: Record<string, Preset> = {
     env: {},
     description: "Debian 12 with Node.js and npm, ca-certificates, curl and git",
   },
+  browser: {
+    // Chromium driven over CDP (src/sandbox/browser.ts); Xvfb, x11vnc and noVNC for the headful mode; fonts enough
+    // for common pages (Liberation is metric-compatible with Arial, Times and Courier; DejaVu covers most scripts)
+    packages: [
+      "chromium",
+      "xvfb",
+      "x11vnc",
+      "novnc",
+      "websockify",
+      "fonts-liberation2",
+      "fonts-dejavu-core",
+      "ca-certificates",
+    ],
+    hooks: [],
+    env: {},
+    description: "Debian 12 with Chromium, Xvfb, x11vnc and noVNC (vm.browser)",
+  },
 };
 
 export const PRESET_NAMES = ["base", ...Object.keys(PRESETS)];

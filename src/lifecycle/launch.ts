@@ -14,9 +14,10 @@ import { ensureDefaultImage } from "../images/store.js";
 import { registerStateDir } from "../images/usage.js";
 import { type AttachedNetwork, attachNetwork, configureGuest, detachNetwork } from "../network/index.js";
 import { vmRunDir } from "../paths.js";
+import { BROWSER_LAUNCHER_VERSION, DEFAULT_VIEWPORT, minMemoryMib, warmupBrowser } from "../sandbox/browser-guest.js";
 import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
 import { type LaunchPlan, resyncGuest } from "../sandbox/snapshots.js";
-import { warmPlan } from "../sandbox/templates.js";
+import { type WarmInputs, warmPlan } from "../sandbox/templates.js";
 import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
 import type { Progress } from "../util/run.js";
@@ -84,6 +85,7 @@ export async function startPlan(
           rootfsPath: boot.diskBase,
           agentBinary: boot.agentBinary,
           accel,
+          warmup: warmupOf(c),
         },
         backend.identity(),
         progress,
@@ -93,6 +95,16 @@ export async function startPlan(
     }
   }
   return plan;
+}
+
+/** The browser image's warm template runs Chromium, so a VM restored from it has a live browser (src/sandbox/browser.ts). */
+function warmupOf(c: ResolvedVMConfig): WarmInputs["warmup"] {
+  // a VM too small for Chromium gets a template without it (and a clear error from browser.start())
+  if (c.image !== "browser" || c.memSizeMib < minMemoryMib(DEFAULT_VIEWPORT)) return undefined;
+  return {
+    key: `browser-${BROWSER_LAUNCHER_VERSION}`,
+    run: (agent) => warmupBrowser(agent, c.memSizeMib),
+  };
 }
 
 /**

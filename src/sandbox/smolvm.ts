@@ -19,6 +19,7 @@ import type { ExposedPort } from "../network/ports.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
+import { Browser } from "./browser.js";
 import {
   type CommandResult,
   type Process,
@@ -350,6 +351,22 @@ export class SmolVM implements AsyncDisposable {
       (o) => this.imageDefaults(o),
     );
     return this._pty;
+  }
+
+  private _browser?: Browser;
+
+  /** The VM's Chromium (the `browser` image): start, status, stop, screenshot, open, text, click, type. */
+  get browser(): Browser {
+    this._browser ??= new Browser({
+      vmId: this.vmId,
+      memSizeMib: () => this.config.memSizeMib,
+      run: (cmd, o) => this.run(cmd, o),
+      startProcess: (cmd) => this.processes.start(cmd),
+      expose: (p) => this.expose(p),
+      unexpose: (p) => this.unexpose(p),
+      ports: () => this.ports(),
+    });
+    return this._browser;
   }
 
   private _net?: VmNetwork;

@@ -229,6 +229,8 @@ export interface WarmInputs {
   rootfsPath: string;
   agentBinary: string;
   accel: AccelName;
+  /** What the image runs in its template besides the agent (the browser image: a live Chromium), and its version. */
+  warmup?: { key: string; run: (c: AgentClient) => Promise<void> };
 }
 
 /** Everything a warm template depends on: a change to any of them means another template. */
@@ -246,6 +248,7 @@ export function warmKey(w: WarmInputs, vmmIdentity: string): string {
   })();
   const parts = [TEMPLATE_VERSION, w.kernelPath, w.initrdPath, w.rootfsPath, fsId, w.agentBinary, w.accel, vmmIdentity];
   parts.push(c.memSizeMib, c.vcpuCount, c.bootArgs);
+  if (w.warmup) parts.push(`warmup:${w.warmup.key}`);
   // the device set is part of the saved state, and the guest's network configuration (its MTU is the mode's)
   if (hasNic(c)) parts.push(`nic:${networkOf(c).mode}`);
   return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16);
@@ -348,6 +351,7 @@ async function captureTemplate(backend: Backend, w: WarmInputs, vmmIdentity: str
         // the template is not reconfigured at all (one without internet only gets its resolver removed)
         const mode = networkOf(w.config).mode;
         if (mode !== "none") await c.netConfig(templateGuestNet(mode));
+        await w.warmup?.run(c);
       } finally {
         c.close();
       }
