@@ -358,7 +358,8 @@ static void shutdown_now(int c, uint32_t stream) {
 }
 
 /* A restored VM wakes up with the snapshot's clock and random state: take the host's time and fresh entropy, and
- * reseed the kernel's generator so clones of one snapshot never produce the same random bytes. */
+ * reseed the kernel's generator, and make user-space generators that watch for forks reseed from it, so clones of
+ * one snapshot never produce the same random bytes. */
 static void do_sync(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 	size_t off = 0;
 	uint8_t tag;
@@ -389,6 +390,7 @@ static void do_sync(int c, uint32_t stream, const uint8_t *pl, size_t n) {
 				ioctl(fd, RNDRESEEDCRNG);
 				close(fd);
 			}
+			wipe_onfork_pages(); /* user-space generators reseed from the kernel's, just reseeded */
 		}
 	}
 	if (err) send_errno(c, stream, err, "sync");

@@ -53,6 +53,8 @@ struct proc *find_proc(int c, uint32_t stream);
 /* A free slot for a new stream, or NULL (an ERROR was sent). Also refuses a stream id in use. */
 struct proc *new_proc(int c, uint32_t stream, enum stream_kind kind);
 void free_proc(struct proc *p);
+/* clone.c: zero every process's MADV_WIPEONFORK pages, as fork does for a child (after a restore). */
+void wipe_onfork_pages(void);
 
 /* Drop a stream's queued stdin, keeping the agent's total count right. */
 void stdin_discard(struct proc *p);

@@ -114,7 +114,9 @@ mkdir -p "$d" && rm -f "$d/exit" "$d/chromium.pid"
 kids=""
 if [ "$headless" = 0 ]; then
   rm -f /tmp/.X11-unix/X99 /tmp/.X99-lock
-  Xvfb :99 -screen 0 "\${w}x\${h}x24" -nolisten tcp >"$d/xvfb.log" 2>&1 &
+  # Chromium's full-screen window on an X server with no window manager is one pixel short of the screen in both
+  # directions: the screen is a pixel larger and VNC shows the page's w x h
+  Xvfb :99 -screen 0 "$((w + 1))x$((h + 1))x24" -nolisten tcp >"$d/xvfb.log" 2>&1 &
   kids="$kids $!"
   i=0
   while [ ! -S /tmp/.X11-unix/X99 ]; do
@@ -123,11 +125,14 @@ if [ "$headless" = 0 ]; then
     sleep 0.1
   done
   export DISPLAY=:99
-  x11vnc -display :99 -rfbport ${VNC_PORT} -localhost -forever -shared -nopw -quiet >"$d/x11vnc.log" 2>&1 &
+  x11vnc -display :99 -clip "\${w}x\${h}+0+0" -rfbport ${VNC_PORT} -localhost -forever -shared -nopw -quiet >"$d/x11vnc.log" 2>&1 &
   kids="$kids $!"
   websockify --web /usr/share/novnc 127.0.0.1:${NOVNC_PORT} 127.0.0.1:${VNC_PORT} >"$d/novnc.log" 2>&1 &
   kids="$kids $!"
 fi
+# one browser per VM, and the previous one is stopped: its profile lock (naming the host it ran on, which in a VM
+# restored from a template is the template's) would keep this one from starting
+rm -f ${PROFILE_DIR}/SingletonLock ${PROFILE_DIR}/SingletonSocket ${PROFILE_DIR}/SingletonCookie
 chromium "$@" >"$d/chromium.log" 2>&1 &
 c=$!
 echo $c >"$d/chromium.pid"
@@ -251,17 +256,17 @@ export async function launch(
     startedAt: new Date().toISOString(),
   };
   await writeState(g, state);
-  // DevTools listening on 127.0.0.1:9222 is a LISTEN (0A) row for 0100007F:240E in /proc/net/tcp; headful also
+  // DevTools listening on 127.0.0.1:9222 is a LISTEN (0A) row for 0100007F:2406 in /proc/net/tcp; headful also
   // waits for x11vnc (5900 = 170C) and websockify (6080 = 17C0)
   const ports = [CDP_PORT, ...(o.headless ? [] : [VNC_PORT, NOVNC_PORT])];
   const want = ports.map((p) => `:${p.toString(16).toUpperCase().padStart(4, "0")} 00000000:0000 0A`);
-  const wait = `d=${STATE_DIR}; n=0
+  const wait = `d=${STATE_DIR}; end=$(($(date +%s) + ${Math.ceil(timeoutMs / 1000)}))
 while :; do
   ok=1
   for w in ${want.map(shq).join(" ")}; do grep -q "$w" /proc/net/tcp || ok=0; done
   [ $ok = 1 ] && exit 0
   [ -e "$d/exit" ] && exit 3
-  n=$((n + 1)); [ $n -gt ${Math.ceil(timeoutMs / 100)} ] && exit 4
+  [ $(date +%s) -gt $end ] && exit 4
   sleep 0.1
 done`;
   const r = await g.exec(["sh", "-c", wait], { timeoutMs: timeoutMs + 30_000 });

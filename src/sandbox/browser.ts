@@ -95,7 +95,8 @@ export class Browser {
   }
 
   /**
-   * Start the browser, or return the one running with the same options (a restart when they differ or it ended).
+   * Start the browser, or return the one running: with no options named, whatever its options; else when they are
+   * the same (a restart when they differ, or when it ended).
    * In a VM of the `browser` image restored from its warm template, the default options adopt the browser that is
    * already running there. Throws ConfigError when the VM has too little memory for the viewport.
    */
@@ -116,7 +117,9 @@ export class Browser {
     const found = await inspect(this.guest);
     let state = found.state;
     const live = found.live;
-    if (state && live.alive && !same(state, headless, viewport, args)) {
+    // with no options named, the running browser is taken as it is (a fork's, a template's, a headful one)
+    const named = opts.headless !== undefined || opts.viewport !== undefined || opts.args !== undefined;
+    if (state && live.alive && named && !same(state, headless, viewport, args)) {
       await this.stopAll(state);
       state = null;
     }
@@ -139,10 +142,10 @@ export class Browser {
         for (const p of old) await cdp.send("Target.closeTarget", { targetId: p.targetId }).catch(() => {});
         state = { ...state, adoptedBy: this.vm.vmId };
         await writeState(this.guest, state);
-        if (headless) await this.fit(cdp, String(made.targetId), viewport);
-      } else if (headless) {
+        if (state.headless) await this.fit(cdp, String(made.targetId), state.viewport);
+      } else if (state.headless) {
         const p = (await pages(cdp)).at(-1);
-        if (p) await this.fit(cdp, p.targetId, viewport);
+        if (p) await this.fit(cdp, p.targetId, state.viewport);
       }
     } finally {
       cdp.close();
