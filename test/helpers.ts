@@ -26,15 +26,16 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Run the smolvm CLI in a child process (same environment, plus `env`). */
+/** Run the smolvm CLI in a child process (same environment, plus `env`; in `cwd`, else ours). */
 export function cli(
   args: string[],
-  opts: { timeoutMs?: number; env?: Record<string, string> } = {},
+  opts: { timeoutMs?: number; env?: Record<string, string>; cwd?: string } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, ...opts.env },
+      cwd: opts.cwd,
     });
     let stdout = "";
     let stderr = "";

@@ -19,6 +19,11 @@ import { cliPath, isolatedState } from "./helpers.js";
 isolatedState();
 
 const TOOLS = [
+  "browser_click",
+  "browser_open",
+  "browser_screenshot",
+  "browser_text",
+  "browser_type",
   "create_sandbox",
   "delete_sandbox",
   "expose_port",

@@ -27,6 +27,7 @@ const MODULES: [string[], () => Promise<Register>][] = [
   [["pack"], async () => (await import("./pack.js")).registerPack],
   [["port", "network"], async () => (await import("./network.js")).registerNetwork],
   [["image"], async () => (await import("./images.js")).registerImages],
+  [["browser"], async () => (await import("./browser.js")).registerBrowser],
   [["system"], async () => (await import("./system.js")).registerSystem],
   [["serve"], async () => (await import("./serve.js")).registerServe],
   [["mcp"], async () => (await import("./mcp.js")).registerMcp],

@@ -11,6 +11,7 @@ import {
   VMStateError,
 } from "../errors.js";
 import { ImageNotFoundError } from "../images/oci/errors.js";
+import { BrowserError } from "../sandbox/browser.js";
 import { SnapshotInUseError, SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { TransferLimitError, UnsafeArchiveError } from "../sandbox/tar.js";
 import { LimitError } from "./hub.js";
@@ -66,6 +67,8 @@ export function toHttp(err: unknown): HttpError {
   if (err instanceof UnsafeArchiveError) return httpError(400, "unsafe_archive", err.message);
   if (err instanceof CommandTimeoutError) return httpError(504, "command_timeout", err.message);
   if (err instanceof ImageError) return httpError(400, "image_error", err.message);
+  // the page's or the browser's: a navigation error, no answer from it
+  if (err instanceof BrowserError) return httpError(422, "browser_error", err.message);
   const e = err as { statusCode?: number; code?: string; message?: string };
   if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500) {
     // Fastify's own: body too large (413), bad JSON (400), unsupported media type (415)

@@ -59,7 +59,8 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
       description:
         "Start a new isolated Linux sandbox (a microVM with its own kernel) and return its sandbox_id. Commands run " +
         "as root. The default image is a small busybox system (sh, no bash, no package manager); use image " +
-        '"python" for Debian with bash and python3, or any OCI image reference (e.g. "alpine:3.20"). No network ' +
+        '"python" for Debian with bash and python3, "browser" for Chromium (the browser_* tools; 2048 MiB by ' +
+        'default), or any OCI image reference (e.g. "alpine:3.20"). No network ' +
         'unless network is "user". The sandbox is deleted when its lifetime ends or this MCP session ends.',
       inputSchema: {
         image: z
@@ -67,14 +68,14 @@ export function registerSandboxTools(server: McpServer, session: McpSession): vo
           .min(1)
           .max(512)
           .optional()
-          .describe('Image: "python", "node", or an OCI reference; default busybox'),
+          .describe('Image: "python", "node", "browser", or an OCI reference; default busybox'),
         memory_mib: z
           .number()
           .int()
           .min(LIMITS.memSizeMib[0])
           .max(LIMITS.memSizeMib[1])
           .optional()
-          .describe("Guest memory in MiB (default 512)"),
+          .describe('Guest memory in MiB (default 512; 2048 for image "browser")'),
         vcpu_count: z.number().int().min(1).max(8).optional().describe("Virtual CPUs (default 2)"),
         network: z
           .enum(["none", "user"])

@@ -1,6 +1,7 @@
 /** The REST API, mounted under `/v1`. */
 import type { FastifyPluginAsync } from "fastify";
 import type { ServerContext } from "../app.js";
+import { browserRoutes } from "./browser.js";
 import { commandRoutes } from "./commands.js";
 import { fileRoutes } from "./files.js";
 import { resourceRoutes } from "./resources.js";
@@ -13,4 +14,5 @@ export const restPlugin: FastifyPluginAsync<{ ctx: ServerContext }> = async (app
   await app.register(fileRoutes, { ctx });
   await app.register(terminalRoutes, { ctx });
   await app.register(resourceRoutes, { ctx });
+  await app.register(browserRoutes, { ctx });
 };
