@@ -158,7 +158,7 @@ describe("browser sandboxes", () => {
     await vm.browser.type("#user", "carol");
     await vm.browser.click("#go");
     let t = await vm.browser.text();
-    for (let i = 0; i < 100 && t.title !== "Me"; i++) {
+    for (let i = 0; i < 100 && !/session=carol/.test(t.text); i++) {
       await new Promise((r) => setTimeout(r, 200));
       t = await vm.browser.text();
     }

@@ -2,7 +2,7 @@
 import { writeFileSync } from "node:fs";
 import type { Command } from "commander";
 import { ConfigError, SmolVMError } from "../errors.js";
-import type { BrowserInfo, BrowserStartOptions } from "../sandbox/browser.js";
+import { type BrowserInfo, BrowserNotRunningError, type BrowserStartOptions } from "../sandbox/browser.js";
 import { ensureBrowser } from "../sandbox/browser-ready.js";
 import { SmolVM } from "../sandbox/smolvm.js";
 import { int, parseDuration, printJson, progress } from "./output.js";
@@ -32,8 +32,9 @@ function cliError(e: unknown, id: string): unknown {
     const reason = e.message.startsWith(`${e.field}: `) ? e.message.slice(e.field.length + 2) : e.message;
     return new ConfigError(flag, e.field.startsWith("viewport.") ? `${e.field.slice(9)} ${reason}` : reason);
   }
-  if (e instanceof SmolVMError && e.message.startsWith("the browser is not running")) {
-    return new SmolVMError(e.message.replace(/call vm\.browser\.start\(\)$/, `start it: smolvm browser start ${id}`));
+  if (e instanceof BrowserNotRunningError) {
+    const why = `the browser is not running${e.reason ? ` (${e.reason})` : ""}`;
+    return new SmolVMError(`${why}: start it: smolvm browser start ${id}`);
   }
   return e;
 }

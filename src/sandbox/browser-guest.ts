@@ -209,11 +209,10 @@ tail -c 2000 "$d/chromium.log" 2>/dev/null`;
 export function endReason(l: Liveness, memSizeMib: number): string {
   const m = /^status (\d+)/.exec(l.exit ?? "");
   const code = m ? Number(m[1]) : null;
-  const lastLine =
-    l.logTail
-      .split("\n")
-      .filter((x) => x.trim())
-      .at(-1) ?? "";
+  // the most telling line: a fatal or error line of Chromium's own (not D-Bus noise), else the last one
+  const lines = l.logTail.split("\n").filter((x) => x.trim() && !/dbus|Fontconfig|Xlib/i.test(x));
+  const telling = lines.filter((x) => /FATAL|in use by another|ERROR/.test(x));
+  const lastLine = (telling.at(-1) ?? lines.at(-1) ?? "").slice(0, 300);
   if (l.oom) {
     return `Chromium was killed by the guest kernel's OOM killer: the VM has ${memSizeMib} MiB; give it more (memSizeMib, docs/BROWSER.md)`;
   }
@@ -286,7 +285,7 @@ c=$(cat ${STATE_DIR}/chromium.pid 2>/dev/null)
 [ -n "$p" ] && kill -TERM -"$p" 2>/dev/null
 [ -n "$c" ] && kill -TERM "$c" 2>/dev/null
 i=0
-while [ -n "$c" ] && [ -d /proc/$c ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+while [ -n "$c" ] && [ -d /proc/$c ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 [ -n "$p" ] && kill -KILL -"$p" 2>/dev/null
 [ -n "$c" ] && kill -KILL "$c" 2>/dev/null
 rm -rf ${STATE_DIR} /tmp/.X11-unix/X99 /tmp/.X99-lock

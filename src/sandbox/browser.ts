@@ -5,7 +5,7 @@
  * template already runs a headless browser: `start()` then adopts it (new page targets, its own profile on the VM's
  * disk) instead of launching one. docs/BROWSER.md.
  */
-import { ConfigError, SmolVMError } from "../errors.js";
+import { ConfigError } from "../errors.js";
 import type { ExposedPort } from "../network/ports.js";
 import {
   type BrowserState,
@@ -23,11 +23,22 @@ import {
   VNC_PORT,
   writeState,
 } from "./browser-guest.js";
-import { attach, BrowserError, browserVersion, Cdp, capture, evaluate, fitWindow, pages } from "./cdp.js";
+import {
+  attach,
+  BrowserError,
+  BrowserNotRunningError,
+  browserVersion,
+  Cdp,
+  capture,
+  ElementNotFoundError,
+  evaluate,
+  fitWindow,
+  pages,
+} from "./cdp.js";
 import type { CommandResult } from "./commands.js";
 
 export type { Viewport } from "./browser-guest.js";
-export { BrowserError } from "./cdp.js";
+export { BrowserError, BrowserNotRunningError, ElementNotFoundError } from "./cdp.js";
 
 export interface BrowserStartOptions {
   /** Default true. Headful renders on a virtual display (Xvfb) that VNC and noVNC show. */
@@ -85,7 +96,16 @@ const same = (s: BrowserState, headless: boolean, v: Viewport, args: string[]) =
   JSON.stringify(s.args) === JSON.stringify(args);
 
 export class Browser {
+  /** start and stop of this handle, one at a time (two concurrent starts would launch two browsers on one profile). */
+  private queue: Promise<unknown> = Promise.resolve();
+
   constructor(private readonly vm: BrowserHost) {}
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
 
   private get guest(): GuestOps {
     return {
@@ -100,7 +120,11 @@ export class Browser {
    * In a VM of the `browser` image restored from its warm template, the default options adopt the browser that is
    * already running there. Throws ConfigError when the VM has too little memory for the viewport.
    */
-  async start(opts: BrowserStartOptions = {}): Promise<BrowserInfo> {
+  start(opts: BrowserStartOptions = {}): Promise<BrowserInfo> {
+    return this.serial(() => this.startNow(opts));
+  }
+
+  private async startNow(opts: BrowserStartOptions): Promise<BrowserInfo> {
     const headless = opts.headless ?? true;
     if (typeof headless !== "boolean") throw new ConfigError("headless", "must be true or false");
     const viewport = checkViewport(opts.viewport);
@@ -237,17 +261,21 @@ export class Browser {
   }
 
   /** Stop the browser and everything it started (display, VNC), and close its ports on the host. */
-  async stop(): Promise<void> {
-    await this.stopAll((await inspect(this.guest)).state);
+  stop(): Promise<void> {
+    return this.serial(async () => this.stopAll((await inspect(this.guest)).state));
   }
 
-  /** A DevTools session on the current page (the newest one; a blank one is opened if none is left). */
+  /**
+   * A DevTools session on the current page (the newest one; a blank one is opened if none is left). A browser this
+   * VM has not taken over yet (a warm template's, a fork's with no port exposed here) is taken over first.
+   */
   private async withPage<T>(fn: (cdp: Cdp, session: string, targetId: string) => Promise<T>): Promise<T> {
-    const s = await this.status();
-    if (!s.running) {
-      throw new SmolVMError(`the browser is not running${s.error ? ` (${s.error})` : ""}: call vm.browser.start()`);
+    const { state, live } = await inspect(this.guest);
+    if (!state || !live.alive) {
+      throw new BrowserNotRunningError(state ? endReason(live, this.vm.memSizeMib()) : null);
     }
-    const url = s.cdpUrl ? s.cdpUrl : (await this.portFor(CDP_PORT)).url;
+    const exposed = this.vm.ports().find((p) => p.guestPort === CDP_PORT);
+    const url = exposed && state.adoptedBy !== null ? exposed.url : ((await this.start()).cdpUrl as string);
     const cdp = await Cdp.connect((await browserVersion(url)).ws);
     try {
       let target = (await pages(cdp)).at(-1)?.targetId;
@@ -303,7 +331,9 @@ export class Browser {
       const v = (await evaluate(
         cdp,
         session,
-        `(() => { const t = document.body ? document.body.innerText : ""; return [location.href, document.title, t.slice(0, ${max}), t.length]; })()`,
+        // a page still loading may have its title and no body yet: wait for the parser (at most 5 s)
+        `(async () => { for (let i = 0; i < 100 && document.readyState === "loading"; i++) await new Promise((r) => setTimeout(r, 50));
+          const t = document.body ? document.body.innerText : ""; return [location.href, document.title, t.slice(0, ${max}), t.length]; })()`,
       )) as [string, string, string, number];
       return {
         url: String(v[0]).slice(0, 8192),
@@ -325,7 +355,7 @@ export class Browser {
           e.scrollIntoView({ block: "center", inline: "center" }); const r = e.getBoundingClientRect();
           return [r.left + r.width / 2, r.top + r.height / 2]; })()`,
       )) as [number, number] | null;
-      if (!at) throw new BrowserError(`no element matches ${JSON.stringify(sel)}`);
+      if (!at) throw new ElementNotFoundError(sel);
       const [x, y] = at;
       for (const type of ["mousePressed", "mouseReleased"]) {
         await cdp.send("Input.dispatchMouseEvent", { type, x, y, button: "left", clickCount: 1 }, session);
@@ -345,7 +375,7 @@ export class Browser {
         session,
         `(() => { const e = document.querySelector(${JSON.stringify(sel)}); if (!e) return false; e.focus(); return true; })()`,
       );
-      if (!ok) throw new BrowserError(`no element matches ${JSON.stringify(sel)}`);
+      if (!ok) throw new ElementNotFoundError(sel);
       await cdp.send("Input.insertText", { text }, session);
       if (opts.submit) {
         for (const type of ["keyDown", "keyUp"]) {

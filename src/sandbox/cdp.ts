@@ -10,6 +10,21 @@ import { SmolVMError } from "../errors.js";
 /** A CDP call failed: the browser's error, or the page's (a navigation error, a missing element). */
 export class BrowserError extends SmolVMError {}
 
+/** A page action was asked of a VM whose browser is not running (never started, stopped, or ended: see `reason`). */
+export class BrowserNotRunningError extends BrowserError {
+  constructor(readonly reason: string | null) {
+    super(`the browser is not running${reason ? ` (${reason})` : ""}: call vm.browser.start()`);
+  }
+}
+
+/** No element of the page matches the selector given to click or type. */
+export class ElementNotFoundError extends BrowserError {
+  readonly field = "selector";
+  constructor(readonly selector: string) {
+    super(`no element matches ${JSON.stringify(selector)}`);
+  }
+}
+
 /** The largest message taken from the browser: a full-page PNG of a long page fits. */
 const MAX_MESSAGE = 64 << 20;
 const CALL_TIMEOUT_MS = 120_000;
@@ -24,10 +39,15 @@ type Listener = (params: Record<string, unknown>, sessionId?: string) => void;
 
 /** `GET /json/version` of the DevTools endpoint (through the exposed port): the browser's websocket and version. */
 export async function browserVersion(httpUrl: string, timeoutMs = 10_000): Promise<{ ws: string; product: string }> {
-  const res = await fetch(`${httpUrl}/json/version`, { signal: AbortSignal.timeout(timeoutMs) });
-  const text = await res.text();
-  if (!res.ok || text.length > 65536) throw new BrowserError(`DevTools answered ${res.status} on /json/version`);
-  const j = JSON.parse(text) as { webSocketDebuggerUrl?: unknown; Browser?: unknown };
+  let j: { webSocketDebuggerUrl?: unknown; Browser?: unknown };
+  try {
+    const res = await fetch(`${httpUrl}/json/version`, { signal: AbortSignal.timeout(timeoutMs) });
+    const text = await res.text();
+    if (!res.ok || text.length > 65536) throw new Error(`it answered ${res.status} on /json/version`);
+    j = JSON.parse(text);
+  } catch (e) {
+    throw new BrowserError(`DevTools at ${httpUrl} does not answer: ${(e as Error).message}`);
+  }
   const ws = typeof j.webSocketDebuggerUrl === "string" ? j.webSocketDebuggerUrl : "";
   // the browser builds this URL from our Host header: only its path is taken, the address is ours
   const m = /^ws:\/\/[^/]+(\/devtools\/browser\/[A-Za-z0-9-]{1,64})$/.exec(ws);

@@ -11,7 +11,7 @@ import {
   VMStateError,
 } from "../errors.js";
 import { ImageNotFoundError } from "../images/oci/errors.js";
-import { BrowserError } from "../sandbox/browser.js";
+import { BrowserError, BrowserNotRunningError } from "../sandbox/browser.js";
 import { SnapshotInUseError, SnapshotNotFoundError } from "../sandbox/snapshots.js";
 import { TransferLimitError, UnsafeArchiveError } from "../sandbox/tar.js";
 import { LimitError } from "./hub.js";
@@ -68,6 +68,7 @@ export function toHttp(err: unknown): HttpError {
   if (err instanceof CommandTimeoutError) return httpError(504, "command_timeout", err.message);
   if (err instanceof ImageError) return httpError(400, "image_error", err.message);
   // the page's or the browser's: a navigation error, no answer from it
+  if (err instanceof BrowserNotRunningError) return httpError(409, "browser_not_running", err.message);
   if (err instanceof BrowserError) return httpError(422, "browser_error", err.message);
   const e = err as { statusCode?: number; code?: string; message?: string };
   if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500) {

@@ -6,7 +6,7 @@ import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
 import { ConfigError, SmolVMError } from "../../errors.js";
-import { BrowserError } from "../../sandbox/browser.js";
+import { BrowserNotRunningError, ElementNotFoundError } from "../../sandbox/browser.js";
 import { ensureBrowser } from "../../sandbox/browser-ready.js";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import { withProgress } from "./progress.js";
@@ -40,15 +40,11 @@ async function browserCall(body: () => Promise<CallToolResult>): Promise<CallToo
   try {
     return await body();
   } catch (e) {
-    if (e instanceof BrowserError && e.message.startsWith("no element matches")) {
+    if (e instanceof ElementNotFoundError) {
       return fail(`selector: ${e.message} on the current page (browser_text shows what it has)`);
     }
-    if (
-      e instanceof SmolVMError &&
-      !(e instanceof BrowserError) &&
-      e.message.startsWith("the browser is not running")
-    ) {
-      const why = e.message.replace(/: call vm\.browser\.start\(\)$/, "");
+    if (e instanceof BrowserNotRunningError) {
+      const why = `the browser is not running${e.reason ? ` (${e.reason})` : ""}`;
       return fail(`${why}: open a page with browser_open first (it starts the browser)`);
     }
     return fail(describeError(e, FIELDS));

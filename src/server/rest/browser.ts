@@ -5,8 +5,7 @@
  */
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
-import { SmolVMError } from "../../errors.js";
-import { BrowserError } from "../../sandbox/browser.js";
+import { BrowserNotRunningError, ElementNotFoundError } from "../../sandbox/browser.js";
 import { ensureBrowser } from "../../sandbox/browser-ready.js";
 import type { SmolVM } from "../../sandbox/smolvm.js";
 import type { ServerContext } from "../app.js";
@@ -56,10 +55,10 @@ const BrowserInfo = z.object({
 const Page = z.object({ url: z.string(), title: z.string() });
 const Selector = z.string().min(1).max(4096).describe("A CSS selector; the first element matching it is used");
 
-/** The SDK's "not running" (a plain SmolVMError) as a 409 that says how to start it here. */
+/** The SDK's "not running" as a 409 that says how to start it here. */
 function notRunning(e: unknown, id: string): unknown {
-  if (e instanceof SmolVMError && !(e instanceof BrowserError) && e.message.startsWith("the browser is not running")) {
-    const why = e.message.replace(/: call vm\.browser\.start\(\)$/, "");
+  if (e instanceof BrowserNotRunningError) {
+    const why = `the browser is not running${e.reason ? ` (${e.reason})` : ""}`;
     return httpError(409, "browser_not_running", `${why}: start it with POST /v1/sandboxes/${id}/browser`);
   }
   return e;
@@ -67,7 +66,7 @@ function notRunning(e: unknown, id: string): unknown {
 
 /** A missing element names the request's `selector`. */
 function noElement(e: unknown): unknown {
-  if (e instanceof BrowserError && e.message.startsWith("no element matches")) {
+  if (e instanceof ElementNotFoundError) {
     return httpError(422, "element_not_found", `selector: ${e.message}`, { field: "selector" });
   }
   return e;
