@@ -240,6 +240,23 @@ describe("browser sandboxes", () => {
     }
   });
 
+  it("a pack with memory restores the running browser with its page", async () => {
+    await vm.browser.open(FORM);
+    const file = join(mkdtempSync(join(tmpdir(), "smolvm-browser-pack-")), "browser.smolmachine");
+    let back: SmolVM | undefined;
+    try {
+      await vm.pack(file, { withMemory: true });
+      back = await SmolVM.fromPack(file, { trust: true });
+      const info = await back.browser.start();
+      assert.equal(info.headless, false, "the same (headful) browser, not a new one");
+      assert.deepEqual(await back.browser.text().then((t) => t.title), "Sign in");
+      assertBlueViewport(await back.browser.screenshot(), 1024, 640);
+    } finally {
+      await back?.delete();
+      rmSync(join(file, ".."), { recursive: true, force: true });
+    }
+  });
+
   it("stop() ends every browser process and closes its ports", async () => {
     await vm.browser.stop();
     assert.deepEqual(await vm.browser.status(), { running: false });
