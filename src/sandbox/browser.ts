@@ -193,9 +193,11 @@ export class Browser {
     const cdpPort = await this.portFor(CDP_PORT);
     let ws = "";
     let last: unknown;
-    for (let i = 0; i < 100 && !ws; i++) {
+    // it listens in the guest already: this waits for the forwarder and a browser busy right after a restore
+    const deadline = Date.now() + 60_000;
+    while (!ws && Date.now() < deadline) {
       try {
-        ws = (await browserVersion(cdpPort.url)).ws;
+        ws = (await browserVersion(cdpPort.url, Math.max(1000, deadline - Date.now()))).ws;
       } catch (e) {
         last = e;
         await new Promise((r) => setTimeout(r, 200));
