@@ -153,7 +153,7 @@ export class Browser {
         this.guest,
         { headless, viewport, args, template: false, vmId: this.vm.vmId },
         have,
-        opts.timeoutMs ?? 180_000,
+        checkTimeout(opts.timeoutMs, 180_000),
       );
     }
     const info = await this.exposeAll(state);
@@ -305,7 +305,7 @@ export class Browser {
     if (!["http:", "https:", "about:", "data:", "file:"].includes(parsed.protocol)) {
       throw new ConfigError("url", `must be http(s), file, data or about, got ${parsed.protocol}`);
     }
-    const timeoutMs = opts.timeoutMs ?? 120_000;
+    const timeoutMs = checkTimeout(opts.timeoutMs, 120_000);
     return this.withPage(async (cdp, session) => {
       await cdp.send("Page.enable", {}, session);
       const loaded = cdp.waitFor("Page.loadEventFired", session, timeoutMs);
@@ -387,6 +387,14 @@ export class Browser {
       }
     });
   }
+}
+
+function checkTimeout(v: unknown, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 3_600_000) {
+    throw new ConfigError("timeoutMs", `must be an integer number of ms from 1 to 3600000, got ${JSON.stringify(v)}`);
+  }
+  return v;
 }
 
 function checkSelector(s: unknown): string {

@@ -33,7 +33,13 @@ const StartBody = z
     headless: z.boolean().optional().describe("Default true; false renders on a virtual display shown over VNC"),
     viewport: Viewport.optional().describe("The page's size (default 1280x720)"),
     args: z.array(z.string()).max(64).optional().describe('More Chromium flags, e.g. ["--lang=de"]'),
-    timeoutMs: z.number().int().positive().optional().describe("How long Chromium may take to start (default 180000)"),
+    timeoutMs: z
+      .number()
+      .int()
+      .positive()
+      .max(600_000)
+      .optional()
+      .describe("How long Chromium may take to start (default 180000, at most 600000)"),
   })
   .strict();
 
@@ -156,7 +162,13 @@ export const browserRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
         body: z
           .object({
             url: z.string().min(1).max(65_536).describe("http(s), file, data or about URL"),
-            timeoutMs: z.number().int().positive().optional().describe("How long it may take to load (default 120000)"),
+            timeoutMs: z
+              .number()
+              .int()
+              .positive()
+              .max(600_000)
+              .optional()
+              .describe("How long it may take to load (default 120000, at most 600000)"),
           })
           .strict(),
         response: { 200: Page, ...errors },
