@@ -3,23 +3,19 @@
  * cookie, nor does the source).
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { chromium } from "playwright-core";
-import { SmolVM } from "../src/index.js";
+import type { SmolVM } from "../src/index.js";
 import { isolatedState } from "./helpers.js";
-import { FORM, startSite } from "./support/browser-site.js";
+import { browserVmWithSite, FORM } from "./support/browser-site.js";
 
 isolatedState();
 
 describe("browser forks", () => {
+  const theVm = browserVmWithSite();
   let vm: SmolVM;
-  before(async () => {
-    vm = await SmolVM.create({ image: "browser" });
-    await vm.browser.start();
-    await startSite(vm);
-  });
-  after(async () => {
-    await vm?.delete();
+  before(() => {
+    vm = theVm();
   });
 
   it("a browser snapshot forked twice gives two independent browsers", async () => {

@@ -3,23 +3,19 @@
  * framebuffer the size of the CDP screenshot, stop() leaves nothing. Forks: browser-fork.test.ts.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import { SmolVM } from "../src/index.js";
+import { before, describe, it } from "node:test";
+import type { SmolVM } from "../src/index.js";
 import { isolatedState } from "./helpers.js";
-import { BLUE, FORM, startSite } from "./support/browser-site.js";
+import { BLUE, browserVmWithSite, FORM } from "./support/browser-site.js";
 import { decodePng, shareOf, vncFramebuffer } from "./support/pixels.js";
 
 isolatedState();
 
 describe("headful browsers and crashes", () => {
+  const theVm = browserVmWithSite();
   let vm: SmolVM;
-  before(async () => {
-    vm = await SmolVM.create({ image: "browser" });
-    await vm.browser.start();
-    await startSite(vm);
-  });
-  after(async () => {
-    await vm?.delete();
+  before(() => {
+    vm = theVm();
   });
 
   it("a browser that crashes is reported with its reason, and start() launches it again", async () => {

@@ -1,6 +1,7 @@
 /** What the browser tests share: a site served inside the guest, target ids, and a check of a screenshot. */
 import assert from "node:assert/strict";
-import type { SmolVM } from "../../src/index.js";
+import { after, before } from "node:test";
+import { SmolVM } from "../../src/index.js";
 import { decodePng, distinctColours, shareOf } from "./pixels.js";
 
 /** A site inside the guest: a sign-in form whose POST sets a random session cookie, and a page showing the cookie. */
@@ -54,4 +55,18 @@ export function assertBlueViewport(png: Buffer, width: number, height: number): 
   assert.deepEqual([img.width, img.height], [width, height], "a PNG of the viewport's size");
   assert.ok(distinctColours(img) > 2, "not blank: text and background");
   assert.ok(shareOf(img, ...BLUE) > 0.5, "the page's background fills most of it");
+}
+
+/** A browser VM for a test file: created with its browser started and the site running, deleted after the file. */
+export function browserVmWithSite(): () => SmolVM {
+  let vm: SmolVM | undefined;
+  before(async () => {
+    vm = await SmolVM.create({ image: "browser" });
+    await vm.browser.start();
+    await startSite(vm);
+  });
+  after(async () => {
+    await vm?.delete();
+  });
+  return () => vm as SmolVM;
 }

@@ -28,18 +28,15 @@ const Viewport = z
   })
   .strict();
 
+/** A wait in ms, at most 10 minutes. */
+const timeoutMs = (what: string) => z.number().int().positive().max(600_000).optional().describe(what);
+
 const StartBody = z
   .object({
     headless: z.boolean().optional().describe("Default true; false renders on a virtual display shown over VNC"),
     viewport: Viewport.optional().describe("The page's size (default 1280x720)"),
     args: z.array(z.string()).max(64).optional().describe('More Chromium flags, e.g. ["--lang=de"]'),
-    timeoutMs: z
-      .number()
-      .int()
-      .positive()
-      .max(600_000)
-      .optional()
-      .describe("How long Chromium may take to start (default 180000, at most 600000)"),
+    timeoutMs: timeoutMs("How long Chromium may take to start (default 180000, at most 600000)"),
   })
   .strict();
 
@@ -162,13 +159,7 @@ export const browserRoutes: FastifyPluginAsyncZod<{ ctx: ServerContext }> = asyn
         body: z
           .object({
             url: z.string().min(1).max(65_536).describe("http(s), file, data or about URL"),
-            timeoutMs: z
-              .number()
-              .int()
-              .positive()
-              .max(600_000)
-              .optional()
-              .describe("How long it may take to load (default 120000, at most 600000)"),
+            timeoutMs: timeoutMs("How long it may take to load (default 120000, at most 600000)"),
           })
           .strict(),
         response: { 200: Page, ...errors },
