@@ -2,7 +2,7 @@
 import { spawnSync } from "node:child_process";
 import { accessSync, constants, mkdirSync } from "node:fs";
 import { cgroupVersion } from "./backends/cgroups.js";
-import { FIRECRACKER_IMPLEMENTED, firecrackerBinary } from "./backends/firecracker/backend.js";
+import { firecrackerBinary, firecrackerBlockers } from "./backends/firecracker/backend.js";
 import { type KvmVerdict, kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuAccels, qemuBinary, qemuFeatures, qemuVersion } from "./backends/qemu/binary.js";
 import { resolveBackendName } from "./backends/resolve.js";
@@ -141,14 +141,16 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   );
 
   const fc = firecrackerBinary();
+  const blockers = firecrackerBlockers(kvm);
   if (backend === "firecracker") {
     add(
       "firecracker",
-      "fail",
-      FIRECRACKER_IMPLEMENTED ? (fc ?? "binary not found") : "not supported by this release yet",
+      blockers.length ? "fail" : "ok",
+      blockers.length ? `unavailable: ${blockers.join("; ")}` : (fc as string),
     );
   } else {
-    add("firecracker", "skip", fc ? `${fc} (not used: this release drives QEMU)` : "binary not found (optional)");
+    const why = blockers.length ? ` (unavailable: ${blockers.join("; ")})` : "";
+    add("firecracker", "skip", `${fc ?? "binary not found"}, not used: this release drives QEMU${why}`);
   }
 
   confinementChecks(add, qemu);
