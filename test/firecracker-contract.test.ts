@@ -318,7 +318,9 @@ describe("the contract check can fail", () => {
     assert.throws(() => machineConfigBody({ vcpuCount: 1.5, memSizeMib: 512 }), /vcpu count/);
     assert.throws(() => machineConfigBody({ vcpuCount: 1, memSizeMib: 511, hugePages: "2M" }), /even/);
     assert.throws(() => driveBody("../x", { path: "/d", readOnly: false, root: true }), /drive id/);
-    assert.throws(() => driveBody("root", { path: "disk.raw", readOnly: false, root: true }), /absolute path/);
+    assert.throws(() => driveBody("root", { path: "sub/disk.raw", readOnly: false, root: true }), /absolute path/);
+    assert.throws(() => driveBody("root", { path: "..", readOnly: false, root: true }), /absolute path/);
+    assert.equal(driveBody("root", { path: "rootfs", readOnly: false, root: false }).path_on_host, "rootfs");
     assert.throws(() => networkInterfaceBody("eth0", { tap: "t0", mac: "02:00:00:00:00" }), /MAC/);
     assert.throws(() => networkInterfaceBody("eth0", { tap: "a-name-far-too-long", mac: "02:00:00:00:00:01" }), /TAP/);
     assert.throws(() => vsockBody({ guestCid: 2, udsPath: "/v" }), /CID/);

@@ -2,6 +2,7 @@
 import { BACKENDS, type BackendName } from "../config.js";
 import { ConfigError } from "../errors.js";
 import { FIRECRACKER_IMPLEMENTED, firecrackerBinary, firecrackerUnavailable } from "./firecracker/backend.js";
+import { FirecrackerBackend } from "./firecracker/vmm.js";
 import { QemuBackend } from "./qemu/backend.js";
 import type { Backend, BackendKind } from "./types.js";
 
@@ -31,5 +32,6 @@ export function resolveBackendName(explicit?: BackendName, kvmUsable = false): B
 
 export function getBackend(kind: BackendKind): Backend {
   if (kind === "qemu") return new QemuBackend();
-  throw firecrackerUnavailable();
+  if (!FIRECRACKER_IMPLEMENTED) throw firecrackerUnavailable();
+  return new FirecrackerBackend();
 }

@@ -101,6 +101,11 @@ export interface VMHandle {
   exitPath?: string;
   /** Where the VMM's supervisor writes its exit code or signal. */
   statusPath?: string;
+  /**
+   * Firecracker: the VM's folder as Firecracker sees it (or its chroot), the TAP made for it (removed with it), and
+   * the RAM file a capture saves its memory to.
+   */
+  fc?: { dir: string; jailBase?: string; tap?: string; ramPath?: string };
 }
 
 /** Why a VM whose VMM is gone ended, as far as the host can tell. */
@@ -140,6 +145,11 @@ export type SplitInfo = Record<string, unknown>;
 /** One interface for every VMM; the SmolVM facade never knows which one it drives. */
 export interface Backend {
   readonly kind: BackendKind;
+  /**
+   * A saved state loads fast as it is (Firecracker maps its memory file copy-on-write), so snapshots need no split
+   * "fast image" and templates are captured with `saveState(h, file, false)`. QEMU: false.
+   */
+  readonly restoresDirectly: boolean;
   /** Make the VM's root disk: a private copy-on-write layer for `isolated`, the base itself for `shared`. */
   prepareDisk(spec: DiskSpec): Promise<{ path: string; format: "raw" | "qcow2" }>;
   /** Identity of the VMM build (restored state is only valid for the same one). */

@@ -5,7 +5,7 @@
  * as a disk-only one when the VM already depends on its layer; see recover.ts).
  */
 import { mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Backend } from "../backends/types.js";
 import { ConfigError, VMStateError } from "../errors.js";
 import { CONSOLE_CARRIED, tailFile } from "../sandbox/console-log.js";
@@ -24,7 +24,9 @@ export async function takeSnapshot(
   const handle = rec.handle;
   const diskPath = rec.diskPath;
   if (!handle || !diskPath) throw new VMStateError(`VM ${rec.id} is not running`);
-  if (rec.diskFormat !== "qcow2") {
+  // an isolated disk is the VM's own: a qcow2 layer (QEMU) or a raw copy in its folder (Firecracker)
+  const own = rec.diskFormat === "qcow2" || (rec.diskFormat === "raw" && dirname(diskPath) === rec.vmDir);
+  if (!own) {
     throw new VMStateError(`VM ${rec.id} uses diskMode "shared"; snapshots need an isolated disk layer`);
   }
   if (opts.name !== undefined) checkSnapshotName(opts.name);
@@ -106,7 +108,7 @@ export async function takeSnapshot(
     // disk-only snapshot (not restorable: no memory) so nothing deletes it while the VM depends on it; temporary:
     // nobody asked for it, so it goes with the last VM or snapshot on it.
     const mem = join(dir, "mem.bin");
-    const diskFile = join(dir, "disk.qcow2");
+    const diskFile = join(dir, rec.diskFormat === "raw" ? "disk.raw" : "disk.qcow2");
     rmSync(mem, { force: true });
     if (!store.getSnapshot(id)) record(mem, diskFile, -1, null, true);
     store.update(rec.id, { snapshotId: id });

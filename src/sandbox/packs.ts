@@ -22,7 +22,7 @@ import type { PackImage } from "../images/pack-manifest.js";
 import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { mustRun, type Progress, which } from "../util/run.js";
-import type { LaunchPlan } from "./snapshots.js";
+import { diskFormatOf, type LaunchPlan } from "./snapshots.js";
 import { fullStateFile, hasNic } from "./templates.js";
 
 /** The VMM build whose memory state a pack can restore: same VMM and version. */
@@ -39,6 +39,11 @@ export async function packSnapshot(
   withMemory: boolean,
   progress: Progress,
 ): Promise<PackManifest> {
+  if (withMemory && snap.backend === "firecracker") {
+    throw new SmolVMError(
+      `snapshot ${snap.id} was taken on Firecracker: packs carry the disk of such snapshots only (pack it without memory)`,
+    );
+  }
   const qemuImg = which("qemu-img");
   if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup'");
   const work = mkdtempSync(join(tmpdir(), "smolvm-pack-"));
@@ -46,7 +51,8 @@ export async function packSnapshot(
   try {
     progress("flattening the disk");
     const flat = join(work, "disk.qcow2");
-    await mustRun(qemuImg, ["convert", "-f", "qcow2", "-O", "qcow2", snap.diskFile, flat], { timeoutMs: 1_800_000 });
+    const format = diskFormatOf(snap.diskFile);
+    await mustRun(qemuImg, ["convert", "-f", format, "-O", "qcow2", snap.diskFile, flat], { timeoutMs: 1_800_000 });
     const mem = withMemory ? await fullStateFile(backend, snap, work) : null;
     progress("compressing");
     return await writePack(

@@ -25,6 +25,9 @@ export interface SnapshotInfo {
 }
 
 /** What a VMM start needs beyond the VM's config: where its kernel and disk come from, and a restore source. */
+/** A disk file's format, by its name: snapshot and template layers are `disk.qcow2` (QEMU) or `disk.raw` (Firecracker). */
+export const diskFormatOf = (path: string): "raw" | "qcow2" => (path.endsWith(".qcow2") ? "qcow2" : "raw");
+
 export interface LaunchPlan {
   kernelPath: string;
   initrdPath: string;

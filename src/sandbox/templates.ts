@@ -22,7 +22,7 @@ import { tempPath } from "../state/journal.js";
 import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { buildOnce } from "../util/build-lock.js";
 import type { Progress } from "../util/run.js";
-import type { LaunchPlan } from "./snapshots.js";
+import { diskFormatOf, type LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
 // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network;
@@ -280,7 +280,6 @@ export async function warmPlan(
   progress: Progress,
 ): Promise<LaunchPlan> {
   const dir = join(dataDir(), "warm", warmKey(w, vmmIdentity));
-  const disk = join(dir, "disk.qcow2");
   let fast: FastImage | null;
   try {
     fast = readFast(dir);
@@ -311,8 +310,8 @@ export async function warmPlan(
     initrdPath: w.initrdPath,
     hostname: TEMPLATE_HOSTNAME,
     bootArgs: w.config.bootArgs,
-    diskBase: disk,
-    diskBaseFormat: "qcow2",
+    // the capture's disk: a qcow2 layer (QEMU) or a raw copy (Firecracker)
+    ...templateDisk(dir),
     accel: w.accel,
     agentBinary: w.agentBinary,
     incoming: fast.state,
@@ -323,6 +322,13 @@ export async function warmPlan(
     from: "warm",
     consoleFrom: join(dir, "console.log"),
   };
+}
+
+function templateDisk(dir: string): { diskBase: string; diskBaseFormat: "raw" | "qcow2" } {
+  const raw = join(dir, "disk.raw");
+  return existsSync(raw)
+    ? { diskBase: raw, diskBaseFormat: "raw" }
+    : { diskBase: join(dir, "disk.qcow2"), diskBaseFormat: "qcow2" };
 }
 
 /** Boot a template VM of these inputs, let its agent settle (and its network be configured), and capture it. */
@@ -375,6 +381,13 @@ async function captureTemplate(backend: Backend, w: WarmInputs, vmmIdentity: str
 export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agentBinary: string): Promise<LaunchPlan> {
   const dir = join(snap.dir, "fast");
   let fast = readFast(dir);
+  if (!fast && backend.restoresDirectly) {
+    // (Firecracker) the snapshot loads as it was written: memory mapped copy-on-write, no fast image
+    return {
+      ...snapshotBase(snap, agentBinary),
+      incoming: snap.memFile,
+    };
+  }
   if (!fast && (await splitToFast(backend, snap.memFile, dir, snap.config.memSizeMib))) fast = readFast(dir);
   if (!fast) {
     await capture(
@@ -393,25 +406,27 @@ export async function snapshotPlan(backend: Backend, snap: SnapshotRecord, agent
         startPaused: true, // the guest never runs here, so the snapshot's own disk layer stays exact
         nic: captureNic(snap.config),
       },
-      { base: snap.diskFile, baseFormat: "qcow2" },
+      { base: snap.diskFile, baseFormat: diskFormatOf(snap.diskFile) },
       dir,
       async () => {},
     );
     fast = readFast(dir);
     if (!fast) throw new SmolVMError(`snapshot ${snap.id} could not be prepared for restore`);
   }
+  return { ...snapshotBase(snap, agentBinary), incoming: fast.state, ram: fast.ram, ignoreShared: fast.ignoreShared };
+}
+
+/** What every restore of `snap` starts from: its boot, its disk, its console. */
+function snapshotBase(snap: SnapshotRecord, agentBinary: string): Omit<LaunchPlan, "incoming"> {
   return {
     kernelPath: snap.boot.kernelPath,
     initrdPath: snap.boot.initrdPath,
     hostname: snap.boot.hostname,
     bootArgs: snap.boot.bootArgs,
     diskBase: snap.diskFile,
-    diskBaseFormat: "qcow2",
+    diskBaseFormat: diskFormatOf(snap.diskFile),
     accel: snap.accel as AccelName,
     agentBinary,
-    incoming: fast.state,
-    ram: fast.ram,
-    ignoreShared: fast.ignoreShared,
     snapshotId: snap.id,
     consoleFrom: join(snap.dir, "console.log"),
     nicInState: hasNic(snap.config),

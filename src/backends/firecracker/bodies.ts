@@ -98,9 +98,14 @@ function intIn(field: string, v: number, min: number, max: number): number {
   return v;
 }
 
+/**
+ * A path as Firecracker opens it: absolute, or a bare file name (resolved against its working directory, the VM's
+ * own folder or chroot: see sequence.ts). Nothing relative with a directory in it.
+ */
 function absPath(field: string, p: string): string {
-  if (typeof p !== "string" || !p.startsWith("/") || p.includes("\0"))
-    fail(field, `must be an absolute path, got ${p}`);
+  const bare = typeof p === "string" && /^[A-Za-z0-9_.-]{1,255}$/.test(p) && p !== "." && p !== "..";
+  if (typeof p !== "string" || (!bare && !p.startsWith("/")) || p.includes("\0"))
+    fail(field, `must be an absolute path or a bare file name, got ${p}`);
   return p;
 }
 

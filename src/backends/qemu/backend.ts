@@ -18,6 +18,7 @@ import { checkPrivateDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
+import { readExitInfo } from "../exit-info.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
@@ -64,6 +65,7 @@ const CONSOLE_MAX_BYTES = 1 << 20;
 
 export class QemuBackend implements Backend {
   readonly kind = "qemu" as const;
+  readonly restoresDirectly = false;
 
   async prepareDisk(spec: DiskSpec): Promise<{ path: string; format: "raw" | "qcow2" }> {
     mkdirSync(spec.vmDir, { recursive: true, mode: 0o700 });
@@ -249,26 +251,7 @@ export class QemuBackend implements Backend {
   }
 
   exitInfo(h: VMHandle): ExitInfo | null {
-    const read = (file: string | undefined): Record<string, unknown> | null => {
-      try {
-        const text = file ? readFileSync(file, "utf8").slice(0, 4096).trim() : "";
-        return text ? (JSON.parse(text) as Record<string, unknown>) : null;
-      } catch {
-        return null;
-      }
-    };
-    const proxy = read(h.exitPath);
-    const vmm = read(h.statusPath);
-    if (!proxy && !vmm) return null;
-    const str = (v: unknown) => (typeof v === "string" ? v.replace(/[^\w .:-]/g, "").slice(0, 100) : "");
-    const int = (v: unknown) => (typeof v === "number" && Number.isInteger(v) ? v : null);
-    return {
-      reason: str(proxy?.reason) || (vmm ? "vmm-exited" : "unknown"),
-      event: str(proxy?.event),
-      at: int(vmm?.at) ?? int(proxy?.at),
-      code: int(vmm?.code),
-      signal: int(vmm?.signal) || null,
-    };
+    return readExitInfo(h);
   }
 
   /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
