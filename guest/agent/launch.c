@@ -15,8 +15,19 @@
  *     VMM's descriptor FD, the other goes to PROGRAM (passt: `--fd 3`) as its descriptor 3, started once the VMM
  *     is up, in a session of its own, at nice 19 (its start-up must not slow the VMM's; the caller renices it), its
  *     stderr to FILE. It outlives us; it sees end-of-file when the VMM ends;
- *   - returns once the VMM's QMP monitor greets (it has finished initializing: the same moment -daemonize would
- *     return), printing the VMM's pid, or fails with the VMM's own message when it exits first.
+ *   - with --chdir DIR, the VMM runs in DIR (Firecracker is given relative drive paths, so that the drive path a
+ *     snapshot records resolves in each VM's own folder when another VM loads it);
+ *   - with --stdout-fifo PATH, the VMM's stdout is a FIFO made at PATH (0600; its stderr still goes to the log):
+ *     Firecracker writes the guest's serial console to its stdout, and the proxy reads it from there
+ *     (--console-fifo). The FIFO is opened here O_RDWR | O_NONBLOCK: read-write so that opening it does not wait
+ *     for a reader and the VMM can write before the proxy runs (the pipe buffer holds the first 64 KiB of boot
+ *     messages); non-blocking so that a full FIFO (a proxy that is gone or slow) makes the VMM's writes fail,
+ *     dropping console bytes, instead of stalling the vCPU that writes to the serial port. Only the VMM keeps it
+ *     open, so the proxy sees end-of-file exactly when the VMM is gone;
+ *   - returns once the VMM is up, printing its pid, or fails with the VMM's own message when it exits first. Up is,
+ *     with --qmp SOCK, when its QMP monitor greets (it has finished initializing: the same moment -daemonize would
+ *     return); with --ready-connect PATH, when a connect() to the Unix socket PATH succeeds (Firecracker's
+ *     --api-sock: it listens there once it is ready to be configured). Exactly one of the two is given.
  * A small supervisor (a child of ours in its own session, so it outlives the caller as -daemonize would) is the
  * VMM's parent: when the VMM ends it reaps it at once (no zombie holds its cgroups), writes how it ended (exit code
  * or signal) to --status-file, and removes its cgroups. With --lease FILE --on-expire N HOOK..., it also holds the VM
@@ -90,6 +101,19 @@ static int write_file(const char *path, const char *text) {
 	int r = write_all(fd, text, strlen(text));
 	if (close(fd) < 0) r = -1;
 	return r;
+}
+
+/* Does the Unix socket at `path` accept a connection? 1 yes, 0 not yet. The connection is closed at once: all
+ * that is asked is that the VMM listens (Firecracker serves its API socket only once it is ready). */
+static int accepts(const char *path) {
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof a.sun_path) return 0;
+	strcpy(a.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); /* a full backlog: not yet, not a hang */
+	if (fd < 0) return 0;
+	int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+	close(fd);
+	return ok;
 }
 
 /* Has the QMP monitor at `path` greeted us? 1 yes, 0 not yet. */
@@ -173,6 +197,7 @@ static pid_t start_peer(int end, const char *errfile, char **peer) {
 
 int launch_main(int argc, char **argv) {
 	const char *log = NULL, *pidfile = NULL, *qmp = NULL, *status_file = NULL, *cgroups[MAX_CGROUPS];
+	const char *ready_connect = NULL, *chdir_to = NULL, *stdout_fifo = NULL;
 	int keep[MAX_KEEP], nkeep = 0, ncg = 0, timeout_ms = 30000, isolate = 0, i, ntap = 0, peer_fd = -1, peer_end = -1;
 	const char *peer_err = NULL, *peer_pidfile = NULL, *lease = NULL;
 	char **peer = NULL, **hook = NULL;
@@ -188,6 +213,9 @@ int launch_main(int argc, char **argv) {
 		if (!strcmp(argv[i], "--log")) log = v;
 		else if (!strcmp(argv[i], "--pidfile")) pidfile = v;
 		else if (!strcmp(argv[i], "--qmp")) qmp = v;
+		else if (!strcmp(argv[i], "--ready-connect")) ready_connect = v;
+		else if (!strcmp(argv[i], "--chdir")) chdir_to = v;
+		else if (!strcmp(argv[i], "--stdout-fifo")) stdout_fifo = v;
 		else if (!strcmp(argv[i], "--status-file")) status_file = v;
 		else if (!strcmp(argv[i], "--timeout")) timeout_ms = atoi(v);
 		else if (!strcmp(argv[i], "--keep-fd") && nkeep < MAX_KEEP) keep[nkeep++] = atoi(v);
@@ -244,7 +272,7 @@ int launch_main(int argc, char **argv) {
 		else goto usage;
 		i++;
 	}
-	if (i + 1 >= argc || !log || !qmp || (peer_fd >= 0) != (peer != NULL)) goto usage;
+	if (i + 1 >= argc || !log || !qmp == !ready_connect || (peer_fd >= 0) != (peer != NULL)) goto usage;
 	for (int k = 0; k < nkeep; k++)
 		if (keep[k] == peer_fd) goto usage;
 	for (int k = 0; k < ntap; k++)
@@ -291,6 +319,16 @@ int launch_main(int argc, char **argv) {
 		fprintf(stderr, "launch: cannot open %s: %s\n", log, strerror(errno));
 		return 125;
 	}
+	/* opened after every descriptor with a set number is in place, so it cannot take one of theirs; a stale FIFO
+	 * (or anything else) at the path goes first: the run directory is private to this VM */
+	int fifo = -1;
+	if (stdout_fifo) {
+		if ((unlink(stdout_fifo) < 0 && errno != ENOENT) || mkfifo(stdout_fifo, 0600) < 0 ||
+		    (fifo = open(stdout_fifo, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0) {
+			fprintf(stderr, "launch: cannot make the FIFO %s: %s\n", stdout_fifo, strerror(errno));
+			return 125;
+		}
+	}
 	pid_t sup = fork();
 	if (sup < 0) {
 		perror("launch: fork");
@@ -318,8 +356,12 @@ int launch_main(int argc, char **argv) {
 				dprintf(logfd, "launch: cannot isolate the VMM (unshare): %s\n", strerror(errno));
 				_exit(125);
 			}
+			if (chdir_to && chdir(chdir_to) < 0) {
+				dprintf(logfd, "launch: cannot change the VMM's directory to %s: %s\n", chdir_to, strerror(errno));
+				_exit(125);
+			}
 			dup2(nul, 0);
-			dup2(logfd, 1);
+			dup2(fifo >= 0 ? fifo : logfd, 1); /* (dup2 clears close-on-exec on the copy; the original closes) */
 			dup2(logfd, 2);
 			execvp(prog[0], prog);
 			dprintf(2, "launch: cannot run %s: %s\n", prog[0], strerror(errno));
@@ -327,6 +369,7 @@ int launch_main(int argc, char **argv) {
 		}
 		for (int k = 0; k < nkeep; k++) close(keep[k]); /* the VMM has them now */
 		for (int k = 0; k < ntap; k++) close(taps[k].fd);
+		if (fifo >= 0) close(fifo); /* the VMM's alone: its end-of-file is the VMM's end */
 		if (peer) { /* neither end: the peer must see end-of-file when the VMM ends */
 			close(peer_fd);
 			close(peer_end);
@@ -360,7 +403,7 @@ int launch_main(int argc, char **argv) {
 			pid_t w = waitpid(vmm, &status, WNOHANG);
 			if (w == vmm) break;
 			if (w < 0 && errno != EINTR) break;
-			if (qmp_greets(qmp, 200)) {
+			if (qmp ? qmp_greets(qmp, 200) : accepts(ready_connect)) {
 				n = snprintf(msg, sizeof msg, "ok %d\n", (int)vmm);
 				write_all(ready[1], msg, (size_t)n);
 				close(ready[1]);
@@ -386,6 +429,7 @@ int launch_main(int argc, char **argv) {
 	close(ready[1]);
 	close(nul);
 	close(logfd);
+	if (fifo >= 0) close(fifo);
 	for (int k = 0; k < nkeep; k++) close(keep[k]);
 	for (int k = 0; k < ntap; k++) close(taps[k].fd);
 	if (peer) close(peer_fd);
@@ -436,7 +480,8 @@ int launch_main(int argc, char **argv) {
 	}
 	return 1;
 usage:
-	fprintf(stderr, "usage: smolvm-agent launch --log FILE --qmp SOCK [--pidfile F] [--status-file F] [--timeout MS] [--lease F --on-expire N HOOK...] "
+	fprintf(stderr, "usage: smolvm-agent launch --log FILE (--qmp SOCK | --ready-connect SOCK) [--chdir DIR] [--stdout-fifo PATH] "
+			"[--pidfile F] [--status-file F] [--timeout MS] [--lease F --on-expire N HOOK...] "
 			"[--keep-fd N]... [--tap NAME:FD | --new-tap NAME:FD [--tap-mac MAC] [--tap-addr A/P] [--tap-neigh A=MAC]]... "
 			"[--peer FD [--peer-err FILE] [--peer-pidfile FILE] --peer-exec N PEER ARGS...] [--cgroup DIR]... [--isolate] -- PROGRAM ARGS...\n");
 	return 2;

@@ -1,10 +1,12 @@
 /* smolvm-agent: one static binary, several roles.
  *   (PID 1)                    guest init + exec server over virtio-serial / vsock
  *   serve --stdio | --listen P  exec server on the host, for protocol tests
- *   proxy --upstream U --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in front of a VM
+ *   proxy --upstream U [--vsock-port N] --listen L [--pidfile F] [--log F] [--daemon]   host-side multiplexer in
+ *                               front of a VM (U: QEMU's chardev socket, or with --vsock-port Firecracker's vsock one)
  *   run --socket S -- ARGV...   one command through a VM's agent socket, bridging stdio (e.g. ssh ProxyCommand)
  *   forward --agent S --listen HOST:PORT --port P   a host TCP port relayed to a port in the guest
  *   launch ..., qmp ...         start a VMM; send QMP commands with descriptors */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,7 +54,21 @@ int main(int argc, char **argv) {
 		o.logfile = arg(argc, argv, "--log");
 		o.daemonize = flag(argc, argv, "--daemon");
 		o.release_all = flag(argc, argv, "--release-all");
+		const char *vp = arg(argc, argv, "--vsock-port");
+		if (vp) {
+			char *end;
+			errno = 0;
+			unsigned long long port = strtoull(vp, &end, 10);
+			if (!*vp || *end || *vp == '-' || errno || port > 0xffffffffull) goto usage;
+			o.vsock = 1;
+			o.vsock_port = (unsigned long)port;
+		}
+		const char *ct = arg(argc, argv, "--connect-timeout");
+		o.connect_timeout_ms = ct ? strtol(ct, NULL, 10) : 60000;
+		if (o.connect_timeout_ms <= 0) goto usage;
 		o.console_sock = arg(argc, argv, "--console");
+		o.console_fifo = arg(argc, argv, "--console-fifo");
+		if (o.console_sock && o.console_fifo) goto usage;
 		o.console_log = arg(argc, argv, "--console-log");
 		const char *cs = arg(argc, argv, "--clock-sync");
 		o.clock_sync_ms = cs ? strtol(cs, NULL, 10) : 30000;
@@ -87,11 +103,14 @@ int main(int argc, char **argv) {
 usage:
 	fprintf(stderr, "usage: smolvm-agent serve --stdio | serve --listen PATH\n"
 			"       smolvm-agent proxy --upstream SOCK --listen SOCK [--pidfile F] [--log F] [--daemon] [--release-all]\n"
-			"                          [--console SOCK --console-log F [--console-max BYTES]] [--events QMP --exit-file F]\n"
+			"                          [--vsock-port N [--connect-timeout MS (default 60000)]]\n"
+			"                          [(--console SOCK | --console-fifo FIFO) --console-log F [--console-max BYTES]]\n"
+			"                          [--events QMP] [--exit-file F]\n"
 			"                          [--clock-sync MS (default 30000; 0: never)]\n"
 			"                          [--runas UID:GID]\n"
-			"       smolvm-agent launch --log F --qmp SOCK [--pidfile F] [--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]...\n"
-			"                           [--isolate] -- PROGRAM...\n"
+			"       smolvm-agent launch --log F (--qmp SOCK | --ready-connect SOCK) [--chdir DIR] [--stdout-fifo PATH]\n"
+			"                           [--pidfile F] [--keep-fd N]... [--tap NAME:FD]... [--cgroup DIR]... [--isolate]\n"
+			"                           -- PROGRAM...   (launch with no options lists them all)\n"
 			"       smolvm-agent qmp --socket SOCK [fd=N:]JSON...\n"
 			"       smolvm-agent run --socket SOCK -- ARGV...\n"
 			"       smolvm-agent forward --agent SOCK --listen HOST:PORT --port GUESTPORT [--guest-host ADDR]\n"

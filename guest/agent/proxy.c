@@ -1,6 +1,12 @@
 /* Host-side multiplexer: one upstream channel to the guest agent (QEMU's virtio-serial chardev socket accepts a
  * single client), many local clients on a 0600 Unix socket. Each client gets a slot; its stream ids must carry the
- * slot in their top 8 bits, which is how replies are routed back. A client that goes away has its streams released. */
+ * slot in their top 8 bits, which is how replies are routed back. A client that goes away has its streams released.
+ *
+ * Under Firecracker (--vsock-port N) the upstream is a vsock stream: Firecracker's Unix socket for host-initiated
+ * connections, where each connection asks for a guest port (`CONNECT N\n`, answered `OK <host port>\n`). Unlike
+ * QEMU's chardev, which exists from the VMM's start and buffers until the guest opens its port, that connection can
+ * only be made once the guest agent listens, late in the guest's boot. So the proxy listens (and daemonizes) first,
+ * and connects from its main loop, retrying, while clients' frames wait in up_out (see vsock_attempt()). */
 #define _GNU_SOURCE
 #include "proxy.h"
 
@@ -42,7 +48,7 @@ static long long now_ms(void) {
 }
 
 static struct client cl[SLOTS];
-static int up = -1;
+static int up = -1; /* -1 until connected (vsock mode only: otherwise it is connected before the loop) */
 static struct bq up_in, up_out;
 static unsigned next_slot = 1;
 
@@ -126,12 +132,18 @@ static void client_read(int s) {
 
 /* Route whole frames from the guest to their clients. Returns -1 when the channel closed (the VM is gone), -2
  * when the guest broke the framing. */
+static int upstream_route(void);
 static int upstream_read(void) {
 	uint8_t buf[65536];
 	ssize_t r = read(up, buf, sizeof buf);
 	if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
 	if (r <= 0) return -1;
 	if (bq_push(&up_in, buf, (size_t)r, IN_LIMIT) < 0) return -2;
+	return upstream_route();
+}
+
+/* Route the whole frames in up_in; -2 when the guest broke the framing. */
+static int upstream_route(void) {
 	for (;;) {
 		uint8_t type;
 		uint32_t stream;
@@ -152,6 +164,90 @@ static int upstream_read(void) {
 		}
 		bq_consume(&up_in, (size_t)f);
 	}
+}
+
+/* ---- Firecracker's vsock: one host-initiated connection to the guest agent's port. Firecracker answers a CONNECT
+ * only once something in the guest accepts on that port; until then (the guest is booting) it closes the connection
+ * without a word. So: try, and again every VSOCK_RETRY_MS, until connect_timeout_ms after the start. Each attempt
+ * blocks the loop for at most VSOCK_ANSWER_MS (Firecracker answers at once, either way); clients are welcomed
+ * meanwhile and their frames queue in up_out (bounded by UP_OUT_LIMIT like any backlog). The answer line comes
+ * from Firecracker, not the guest, but the bytes after it are the guest's: kept, and parsed like any. ---- */
+#define VSOCK_LINE_MAX 64   /* the answer line, newline included ("OK 4294967295\n" is 14 bytes) */
+#define VSOCK_RETRY_MS 20
+#define VSOCK_ANSWER_MS 200
+static long long up_deadline, up_next_try;
+static char vsock_why[128]; /* why the last attempt failed: said when the proxy gives up */
+
+/* Is `s` (n bytes, no newline) `OK <host port>`, a port of at most 32 bits? */
+static int vsock_ok_line(const char *s, size_t n) {
+	if (n < 4 || n > 3 + 10 || memcmp(s, "OK ", 3)) return 0;
+	unsigned long long v = 0;
+	for (size_t k = 3; k < n; k++) {
+		if (s[k] < '0' || s[k] > '9') return 0;
+		v = v * 10 + (unsigned)(s[k] - '0');
+	}
+	return v <= 0xffffffffull;
+}
+
+/* One attempt: the connected (non-blocking) socket, with the bytes past the answer line in up_in; or -1, vsock_why
+ * saying why. */
+static int vsock_attempt(const char *path, unsigned long port) {
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	strcpy(a.sun_path, path); /* length checked at the start */
+	/* non-blocking: a connect that would wait (a full backlog) is a failed attempt, not a stalled loop */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		snprintf(vsock_why, sizeof vsock_why, "cannot connect to %s: %s", path, strerror(errno));
+		if (fd >= 0) close(fd);
+		return -1;
+	}
+	char req[32];
+	int qn = snprintf(req, sizeof req, "CONNECT %lu\n", port);
+	if (write(fd, req, (size_t)qn) != qn) { /* a fresh socket's buffer takes 20 bytes, or it is broken */
+		snprintf(vsock_why, sizeof vsock_why, "cannot send CONNECT: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	char buf[4096]; /* more than the line may come in one read: the rest is the guest's */
+	size_t got = 0;
+	char *nl = NULL;
+	long long deadline = now_ms() + VSOCK_ANSWER_MS;
+	while (!nl) {
+		int left = (int)(deadline - now_ms());
+		struct pollfd pf = {fd, POLLIN, 0};
+		if (left <= 0 || poll(&pf, 1, left) <= 0) {
+			snprintf(vsock_why, sizeof vsock_why, "no answer within %d ms", VSOCK_ANSWER_MS);
+			goto fail;
+		}
+		ssize_t r = read(fd, buf + got, sizeof buf - got);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+		if (r <= 0) { /* the usual answer while the guest boots: nothing listens on the port yet */
+			snprintf(vsock_why, sizeof vsock_why, "closed without an answer (nothing listens on port %lu yet)", port);
+			goto fail;
+		}
+		got += (size_t)r;
+		nl = memchr(buf, '\n', got < VSOCK_LINE_MAX ? got : VSOCK_LINE_MAX);
+		if (!nl && got >= VSOCK_LINE_MAX) {
+			snprintf(vsock_why, sizeof vsock_why, "no end of line in the first %d bytes", VSOCK_LINE_MAX);
+			goto fail;
+		}
+	}
+	size_t line = (size_t)(nl - buf) + 1;
+	if (!vsock_ok_line(buf, line - 1)) {
+		char shown[VSOCK_LINE_MAX + 1];
+		for (size_t k = 0; k + 1 < line; k++) shown[k] = buf[k] >= 0x20 && buf[k] < 0x7f && buf[k] != '"' ? buf[k] : '?';
+		shown[line - 1] = 0;
+		snprintf(vsock_why, sizeof vsock_why, "answered \"%s\"", shown);
+		goto fail;
+	}
+	if (got > line && bq_push(&up_in, buf + line, got - line, IN_LIMIT) < 0) { /* cannot happen: < IN_LIMIT */
+		snprintf(vsock_why, sizeof vsock_why, "out of memory");
+		goto fail;
+	}
+	return fd;
+fail:
+	close(fd);
+	return -1;
 }
 
 /* ---- the guest's clock: a guest clock drifts (under TCG ~0.3 s a minute), so the proxy, which runs as long as the
@@ -209,6 +305,12 @@ static void console_trim(void) {
 	free(t);
 }
 
+/* A console FIFO (--console-fifo) reads 0, end-of-file, once no writer has it open, and then polls readable
+ * (POLLHUP) forever: so on end-of-file it is closed and polled no more, as the socket is. That is correct because
+ * the VMM, its only writer, opened it (launch --stdout-fifo) before the proxy started and keeps it until it ends:
+ * end-of-file means the VMM is gone and its output is complete. Nor can it come too early: Linux reports a FIFO's
+ * hang-up to a reader only once a writer has come and gone since that reader opened it, so a FIFO that no writer
+ * has opened yet is simply quiet. */
 static void console_read(void) {
 	uint8_t b[65536];
 	ssize_t r = read(con_fd, b, sizeof b);
@@ -315,12 +417,21 @@ int proxy_main(const struct proxy_opts *o) {
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < SLOTS; i++) cl[i].fd = -1;
 	const char *listen_path = o->listen_path, *pidfile = o->pidfile;
-	up = connect_unix(o->upstream);
-	if (up < 0) {
-		logmsg("proxy: cannot connect to %s: %s", o->upstream, strerror(errno));
-		return 1;
+	if (o->vsock) { /* connected from the loop, once the guest listens (see vsock_attempt()) */
+		if (strlen(o->upstream) >= sizeof ((struct sockaddr_un *)0)->sun_path) {
+			logmsg("proxy: socket path too long: %s", o->upstream);
+			return 1;
+		}
+		up_deadline = now_ms() + (o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 60000);
+	} else {
+		up = connect_unix(o->upstream);
+		if (up < 0) {
+			logmsg("proxy: cannot connect to %s: %s", o->upstream, strerror(errno));
+			return 1;
+		}
+		set_nonblock(up, 1);
 	}
-	set_nonblock(up, 1);
+	/* queued first, so it is the first frame the guest gets, in vsock mode too */
 	if (o->release_all) { /* a restored guest: commands of the snapshot's clients are theirs no more */
 		uint8_t r[8];
 		put_be32(r, 1u << 24);
@@ -332,6 +443,15 @@ int proxy_main(const struct proxy_opts *o) {
 		con_fd = connect_unix(o->console_sock);
 		if (con_fd < 0) logmsg("proxy: cannot connect to the console %s: %s", o->console_sock, strerror(errno));
 		else set_nonblock(con_fd, 1);
+	} else if (o->console_fifo) { /* non-blocking: opening a FIFO for reading would otherwise wait for a writer */
+		con_fd = open(o->console_fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+		struct stat st;
+		if (con_fd >= 0 && (fstat(con_fd, &st) < 0 || !S_ISFIFO(st.st_mode))) {
+			close(con_fd);
+			con_fd = -1;
+			errno = EINVAL;
+		}
+		if (con_fd < 0) logmsg("proxy: cannot open the console FIFO %s: %s", o->console_fifo, strerror(errno));
 	}
 	if (o->console_log) {
 		conlog_fd = open(o->console_log, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -400,6 +520,25 @@ int proxy_main(const struct proxy_opts *o) {
 	if (pidfile && !o->daemonize) write_pidfile(pidfile, getpid());
 	const char *why = "vmm-exited";
 	for (;;) {
+		/* vsock mode, not connected yet: time for an attempt? (after dropping privileges: Firecracker, run as the
+		 * VM's identity, made that socket) */
+		if (up < 0 && now_ms() >= up_next_try) {
+			up = vsock_attempt(o->upstream, o->vsock_port);
+			if (up >= 0) {
+				logmsg("proxy: connected to the guest's vsock port %lu", o->vsock_port);
+				if (up_in.len && upstream_route() == -2) { /* what the guest sent right behind the answer */
+					why = "guest-protocol";
+					goto done;
+				}
+			} else if (now_ms() >= up_deadline) {
+				logmsg("proxy: no agent on vsock port %lu through %s within %ld ms: %s", o->vsock_port, o->upstream,
+				       o->connect_timeout_ms, vsock_why);
+				why = "agent-unreachable";
+				goto done;
+			} else {
+				up_next_try = now_ms() + VSOCK_RETRY_MS;
+			}
+		}
 		struct pollfd pf[4 + SLOTS];
 		int slot[4 + SLOTS];
 		int n = 0;
@@ -422,7 +561,7 @@ int proxy_main(const struct proxy_opts *o) {
 			reading_up = 0;
 			timeout = 1000;
 		}
-		pf[n] = (struct pollfd){up, (reading_up ? POLLIN : 0) | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
+		if (up >= 0) pf[n] = (struct pollfd){up, (reading_up ? POLLIN : 0) | (up_out.len ? POLLOUT : 0), 0}, slot[n++] = -1;
 		pf[n] = (struct pollfd){lfd, POLLIN, 0}, slot[n++] = -2;
 		if (con_fd >= 0) pf[n] = (struct pollfd){con_fd, POLLIN, 0}, slot[n++] = -3;
 		if (ev_fd >= 0) pf[n] = (struct pollfd){ev_fd, POLLIN, 0}, slot[n++] = -4;
@@ -431,8 +570,13 @@ int proxy_main(const struct proxy_opts *o) {
 			short ev = (reading_clients ? POLLIN : 0) | (cl[s].out.len ? POLLOUT : 0);
 			pf[n] = (struct pollfd){cl[s].fd, ev, 0}, slot[n++] = s;
 		}
-		if (o->clock_sync_ms > 0) {
+		if (o->clock_sync_ms > 0 && up >= 0) {
 			long long left = next_clock_sync ? next_clock_sync - now : o->clock_sync_ms;
+			if (left < 0) left = 0;
+			if (timeout < 0 || left < timeout) timeout = (int)left;
+		}
+		if (up < 0) { /* the next attempt */
+			long long left = up_next_try - now;
 			if (left < 0) left = 0;
 			if (timeout < 0 || left < timeout) timeout = (int)left;
 		}
@@ -465,6 +609,7 @@ int proxy_main(const struct proxy_opts *o) {
 				}
 			}
 		}
+		if (up < 0) continue; /* nothing to send to yet; the clock is set once connected (a queued time goes stale) */
 		clock_tick(o->clock_sync_ms);
 		if (up_out.len && flush(up, &up_out) < 0) goto done;
 	}

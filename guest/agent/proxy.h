@@ -6,8 +6,15 @@
 struct proxy_opts {
 	const char *upstream, *listen_path, *pidfile, *logfile;
 	int daemonize, release_all;
-	/* the VM's serial console: read from this socket into a log capped at console_max bytes (newest half kept) */
-	const char *console_sock, *console_log;
+	/* Firecracker's vsock: upstream is its Unix socket for host-initiated connections; the proxy asks for this guest
+	 * port (CONNECT/OK), retrying until the guest listens or connect_timeout_ms passes. vsock 0: upstream is a plain
+	 * stream socket (QEMU's chardev), connected before the proxy listens */
+	unsigned long vsock_port;
+	int vsock;
+	long connect_timeout_ms;
+	/* the VM's serial console: read from this socket, or this FIFO (the VMM's stdout, see launch --stdout-fifo), into
+	 * a log capped at console_max bytes (newest half kept) */
+	const char *console_sock, *console_fifo, *console_log;
 	size_t console_max;
 	/* a QMP monitor to watch for shutdown and panic events; why the VM ended is written to exit_file */
 	const char *events, *exit_file;
