@@ -155,6 +155,45 @@ describe("proxy --vsock-port: Firecracker's host-initiated vsock", () => {
     assert.equal(existsSync(listen), false);
   });
 
+  it("with --runas, connects before dropping privileges (the socket is in root's private folder), then serves", {
+    skip: process.getuid?.() === 0 ? false : "needs root to drop privileges",
+  }, async () => {
+    const agent = await startAgent();
+    const mux = await muxer({ target: agent, guestListening: false, closeFirst: 3 });
+    setTimeout(() => mux.setGuestListening(true), 300); // the guest agent comes up while the proxy is starting
+    const listen = fresh("proxy.sock");
+    const pidfile = fresh("proxy.pid");
+    const r = await runAgent([
+      "proxy",
+      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", listen, "--runas", "1234567:1234567"],
+      ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const pid = Number(readFileSync(pidfile, "utf8"));
+    pids.push(pid);
+    assert.equal(mux.answered(), 1, "connected before it daemonized");
+    const uid = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+    assert.equal(uid, "1234567", "the proxy did not drop privileges");
+    const c = await AgentClient.connect(listen);
+    clients.push(c);
+    assert.equal((await runCommand(c, "echo as-root-first", {}, {})).stdout, "as-root-first\n");
+  });
+
+  it("with --runas and no guest, fails the start within --connect-timeout (nothing left running)", {
+    skip: process.getuid?.() === 0 ? false : "needs root to drop privileges",
+  }, async () => {
+    const mux = await muxer({ guestListening: false });
+    const pidfile = fresh("proxy.pid");
+    const r = await runAgent([
+      "proxy",
+      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", fresh("p.sock"), "--runas", "1234567:1234567"],
+      ...["--daemon", "--pidfile", pidfile, "--connect-timeout", "300"],
+    ]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /no agent on vsock port 1024/);
+    assert.equal(existsSync(pidfile), false);
+  });
+
   it("keeps the guest's bytes that come with the answer line (here a frame no guest may send)", async () => {
     const bad = Buffer.from([0xff, 0xff, 0xff, 0xff, 0x14, 0, 0, 0, 1]); // a length no frame can have
     const mux = await muxer({ answer: "OK 5\n", behind: bad, closeFirst: 1 });

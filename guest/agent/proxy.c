@@ -476,6 +476,20 @@ int proxy_main(const struct proxy_opts *o) {
 		return 1;
 	}
 	umask(old);
+	/* Dropping privileges (--runas) leaves the proxy unable to reach anything in SmolVM's own run folder, where the
+	 * vsock socket is: then it connects first, while it still can (SmolVM starts it once the guest agent listens,
+	 * so this is at once; a guest that never listens fails the start here, within the connect timeout). */
+	while (o->vsock && o->runas && up < 0) {
+		up = vsock_attempt(o->upstream, o->vsock_port);
+		if (up >= 0) break;
+		if (now_ms() >= up_deadline) {
+			logmsg("proxy: no agent on vsock port %lu through %s within %ld ms: %s", o->vsock_port, o->upstream,
+			       o->connect_timeout_ms, vsock_why);
+			fprintf(stderr, "proxy: no agent on vsock port %lu: %s\n", o->vsock_port, vsock_why);
+			return 1;
+		}
+		usleep(VSOCK_RETRY_MS * 1000);
+	}
 	int ready[2] = {-1, -1};
 	if (o->daemonize) {
 		if (pipe2(ready, O_CLOEXEC) < 0) return 1;
@@ -520,8 +534,7 @@ int proxy_main(const struct proxy_opts *o) {
 	if (pidfile && !o->daemonize) write_pidfile(pidfile, getpid());
 	const char *why = "vmm-exited";
 	for (;;) {
-		/* vsock mode, not connected yet: time for an attempt? (after dropping privileges: Firecracker, run as the
-		 * VM's identity, made that socket) */
+		/* vsock mode, not connected yet (no --runas: see above): time for an attempt? */
 		if (up < 0 && now_ms() >= up_next_try) {
 			up = vsock_attempt(o->upstream, o->vsock_port);
 			if (up >= 0) {
