@@ -2,13 +2,13 @@
 import { spawnSync } from "node:child_process";
 import { accessSync, constants, mkdirSync } from "node:fs";
 import { cgroupVersion } from "./backends/cgroups.js";
-import { firecrackerBinary, firecrackerBlockers } from "./backends/firecracker/backend.js";
+import { type FirecrackerStatus, firecrackerStatus } from "./backends/firecracker/backend.js";
 import { type KvmVerdict, kvmVerdict } from "./backends/qemu/accel.js";
 import { qemuAccels, qemuBinary, qemuFeatures, qemuVersion } from "./backends/qemu/binary.js";
 import { resolveBackendName } from "./backends/resolve.js";
 import type { BackendName } from "./config.js";
 import { hostTools } from "./host-tools.js";
-import { findKernel } from "./images/kernel.js";
+import { ensureKernelConfig, findKernel } from "./images/kernel.js";
 import { findDefaultImage } from "./images/store.js";
 import { networkChecks } from "./network/doctor.js";
 import { dataDir, ensurePrivateDir, runtimeDir, stateDir } from "./paths.js";
@@ -30,6 +30,8 @@ export interface DoctorReport {
   accel: string;
   kvm: KvmVerdict;
   checks: DoctorCheck[];
+  /** Firecracker on this host: binary, version, jailer, the guest kernel's check, and every blocker with its fix. */
+  firecracker: FirecrackerStatus;
   durationMs: number;
 }
 
@@ -140,17 +142,22 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
     accel === "tcg" ? "tcg (software emulation: works, but slower)" : accel,
   );
 
-  const fc = firecrackerBinary();
-  const blockers = firecrackerBlockers(kvm);
+  if (backend === "firecracker" && kernel) {
+    // a kernel fetched before SmolVM kept its config: fetch the config once, so the kernel can be checked
+    await ensureKernelConfig(kernel).catch((e: Error) => add("kernel config", "warn", e.message));
+  }
+  const fc = firecrackerStatus(kvm, kernel ?? null);
+  const why = fc.blockers.map((b) => (b.fix ? `${b.reason} (fix: ${b.fix})` : b.reason)).join("; ");
+  const what = `${fc.binary ?? "binary not found"}${fc.version ? ` v${fc.version}` : ""}`;
   if (backend === "firecracker") {
+    add("firecracker", fc.blockers.length ? "fail" : "ok", fc.blockers.length ? `unavailable: ${why}` : what);
     add(
-      "firecracker",
-      blockers.length ? "fail" : "ok",
-      blockers.length ? `unavailable: ${blockers.join("; ")}` : (fc as string),
+      "firecracker kernel",
+      fc.kernel.ok === true ? "ok" : fc.kernel.ok === false ? "fail" : "warn",
+      fc.kernel.ok === true ? fc.kernel.summary : `${fc.kernel.reasons.join("; ")} (fix: ${fc.kernel.fix})`,
     );
   } else {
-    const why = blockers.length ? ` (unavailable: ${blockers.join("; ")})` : "";
-    add("firecracker", "skip", `${fc ?? "binary not found"}, not used: this release drives QEMU${why}`);
+    add("firecracker", "skip", `${what}, not used: this release drives QEMU${why ? ` (unavailable: ${why})` : ""}`);
   }
 
   confinementChecks(add, qemu);
@@ -173,6 +180,7 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
     accel,
     kvm,
     checks,
+    firecracker: fc,
     durationMs: Math.round(performance.now() - t0),
   };
 }

@@ -1,18 +1,25 @@
 /** Backend choice: explicit argument > SMOLVM_BACKEND > platform default. */
 import { BACKENDS, type BackendName } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { FIRECRACKER_IMPLEMENTED, firecrackerBinary, firecrackerUnavailable } from "./firecracker/backend.js";
+import { FIRECRACKER_IMPLEMENTED, firecrackerUnavailable } from "./firecracker/backend.js";
+import { checkFirecrackerVersion, firecrackerBinary, firecrackerVersion } from "./firecracker/binary.js";
+import { firecrackerKernelCheck } from "./firecracker/kernel-check.js";
 import { FirecrackerBackend } from "./firecracker/vmm.js";
 import { QemuBackend } from "./qemu/backend.js";
 import type { Backend, BackendKind } from "./types.js";
 
 /**
- * Platform default: macOS -> qemu; Linux -> firecracker when its binary exists, KVM is usable and this release
- * drives it, else qemu.
+ * Platform default: macOS -> qemu; Linux -> firecracker when this release drives it, KVM is usable, its binary
+ * exists and speaks a supported version, and the guest kernel boots under it (kernel-check.ts); else qemu.
+ * `doctor --backend firecracker` says which of these fails. Cheap: the version and the kernel check are remembered
+ * per file (path, size, mtime), and nothing is asked while the backend is not implemented.
  */
 export function platformDefault(kvmUsable = false): BackendKind {
-  if (process.platform === "linux" && FIRECRACKER_IMPLEMENTED && kvmUsable && firecrackerBinary()) return "firecracker";
-  return "qemu";
+  if (process.platform !== "linux" || !FIRECRACKER_IMPLEMENTED || !kvmUsable) return "qemu";
+  const bin = firecrackerBinary();
+  const version = bin ? firecrackerVersion(bin) : null;
+  if (!version || checkFirecrackerVersion(version) !== null) return "qemu";
+  return firecrackerKernelCheck(version).ok === true ? "firecracker" : "qemu";
 }
 
 export function resolveBackendName(explicit?: BackendName, kvmUsable = false): BackendKind {

@@ -31,7 +31,21 @@ export function registerHost(program: Command): void {
     .description("install host packages (as root), fetch the guest kernel, build the agent and default image")
     .option("--json", "print the result as JSON")
     .option("--with-test-tools", "also install what the test suite and benchmarks use (tmux, dropbear, ssh)")
-    .action(async (o: { json?: boolean; withTestTools?: boolean }) => {
+    .option(
+      "--firecracker <path>",
+      "only install this Firecracker binary (and the jailer beside it) into ~/.local/bin, after checking its version",
+    )
+    .action(async (o: { json?: boolean; withTestTools?: boolean; firecracker?: string }) => {
+      if (o.firecracker !== undefined) {
+        const { installFirecracker } = await import("../backends/firecracker/install.js");
+        const r = installFirecracker(o.firecracker);
+        if (o.json) printJson(r);
+        else {
+          const jailer = r.jailer ? `, jailer ${r.jailer}` : " (no jailer beside it)";
+          process.stdout.write(`installed Firecracker v${r.version}: ${r.firecracker}${jailer}\n`);
+        }
+        return;
+      }
       const r = await setup(progress, { testTools: o.withTestTools });
       if (o.json) printJson(r);
       else process.stdout.write(`ready: kernel ${r.image.kernelVersion}, image ${r.image.rootfsPath}\n`);

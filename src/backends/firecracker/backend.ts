@@ -1,39 +1,87 @@
-import { existsSync } from "node:fs";
-import { homedir } from "node:os";
-import { join } from "node:path";
 import { BackendUnavailableError } from "../../errors.js";
-import { which } from "../../util/run.js";
+import type { KernelInfo } from "../../images/kernel.js";
+import {
+  checkFirecrackerVersion,
+  FIRECRACKER_SEARCH,
+  firecrackerBinary,
+  firecrackerProbe,
+  jailerBinary,
+} from "./binary.js";
+import { firecrackerKernelCheck, type KernelCheck } from "./kernel-check.js";
+
+export { FIRECRACKER_SEARCH, firecrackerBinary } from "./binary.js";
 
 /** Whether this release can drive Firecracker. It cannot yet: the backend arrives with its own issue. */
 export const FIRECRACKER_IMPLEMENTED = false;
 
-/** Where a Firecracker binary is looked for, in order: `SMOLVM_FIRECRACKER_BIN`, `PATH`, `~/.local/bin`. */
-export const FIRECRACKER_SEARCH = "SMOLVM_FIRECRACKER_BIN, PATH, ~/.local/bin";
+export interface FirecrackerBlocker {
+  what: "binary" | "version" | "kvm" | "kernel" | "release";
+  reason: string;
+  /** What to do about it, when there is something to do. */
+  fix?: string;
+}
 
-export function firecrackerBinary(): string | null {
-  const env = process.env.SMOLVM_FIRECRACKER_BIN;
-  if (env) return existsSync(env) ? env : null;
-  const local = join(homedir(), ".local", "bin", "firecracker");
-  return which("firecracker") ?? (existsSync(local) ? local : null);
+export interface FirecrackerStatus {
+  binary: string | null;
+  version: string | null;
+  jailer: string | null;
+  /** Whether the guest kernel boots under this Firecracker (kernel-check.ts). */
+  kernel: KernelCheck;
+  /** Every reason Firecracker cannot run VMs here; empty when it can. */
+  blockers: FirecrackerBlocker[];
 }
 
 /**
- * Every reason Firecracker cannot run VMs on this host, for `doctor`: the binary, KVM (Firecracker has no software
- * emulation), and this release (which has its API client, not yet its backend: docs/FIRECRACKER.md).
+ * Everything `doctor` says about Firecracker on this host: the binary and its version (one the client speaks),
+ * KVM (Firecracker has no software emulation), the guest kernel, and this release (which has its API client, not
+ * yet its backend: docs/FIRECRACKER.md).
  */
-export function firecrackerBlockers(kvm: { usable: boolean; reason: string }): string[] {
-  const out: string[] = [];
+export function firecrackerStatus(
+  kvm: { usable: boolean; reason: string },
+  kernel?: KernelInfo | null,
+): FirecrackerStatus {
+  const out: FirecrackerBlocker[] = [];
   const bin = firecrackerBinary();
+  let version: string | null = null;
   if (!bin) {
     const env = process.env.SMOLVM_FIRECRACKER_BIN;
-    out.push(
-      env ? `SMOLVM_FIRECRACKER_BIN=${env} does not exist` : `no firecracker binary (looked in ${FIRECRACKER_SEARCH})`,
-    );
+    out.push({
+      what: "binary",
+      reason: env
+        ? `SMOLVM_FIRECRACKER_BIN=${env} does not exist`
+        : `no firecracker binary (looked in ${FIRECRACKER_SEARCH})`,
+      fix: "smolvm setup --firecracker /path/to/firecracker",
+    });
+  } else {
+    const probe = firecrackerProbe(bin);
+    version = probe.version;
+    const bad = version ? checkFirecrackerVersion(version) : `${bin}: ${probe.error}`;
+    if (bad)
+      out.push({ what: "version", reason: bad, fix: "install a supported release: smolvm setup --firecracker PATH" });
   }
-  if (!kvm.usable) out.push(`KVM cannot run a guest here (${kvm.reason}); Firecracker needs KVM`);
-  if (!FIRECRACKER_IMPLEMENTED)
-    out.push("this release has Firecracker's API client, not yet its backend (docs/FIRECRACKER.md)");
-  return out;
+  if (!kvm.usable)
+    out.push({ what: "kvm", reason: `KVM cannot run a guest here (${kvm.reason}); Firecracker needs KVM` });
+  const k = firecrackerKernelCheck(version, kernel);
+  if (k.ok !== true) {
+    const which = k.kernelPath ? `the guest kernel ${k.kernelPath}` : "the guest kernel";
+    const head =
+      k.ok === false
+        ? `${which} cannot boot under Firecracker`
+        : `cannot tell whether ${which} boots under Firecracker`;
+    out.push({ what: "kernel", reason: `${head}: ${k.reasons.join("; ")}`, ...(k.fix ? { fix: k.fix } : {}) });
+  }
+  if (!FIRECRACKER_IMPLEMENTED) {
+    out.push({
+      what: "release",
+      reason: "this release has Firecracker's API client, not yet its backend (docs/FIRECRACKER.md)",
+    });
+  }
+  return { binary: bin, version, jailer: bin ? jailerBinary(bin) : null, kernel: k, blockers: out };
+}
+
+/** The blockers of firecrackerStatus as sentences (each with its fix). */
+export function firecrackerBlockers(kvm: { usable: boolean; reason: string }, kernel?: KernelInfo | null): string[] {
+  return firecrackerStatus(kvm, kernel).blockers.map((b) => (b.fix ? `${b.reason} (fix: ${b.fix})` : b.reason));
 }
 
 export function firecrackerUnavailable(): BackendUnavailableError {
