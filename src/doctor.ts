@@ -148,7 +148,10 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
   }
   const fc = firecrackerStatus(kvm, kernel ?? null);
   const why = fc.blockers.map((b) => (b.fix ? `${b.reason} (fix: ${b.fix})` : b.reason)).join("; ");
-  const what = `${fc.binary ?? "binary not found"}${fc.version ? ` v${fc.version}` : ""}`;
+  const jailer = fc.jailer
+    ? `jailer ${fc.jailer}`
+    : "no jailer (Firecracker would run with SmolVM's own privileges: install one beside it)";
+  const what = `${fc.binary ?? "binary not found"}${fc.version ? ` v${fc.version}` : ""}${fc.binary ? `, ${jailer}` : ""}`;
   if (backend === "firecracker") {
     add("firecracker", fc.blockers.length ? "fail" : "ok", fc.blockers.length ? `unavailable: ${why}` : what);
     add(
@@ -157,7 +160,7 @@ export async function doctor(opts: { backend?: BackendName; probe?: boolean } = 
       fc.kernel.ok === true ? fc.kernel.summary : `${fc.kernel.reasons.join("; ")} (fix: ${fc.kernel.fix})`,
     );
   } else {
-    add("firecracker", "skip", `${what}, not used: this release drives QEMU${why ? ` (unavailable: ${why})` : ""}`);
+    add("firecracker", "skip", `${what}, not used: backend ${backend}${why ? ` (unavailable: ${why})` : ""}`);
   }
 
   confinementChecks(add, qemu);

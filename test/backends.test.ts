@@ -94,7 +94,9 @@ for (const backend of BACKENDS) {
       try {
         await a.run("echo only-a > /root/fork.txt");
         assert.equal((await b.run("test -e /root/fork.txt; echo $?")).output, "1");
-        const rand = await Promise.all([a, b].map((f) => f.run("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")));
+        const rand = await Promise.all(
+          [a, b].map((f) => f.run("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")),
+        );
         assert.notEqual(rand[0]?.output, rand[1]?.output);
       } finally {
         await a.delete();

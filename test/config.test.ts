@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { resolveBackendName } from "../src/backends/resolve.js";
+import { platformDefault, resolveBackendName } from "../src/backends/resolve.js";
 import { resolveConfig } from "../src/config.js";
 import { BackendUnavailableError, ConfigError, SmolVM } from "../src/index.js";
+import { StateStore } from "../src/state/store.js";
 import { isolatedState } from "./helpers.js";
 
 isolatedState();
@@ -65,12 +66,42 @@ describe("backend resolution", () => {
     }
   });
 
-  it("asking for firecracker explicitly fails with a clear error", async () => {
-    const vm = new SmolVM({ backend: "firecracker" });
-    await assert.rejects(vm.start(), (e: unknown) => {
-      assert.ok(e instanceof BackendUnavailableError);
-      assert.match((e as Error).message, /firecracker.*use backend 'qemu'/);
-      return true;
-    });
+  it("firecracker without its binary fails at once, naming the fix, before any disk is made", async () => {
+    const saved = process.env.SMOLVM_FIRECRACKER_BIN;
+    process.env.SMOLVM_FIRECRACKER_BIN = "/nonexistent/firecracker";
+    try {
+      const vm = new SmolVM({ backend: "firecracker" });
+      await assert.rejects(vm.start(), (e: unknown) => {
+        assert.ok(e instanceof BackendUnavailableError);
+        assert.match(
+          (e as Error).message,
+          /firecracker backend unavailable: no firecracker binary.*setup --firecracker/,
+        );
+        return true;
+      });
+      assert.equal(StateStore.open().get(vm.vmId), null, "a record was left behind");
+    } finally {
+      if (saved === undefined) delete process.env.SMOLVM_FIRECRACKER_BIN;
+      else process.env.SMOLVM_FIRECRACKER_BIN = saved;
+    }
+  });
+
+  it("auto picks QEMU unless KVM passed its probe and Firecracker is installed", () => {
+    assert.equal(
+      platformDefault(() => false),
+      "qemu",
+    );
+    const saved = process.env.SMOLVM_FIRECRACKER_BIN;
+    process.env.SMOLVM_FIRECRACKER_BIN = "/nonexistent/firecracker";
+    try {
+      assert.equal(
+        platformDefault(() => true),
+        "qemu",
+        "no binary",
+      );
+    } finally {
+      if (saved === undefined) delete process.env.SMOLVM_FIRECRACKER_BIN;
+      else process.env.SMOLVM_FIRECRACKER_BIN = saved;
+    }
   });
 });

@@ -21,10 +21,10 @@ describe("Firecracker versions", () => {
     assert.equal(parseFirecrackerVersion("Firecracker v1.2\n"), null);
   });
 
-  it("supports >= 1.16.0 and < 2.0.0", () => {
-    assert.equal(FIRECRACKER_MIN_VERSION, "1.16.0");
-    for (const ok of ["1.16.0", "1.16.1", "1.17.0-dev", "1.99.3"]) assert.equal(checkFirecrackerVersion(ok), null, ok);
-    assert.match(checkFirecrackerVersion("1.15.1") ?? "", /v1\.15\.1 is older than this client supports \(>= 1\.16\.0/);
+  it("supports >= 1.12.0 (network_overrides on snapshot load) and < 2.0.0", () => {
+    assert.equal(FIRECRACKER_MIN_VERSION, "1.12.0");
+    for (const ok of ["1.12.0", "1.16.1", "1.17.0-dev", "1.99.3"]) assert.equal(checkFirecrackerVersion(ok), null, ok);
+    assert.match(checkFirecrackerVersion("1.11.1") ?? "", /v1\.11\.1 is older than this client supports \(>= 1\.12\.0/);
     assert.match(checkFirecrackerVersion("2.0.0") ?? "", /newer major version/);
     assert.match(checkFirecrackerVersion("banana") ?? "", /cannot read/);
   });

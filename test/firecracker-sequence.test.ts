@@ -36,11 +36,16 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const ok = () => assert.deepEqual(fake.requests.filter((r) => r.status >= 300), [], "a request was refused");
+const ok = () =>
+  assert.deepEqual(
+    fake.requests.filter((r) => r.status >= 300),
+    [],
+    "a request was refused",
+  );
 const paths = () => fake.requests.map((r) => `${r.method} ${r.path}`);
 
 describe("Firecracker request sequences", () => {
-  it("boot: logger, machine, kernel, root drive, vsock, entropy, NIC, then InstanceStart, all valid", async () => {
+  it("boot: machine, kernel, root drive, vsock, entropy, NIC, then InstanceStart, all valid", async () => {
     await bootSequence(fc, {
       vcpuCount: 2,
       memSizeMib: 512,
@@ -50,7 +55,6 @@ describe("Firecracker request sequences", () => {
     });
     ok();
     assert.deepEqual(paths(), [
-      "PUT /logger",
       "PUT /machine-config",
       "PUT /boot-source",
       `PUT /drives/${ROOT_DRIVE}`,
@@ -60,12 +64,12 @@ describe("Firecracker request sequences", () => {
       "PUT /actions",
     ]);
     assert.equal(fake.state, "Running");
-    const boot = fake.requests[2]?.body as { boot_args: string; kernel_image_path: string };
+    const boot = fake.requests[1]?.body as { boot_args: string; kernel_image_path: string };
     assert.equal(boot.kernel_image_path, JAIL_NAMES.kernel, "a bare name: resolved in the VM's own folder");
     assert.match(boot.boot_args, /smolvm\.channel=vsock/);
     assert.match(boot.boot_args, /smolvm\.hostname=vm-x/);
     assert.match(boot.boot_args, /loglevel=4$/, "the user's arguments come last, so they win");
-    const drive = fake.requests[3]?.body as { path_on_host: string; is_root_device: boolean };
+    const drive = fake.requests[2]?.body as { path_on_host: string; is_root_device: boolean };
     assert.equal(drive.path_on_host, JAIL_NAMES.disk);
     assert.equal(drive.is_root_device, false, "the initramfs mounts the root, as on QEMU");
   });
@@ -93,11 +97,11 @@ describe("Firecracker request sequences", () => {
     await assert.rejects(snapshotSequence(fc, { statePath: "s", memPath: "m", running: false }), /pause it first/);
   });
 
-  it("restore of a clone: logger, then a load with its own TAP, vCPUs left stopped for the firewall", async () => {
+  it("restore of a clone: a load with its own TAP, vCPUs left stopped for the firewall", async () => {
     await restoreSequence(fc, { statePath: "snap.vmstate", memPath: "snap.mem", tap: "smvt9" });
     ok();
-    assert.deepEqual(paths(), ["PUT /logger", "PUT /snapshot/load"]);
-    const load = fake.requests[1]?.body as Record<string, unknown>;
+    assert.deepEqual(paths(), ["PUT /snapshot/load"]);
+    const load = fake.requests[0]?.body as Record<string, unknown>;
     assert.deepEqual(load.mem_backend, { backend_type: "File", backend_path: "snap.mem" });
     assert.equal(load.resume_vm, false);
     assert.deepEqual(load.network_overrides, [{ iface_id: NIC_ID, host_dev_name: "smvt9" }]);

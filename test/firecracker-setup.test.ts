@@ -70,7 +70,7 @@ describe("smolvm setup --firecracker", () => {
       [join(missing.home, "nope"), missing.home, /firecracker binary .*\/nope does not exist/],
       [notExec.bin, notExec.home, /firecracker binary .*\/firecracker is not executable/],
       [other.bin, other.home, /\/firecracker is not a Firecracker binary: .*printed "hello"/],
-      [old.bin, old.home, /\/firecracker: Firecracker v1\.7\.0 is older than this client supports \(>= 1\.16\.0/],
+      [old.bin, old.home, /\/firecracker: Firecracker v1\.7\.0 is older than this client supports \(>= 1\.12\.0/],
       [mixed.bin, mixed.home, /\/jailer is v1\.15\.0 but .*\/firecracker is v1\.16\.1/],
     ];
     for (const [path, home, re] of cases) {

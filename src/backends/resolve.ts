@@ -1,28 +1,29 @@
 /** Backend choice: explicit argument > SMOLVM_BACKEND > platform default. */
 import { BACKENDS, type BackendName } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { FIRECRACKER_IMPLEMENTED, firecrackerUnavailable } from "./firecracker/backend.js";
 import { checkFirecrackerVersion, firecrackerBinary, firecrackerVersion } from "./firecracker/binary.js";
 import { firecrackerKernelCheck } from "./firecracker/kernel-check.js";
 import { FirecrackerBackend } from "./firecracker/vmm.js";
+import { cachedKvmUsable } from "./qemu/accel.js";
 import { QemuBackend } from "./qemu/backend.js";
+import { qemuBinary } from "./qemu/binary.js";
 import type { Backend, BackendKind } from "./types.js";
 
 /**
- * Platform default: macOS -> qemu; Linux -> firecracker when this release drives it, KVM is usable, its binary
- * exists and speaks a supported version, and the guest kernel boots under it (kernel-check.ts); else qemu.
- * `doctor --backend firecracker` says which of these fails. Cheap: the version and the kernel check are remembered
- * per file (path, size, mtime), and nothing is asked while the backend is not implemented.
+ * Platform default: macOS -> qemu; Linux -> firecracker when KVM passed the probe boot (the cached verdict), its
+ * binary exists and speaks a supported version, and the guest kernel boots under it (kernel-check.ts); else qemu.
+ * `doctor --backend firecracker` says which of these fails. Cheap: the probe's verdict is read from its cache, the
+ * version and the kernel check are remembered per file (path, size, mtime).
  */
-export function platformDefault(kvmUsable = false): BackendKind {
-  if (process.platform !== "linux" || !FIRECRACKER_IMPLEMENTED || !kvmUsable) return "qemu";
+export function platformDefault(kvmUsable: () => boolean = () => cachedKvmUsable(qemuBinary())): BackendKind {
+  if (process.platform !== "linux" || !firecrackerBinary() || !kvmUsable()) return "qemu";
   const bin = firecrackerBinary();
   const version = bin ? firecrackerVersion(bin) : null;
   if (!version || checkFirecrackerVersion(version) !== null) return "qemu";
   return firecrackerKernelCheck(version).ok === true ? "firecracker" : "qemu";
 }
 
-export function resolveBackendName(explicit?: BackendName, kvmUsable = false): BackendKind {
+export function resolveBackendName(explicit?: BackendName, kvmUsable?: () => boolean): BackendKind {
   if (explicit !== undefined && !(BACKENDS as readonly string[]).includes(explicit)) {
     throw new ConfigError("backend", `must be one of ${BACKENDS.join(" | ")}, got ${JSON.stringify(explicit)}`);
   }
@@ -39,6 +40,5 @@ export function resolveBackendName(explicit?: BackendName, kvmUsable = false): B
 
 export function getBackend(kind: BackendKind): Backend {
   if (kind === "qemu") return new QemuBackend();
-  if (!FIRECRACKER_IMPLEMENTED) throw firecrackerUnavailable();
   return new FirecrackerBackend();
 }

@@ -71,11 +71,13 @@ export async function startPlan(
     agentBinary: image?.agentPath ?? (await ensureAgent(progress)),
     from: "boot",
   };
+  // whether this backend can run here at all (Firecracker: its binary, KVM), before any disk is made; the
+  // accelerator it resolves to is what a warm template is keyed by
+  const accel = await backend.resolveAccel(c.accel, boot);
   // a new isolated VM restores its image's warm-start snapshot instead of booting (a restart boots its own disk)
   let plan = boot;
   if (isNew && !c.coldBoot && c.diskMode === "isolated") {
     try {
-      const accel = await backend.resolveAccel(c.accel, boot);
       plan = await warmPlan(
         backend,
         {

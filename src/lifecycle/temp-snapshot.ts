@@ -7,7 +7,7 @@
  * are journaled temporary paths: a command killed half way leaves them to the next `reconcile`.
  */
 import { readdirSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Backend } from "../backends/types.js";
 import { VMStateError } from "../errors.js";
 import { allocatedBytes } from "../images/image-store.js";
@@ -26,7 +26,7 @@ export function dropMemory(store: StateStore, snap: SnapshotRecord): number {
     // gone
   }
   for (const f of entries) {
-    if (f === "disk.qcow2") continue;
+    if (f === basename(snap.diskFile)) continue; // disk.qcow2 (QEMU) or disk.raw (Firecracker)
     const p = join(snap.dir, f);
     freed += allocatedBytes(p);
     rmSync(p, { recursive: true, force: true });

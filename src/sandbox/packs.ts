@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { lstatSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { firecrackerBinary, firecrackerVersion } from "../backends/firecracker/binary.js";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
 import type { Backend } from "../backends/types.js";
 import { type AccelName, type ImageDefaults, labelsOf } from "../config.js";
@@ -27,6 +28,10 @@ import { fullStateFile, hasNic } from "./templates.js";
 
 /** The VMM build whose memory state a pack can restore: same VMM and version. */
 export function vmmVersion(backend: string): string {
+  if (backend === "firecracker") {
+    const fc = firecrackerBinary();
+    return `firecracker ${(fc && firecrackerVersion(fc)) ?? "?"}`;
+  }
   const q = qemuBinary();
   return backend === "qemu" && q ? `qemu ${qemuVersion(q) ?? "?"}` : backend;
 }

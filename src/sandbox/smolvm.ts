@@ -160,7 +160,7 @@ export class SmolVM implements AsyncDisposable {
     const t0 = performance.now();
     if (this.rec && this.refresh() === null) throw new VMNotFoundError(this.vmId);
     if (this.status === "running" || this.status === "paused") return;
-    this.driver(); // throws BackendUnavailableError for a backend this host cannot run
+    // startPlan fails first thing (BackendUnavailableError) on a backend this host cannot run
     const plan = await startPlan(this.driver(), this.config, this.rec === null, progress);
     await this.launch(plan, opts, t0);
   }

@@ -1,4 +1,3 @@
-import { BackendUnavailableError } from "../../errors.js";
 import type { KernelInfo } from "../../images/kernel.js";
 import {
   checkFirecrackerVersion,
@@ -11,11 +10,8 @@ import { firecrackerKernelCheck, type KernelCheck } from "./kernel-check.js";
 
 export { FIRECRACKER_SEARCH, firecrackerBinary } from "./binary.js";
 
-/** Whether this release can drive Firecracker. It cannot yet: the backend arrives with its own issue. */
-export const FIRECRACKER_IMPLEMENTED = false;
-
 export interface FirecrackerBlocker {
-  what: "binary" | "version" | "kvm" | "kernel" | "release";
+  what: "binary" | "version" | "kvm" | "kernel";
   reason: string;
   /** What to do about it, when there is something to do. */
   fix?: string;
@@ -33,8 +29,7 @@ export interface FirecrackerStatus {
 
 /**
  * Everything `doctor` says about Firecracker on this host: the binary and its version (one the client speaks),
- * KVM (Firecracker has no software emulation), the guest kernel, and this release (which has its API client, not
- * yet its backend: docs/FIRECRACKER.md).
+ * KVM (Firecracker has no software emulation), and the guest kernel; the jailer, which is not required.
  */
 export function firecrackerStatus(
   kvm: { usable: boolean; reason: string },
@@ -70,23 +65,10 @@ export function firecrackerStatus(
         : `cannot tell whether ${which} boots under Firecracker`;
     out.push({ what: "kernel", reason: `${head}: ${k.reasons.join("; ")}`, ...(k.fix ? { fix: k.fix } : {}) });
   }
-  if (!FIRECRACKER_IMPLEMENTED) {
-    out.push({
-      what: "release",
-      reason: "this release has Firecracker's API client, not yet its backend (docs/FIRECRACKER.md)",
-    });
-  }
   return { binary: bin, version, jailer: bin ? jailerBinary(bin) : null, kernel: k, blockers: out };
 }
 
 /** The blockers of firecrackerStatus as sentences (each with its fix). */
 export function firecrackerBlockers(kvm: { usable: boolean; reason: string }, kernel?: KernelInfo | null): string[] {
   return firecrackerStatus(kvm, kernel).blockers.map((b) => (b.fix ? `${b.reason} (fix: ${b.fix})` : b.reason));
-}
-
-export function firecrackerUnavailable(): BackendUnavailableError {
-  return new BackendUnavailableError(
-    "firecracker",
-    "this SmolVM release does not drive Firecracker yet; use backend 'qemu' (or leave backend unset / 'auto')",
-  );
 }

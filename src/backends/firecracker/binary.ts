@@ -2,9 +2,12 @@
  * Finding the `firecracker` and `jailer` binaries, asking their version, and whether the API client speaks it.
  *
  * The client (api.ts, bodies.ts) is written against Firecracker's OpenAPI description v1.17.0-dev
- * (test/fixtures/firecracker-api.yaml) and sends fields that first appeared in v1.16.0 (`vsock_override` and
- * `clock_realtime` on `PUT /snapshot/load`; Firecracker refuses unknown fields). Firecracker keeps its API
- * backward-compatible within a major version, so the supported range is >= 1.16.0 and < 2.0.0.
+ * (test/fixtures/firecracker-api.yaml). What the backend sends (sequence.ts) needs v1.12.0: a clone's restore names
+ * its own TAP with `network_overrides` on `PUT /snapshot/load`, added in v1.12.0 (Firecracker refuses unknown
+ * fields). Its vsock socket and drive are bare file names resolved in each clone's own folder, so it never needs
+ * `vsock_override` (v1.16.0), and it sets the guest's clock itself, so never `clock_realtime` (v1.16.0) either: the
+ * client can build those bodies, the backend does not send them. Firecracker keeps its API backward-compatible
+ * within a major version, so the supported range is >= 1.12.0 and < 2.0.0.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -17,8 +20,8 @@ export const FIRECRACKER_SEARCH = "SMOLVM_FIRECRACKER_BIN, PATH, ~/.local/bin";
 
 /** The API version of the vendored spec the client is written against. */
 export const FIRECRACKER_API_VERSION = "1.17.0-dev";
-/** Oldest Firecracker whose API has every field the client sends (`vsock_override`, `clock_realtime`). */
-export const FIRECRACKER_MIN_VERSION = "1.16.0";
+/** Oldest Firecracker whose API has every field the backend sends (`network_overrides` on snapshot load). */
+export const FIRECRACKER_MIN_VERSION = "1.12.0";
 /** First Firecracker major version the client does not speak. */
 export const FIRECRACKER_MAX_MAJOR = 2;
 

@@ -21,7 +21,6 @@ export const JAIL_NAMES = {
   kernel: "vmlinux",
   initrd: "initrd",
   disk: "rootfs",
-  log: "firecracker.log",
 } as const;
 /** The root drive's and the NIC's ids (a snapshot names them; a clone's NIC is overridden by this id). */
 export const ROOT_DRIVE = "root";
@@ -38,9 +37,12 @@ export interface BootRequests {
   trackDirtyPages?: boolean;
 }
 
-/** Configure a fresh Firecracker process and start the guest. */
+/**
+ * Configure a fresh Firecracker process and start the guest. No logger: unconfigured, Firecracker writes its log to
+ * its stdout (at the `--level` it was started with), which is the console FIFO, so its lines land in the VM's
+ * console log, capped like the guest's output; a log file of its own would grow without bound.
+ */
 export async function bootSequence(fc: FirecrackerClient, r: BootRequests): Promise<void> {
-  await fc.putLogger({ logPath: JAIL_NAMES.log, level: "Warning", showLevel: true });
   await fc.putMachineConfig({
     vcpuCount: r.vcpuCount,
     memSizeMib: r.memSizeMib,
@@ -68,7 +70,6 @@ export interface RestoreRequests {
  * write them.
  */
 export async function restoreSequence(fc: FirecrackerClient, r: RestoreRequests): Promise<void> {
-  await fc.putLogger({ logPath: JAIL_NAMES.log, level: "Warning", showLevel: true });
   await fc.loadSnapshot({
     statePath: r.statePath,
     mem: { backend: "File", path: r.memPath },

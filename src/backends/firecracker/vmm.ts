@@ -158,7 +158,9 @@ export class FirecrackerBackend implements Backend {
     return `firecracker:${version}:${bin}:${st.size}:${st.mtimeMs}`;
   }
 
+  /** KVM, always; fails when this host cannot run Firecracker at all (no binary, no usable /dev/kvm). */
   async resolveAccel(requested: AccelName): Promise<AccelName> {
+    requireFirecracker();
     if (requested !== "auto" && requested !== "kvm") {
       throw new ConfigError("accel", `Firecracker runs on KVM only, not ${requested}`);
     }
@@ -201,8 +203,10 @@ export class FirecrackerBackend implements Backend {
     const vsock = join(spec.runDir, JAIL_NAMES.vsock);
     const fifo = join(spec.runDir, "console.fifo");
     const pidFile = join(spec.runDir, "firecracker.pid");
-    for (const f of [agentSocket, api, vsock, fifo, pidFile, join(spec.runDir, "proxy.pid")]) rmSync(f, { force: true });
-    if (agentSocket.length > 107) throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
+    for (const f of [agentSocket, api, vsock, fifo, pidFile, join(spec.runDir, "proxy.pid")])
+      rmSync(f, { force: true });
+    if (agentSocket.length > 107)
+      throw new SmolVMError(`socket path too long (set SMOLVM_RUNTIME_DIR): ${agentSocket}`);
     // the sockets Firecracker makes in its folder, reached from the run dir by links (short paths for the host)
     symlinkSync(join(dir, JAIL_NAMES.api), api);
     symlinkSync(join(dir, JAIL_NAMES.vsock), vsock);
@@ -234,7 +238,13 @@ export class FirecrackerBackend implements Backend {
         stage(spec.initrdPath, dir, JAIL_NAMES.initrd, false);
         stage(spec.diskPath, dir, JAIL_NAMES.disk, false);
       }
-      const fcArgs = ["--api-sock", JAIL_NAMES.api, "--level", "Warning", ...(process.env.SMOLVM_FC_BOOT_TIMER === "1" ? ["--boot-timer"] : [])];
+      const fcArgs = [
+        "--api-sock",
+        JAIL_NAMES.api,
+        "--level",
+        "Warning",
+        ...(process.env.SMOLVM_FC_BOOT_TIMER === "1" ? ["--boot-timer"] : []),
+      ];
       const prog =
         jailer && who && jailBase
           ? [
@@ -266,7 +276,8 @@ export class FirecrackerBackend implements Backend {
         { timeoutMs: 40_000 },
       );
       pid = readPid(pidFile);
-      if (r.code !== 0 || !pid) throw new SmolVMError(`Firecracker failed to start VM ${spec.vmId}: ${r.stderr.trim()}`);
+      if (r.code !== 0 || !pid)
+        throw new SmolVMError(`Firecracker failed to start VM ${spec.vmId}: ${r.stderr.trim()}`);
       trace("firecracker: up");
       if (jailBase && who) {
         // the jailer made the chroot; Firecracker (as the VM's identity) opens what it is given there
@@ -278,8 +289,10 @@ export class FirecrackerBackend implements Backend {
       }
       const fc = new FirecrackerClient(api);
       if (restoreFiles) {
-        stage(restoreFiles.mem, dir, SNAP.mem, true);
-        stage(restoreFiles.state, dir, SNAP.state, true);
+        // under the jailer, links into the chroot; else symlinks (a template's RAM file in the data dir is then
+        // mapped where it is, shared by every clone, whatever the file systems)
+        stage(restoreFiles.mem, dir, SNAP.mem, !!jailBase);
+        stage(restoreFiles.state, dir, SNAP.state, !!jailBase);
         spec.onStarted?.();
         await restoreSequence(fc, { statePath: SNAP.state, memPath: SNAP.mem, tap });
         rmSync(join(dir, SNAP.state), { force: true }); // read; the memory file stays mapped
@@ -365,9 +378,7 @@ export class FirecrackerBackend implements Backend {
         "proxy",
         ...["--upstream", join(h.runDir, JAIL_NAMES.vsock), "--vsock-port", String(AGENT_VSOCK_PORT)],
         ...["--listen", h.agentSocket, "--pidfile", proxyPidFile, "--log", join(h.runDir, "proxy.log"), "--daemon"],
-        ...(h.consoleLog
-          ? ["--console-fifo", join(h.runDir, "console.fifo"), "--console-log", h.consoleLog]
-          : []),
+        ...(h.consoleLog ? ["--console-fifo", join(h.runDir, "console.fifo"), "--console-log", h.consoleLog] : []),
         ...["--console-max", String(CONSOLE_MAX_BYTES)],
         ...(h.exitPath ? ["--exit-file", h.exitPath] : []),
         ...(h.uid !== undefined && h.gid !== undefined ? ["--runas", `${h.uid}:${h.gid}`] : []),

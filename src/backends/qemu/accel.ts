@@ -104,6 +104,21 @@ export function probeKvmBoot(
   });
 }
 
+/**
+ * What the last probe boot said about KVM, without probing (false when it never ran, or ran for another host kernel
+ * or QEMU build): cheap enough for choosing a backend on every `new SmolVM()`.
+ */
+export function cachedKvmUsable(qemu: string | null): boolean {
+  if (process.platform !== "linux" || !qemu) return false;
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+    const c = JSON.parse(readFileSync(cacheFile(), "utf8")) as KvmVerdict & { key: string };
+    return c.key === cacheKey(qemu) && c.usable === true;
+  } catch {
+    return false;
+  }
+}
+
 /** Is KVM usable? Cheap checks first, then the (cached) probe boot. Never takes longer than the probe timeout. */
 export async function kvmVerdict(
   qemu: string,
