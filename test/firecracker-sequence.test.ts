@@ -88,7 +88,7 @@ describe("Firecracker request sequences", () => {
     await fc.resumeVm();
     ok();
     assert.deepEqual(paths(), ["PATCH /vm", "PUT /snapshot/create", "PUT /snapshot/create", "PATCH /vm"]);
-    assert.equal((fake.requests[1]?.body as { snapshot_type: string }).snapshot_type, "Full");
+    assert.equal((fake.requests[1]?.body as { snapshot_type?: string } | undefined)?.snapshot_type, "Full");
     assert.equal(fake.state, "Running");
   });
 
