@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { FirecrackerBackend, fcCmdline } from "../src/backends/firecracker/vmm.js";
+import { bootTimerAddress, FirecrackerBackend, fcCmdline } from "../src/backends/firecracker/vmm.js";
 import { ConfigError } from "../src/errors.js";
 import { repoRoot } from "./helpers.js";
 
@@ -122,5 +122,14 @@ describe("Firecracker kernel command line", () => {
       assert.ok(line.split(" ").includes(part), `${part} missing from ${line}`);
     }
     assert.ok(line.endsWith("quiet=0 loglevel=7"), "the user's arguments must come last, to win");
+    assert.ok(!line.includes("i8042.nopnp"), "it breaks SendCtrlAltDel on ACPI guests (Firecracker 1.12 dropped it)");
+    assert.ok(!line.includes("boot_timer"));
+  });
+
+  it("the boot timer: its MMIO address by Firecracker version, passed to the guest only when asked", () => {
+    assert.equal(bootTimerAddress("1.12.1"), "0xd0000000");
+    assert.equal(bootTimerAddress("1.13.0"), "0xc0000000");
+    assert.equal(bootTimerAddress("1.16.1"), "0xc0000000");
+    assert.ok(fcCmdline({ hostname: "h", bootArgs: "" }, "0xc0000000").includes("smolvm.boot_timer=0xc0000000"));
   });
 });

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
+  chownSync,
   closeSync,
   constants,
   existsSync,
@@ -192,6 +193,59 @@ describe("proxy --vsock-port: Firecracker's host-initiated vsock", () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /no agent on vsock port 1024/);
     assert.equal(existsSync(pidfile), false);
+  });
+
+  it("a reset connection (a snapshot) is made again; clients are closed and come back", async () => {
+    const agent = await startAgent();
+    const mux = await muxer({ target: agent });
+    const listen = fresh("proxy.sock");
+    const pidfile = fresh("proxy.pid");
+    const exitFile = fresh("exit.json");
+    const r = await runAgent([
+      "proxy",
+      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", listen, "--exit-file", exitFile],
+      ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const pid = Number(readFileSync(pidfile, "utf8"));
+    pids.push(pid);
+    const c = await AgentClient.connect(listen);
+    clients.push(c);
+    assert.equal((await runCommand(c, "echo before", {}, {})).stdout, "before\n");
+    mux.resetConnections();
+    assert.ok(await waitFor(() => c.closed, 5000), "the client was not told its streams are gone");
+    assert.ok(await waitFor(() => mux.answered() === 2, 5000), "the proxy did not connect again");
+    assert.ok(processAlive(pid), "the proxy ended on a reset");
+    const c2 = await AgentClient.connect(listen);
+    clients.push(c2);
+    assert.equal((await runCommand(c2, "echo after", {}, {})).stdout, "after\n");
+    // and a VMM that is gone (its socket with it) ends the proxy, as before
+    await mux.close();
+    rmSync(mux.path, { force: true });
+    assert.ok(await waitFor(() => !processAlive(pid), 5000), "the proxy outlived its VMM");
+    assert.equal(exitReason(exitFile), "vmm-exited");
+  });
+
+  it("with --runas, reconnects after a reset through the descriptor it kept (its run folder is closed to it)", {
+    skip: process.getuid?.() === 0 ? false : "needs root to drop privileges",
+  }, async () => {
+    const agent = await startAgent();
+    const mux = await muxer({ target: agent });
+    chownSync(mux.path, 1234567, 1234567); // as Firecracker, run as the VM's identity, makes it
+    const listen = fresh("proxy.sock");
+    const pidfile = fresh("proxy.pid");
+    const r = await runAgent([
+      "proxy",
+      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", listen, "--runas", "1234567:1234567"],
+      ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    pids.push(Number(readFileSync(pidfile, "utf8")));
+    mux.resetConnections();
+    assert.ok(await waitFor(() => mux.answered() === 2, 5000), "no reconnection after dropping privileges");
+    const c = await AgentClient.connect(listen);
+    clients.push(c);
+    assert.equal((await runCommand(c, "echo again", {}, {})).stdout, "again\n");
   });
 
   it("keeps the guest's bytes that come with the answer line (here a frame no guest may send)", async () => {

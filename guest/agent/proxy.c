@@ -177,6 +177,11 @@ static int upstream_route(void) {
 #define VSOCK_ANSWER_MS 200
 static long long up_deadline, up_next_try;
 static char vsock_why[128]; /* why the last attempt failed: said when the proxy gives up */
+static int vsock_gone;      /* the last attempt found no listener at all: the VMM is gone */
+/* The vsock socket as the proxy reaches it after dropping privileges: /proc/self/fd/N of an O_PATH descriptor
+ * opened before (the run folder is SmolVM's alone; the socket itself is the VM identity's). Empty: by its path. */
+static char up_via[32];
+static int up_connected_once;
 
 /* Is `s` (n bytes, no newline) `OK <host port>`, a port of at most 32 bits? */
 static int vsock_ok_line(const char *s, size_t n) {
@@ -193,10 +198,12 @@ static int vsock_ok_line(const char *s, size_t n) {
  * saying why. */
 static int vsock_attempt(const char *path, unsigned long port) {
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
-	strcpy(a.sun_path, path); /* length checked at the start */
+	strcpy(a.sun_path, up_via[0] ? up_via : path); /* length checked at the start */
+	vsock_gone = 0;
 	/* non-blocking: a connect that would wait (a full backlog) is a failed attempt, not a stalled loop */
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		vsock_gone = errno == ECONNREFUSED || errno == ENOENT;
 		snprintf(vsock_why, sizeof vsock_why, "cannot connect to %s: %s", path, strerror(errno));
 		if (fd >= 0) close(fd);
 		return -1;
@@ -248,6 +255,31 @@ static int vsock_attempt(const char *path, unsigned long port) {
 fail:
 	close(fd);
 	return -1;
+}
+
+/* The vsock connection broke while the VMM runs on: Firecracker resets every vsock connection when it takes a
+ * snapshot (and a restored guest resets the ones it had), so this is how a snapshot of a running VM looks from here.
+ * The guest has dropped the channel and what ran on it (as when a client goes away), so every client's streams are
+ * dead: their connections are closed (the SDK reconnects and says so to calls in flight), and the proxy connects
+ * anew. Returns 0, or -1 when the connection cannot be made again (the VMM is gone). */
+static long connect_timeout;
+static int vsock_lost(void) {
+	close(up);
+	up = -1;
+	bq_free(&up_in);
+	bq_free(&up_out);
+	for (int s = 1; s < SLOTS; s++) {
+		if (cl[s].fd < 0) continue;
+		close(cl[s].fd);
+		cl[s].fd = -1;
+		cl[s].stalled_since = 0;
+		bq_free(&cl[s].in);
+		bq_free(&cl[s].out);
+	}
+	up_deadline = now_ms() + connect_timeout;
+	up_next_try = 0;
+	logmsg("proxy: the vsock connection was reset (a snapshot?); connecting again");
+	return 0;
 }
 
 /* ---- the guest's clock: a guest clock drifts (under TCG ~0.3 s a minute), so the proxy, which runs as long as the
@@ -422,7 +454,11 @@ int proxy_main(const struct proxy_opts *o) {
 			logmsg("proxy: socket path too long: %s", o->upstream);
 			return 1;
 		}
-		up_deadline = now_ms() + (o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 60000);
+		connect_timeout = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 60000;
+		up_deadline = now_ms() + connect_timeout;
+		/* reachable again after dropping privileges (see up_via); absent yet (the VMM is starting): by its path */
+		int via = open(o->upstream, O_PATH | O_CLOEXEC);
+		if (via >= 0) snprintf(up_via, sizeof up_via, "/proc/self/fd/%d", via);
 	} else {
 		up = connect_unix(o->upstream);
 		if (up < 0) {
@@ -539,10 +575,13 @@ int proxy_main(const struct proxy_opts *o) {
 			up = vsock_attempt(o->upstream, o->vsock_port);
 			if (up >= 0) {
 				logmsg("proxy: connected to the guest's vsock port %lu", o->vsock_port);
+				up_connected_once = 1;
 				if (up_in.len && upstream_route() == -2) { /* what the guest sent right behind the answer */
 					why = "guest-protocol";
 					goto done;
 				}
+			} else if (up_connected_once && vsock_gone) { /* its socket is gone or refuses: so is the VMM */
+				goto done;
 			} else if (now_ms() >= up_deadline) {
 				logmsg("proxy: no agent on vsock port %lu through %s within %ld ms: %s", o->vsock_port, o->upstream,
 				       o->connect_timeout_ms, vsock_why);
@@ -605,8 +644,12 @@ int proxy_main(const struct proxy_opts *o) {
 			if (s == -1) {
 				int ur = (re & (POLLIN | POLLHUP | POLLERR)) ? upstream_read() : 0;
 				if (ur == -2) why = "guest-protocol";
+				if (ur == -1 && o->vsock && vsock_lost() == 0) continue;
 				if (ur < 0) goto done;
-				if ((re & POLLOUT) && flush(up, &up_out) < 0) goto done;
+				if ((re & POLLOUT) && flush(up, &up_out) < 0) {
+					if (o->vsock && vsock_lost() == 0) continue;
+					goto done;
+				}
 			} else if (s == -3) {
 				console_read();
 			} else if (s == -4) {
@@ -624,7 +667,10 @@ int proxy_main(const struct proxy_opts *o) {
 		}
 		if (up < 0) continue; /* nothing to send to yet; the clock is set once connected (a queued time goes stale) */
 		clock_tick(o->clock_sync_ms);
-		if (up_out.len && flush(up, &up_out) < 0) goto done;
+		if (up_out.len && flush(up, &up_out) < 0) {
+			if (o->vsock && vsock_lost() == 0) continue;
+			goto done;
+		}
 	}
 done:
 	/* the VM is gone (or broke the protocol): say why, tell clients by closing, leave no socket behind */

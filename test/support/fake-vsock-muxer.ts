@@ -31,6 +31,8 @@ export interface FakeVsockMuxer {
   /** Connections answered (and, with a target, piped) so far. */
   answered(): number;
   setGuestListening(on: boolean): void;
+  /** Break every open connection, as Firecracker's vsock device does when it takes a snapshot. */
+  resetConnections(): void;
   /** The first bytes (up to 4 KiB) the host sent on the first answered connection, after its CONNECT line. */
   fromHost(): Buffer;
   close(): Promise<void>;
@@ -114,6 +116,9 @@ export async function startFakeVsockMuxer(path: string, opts: FakeVsockMuxerOpti
       guestListening = on;
     },
     fromHost: () => fromHost,
+    resetConnections: () => {
+      for (const s of sockets) s.destroy();
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();

@@ -13,16 +13,17 @@ import {
   chmodSync,
   chownSync,
   constants,
-  copyFileSync,
   existsSync,
   linkSync,
   mkdirSync,
   readFileSync,
+  realpathSync,
   renameSync,
   rmSync,
   statSync,
   symlinkSync,
 } from "node:fs";
+import { copyFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { BackendUnavailableError, ConfigError, SmolVMError } from "../../errors.js";
@@ -36,7 +37,13 @@ import { readExitInfo } from "../exit-info.js";
 import { vmmIdentity } from "../qemu/vmm-user.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { FirecrackerClient } from "./api.js";
-import { checkFirecrackerVersion, firecrackerBinary, firecrackerVersion, jailerBinary } from "./binary.js";
+import {
+  checkFirecrackerVersion,
+  compareSemver,
+  firecrackerBinary,
+  firecrackerVersion,
+  jailerBinary,
+} from "./binary.js";
 import { AGENT_VSOCK_PORT, bootSequence, JAIL_NAMES, restoreSequence, snapshotSequence } from "./sequence.js";
 import { createPersistentTap, removeTap } from "./tap.js";
 import { connectVsock } from "./vsock.js";
@@ -48,11 +55,16 @@ export const stateFileOf = (memFile: string) => `${memFile}.vmstate`;
 /** Names of a snapshot being written or loaded, inside the VM's folder. */
 const SNAP = { state: "snap.vmstate", mem: "snap.mem" };
 
-/** Firecracker's `--id` (and the jailer's): letters, digits and '-', at most 64. Also the marker of its process. */
+/** Firecracker's `--id` (and the jailer's): letters, digits and '-', at most 64. */
 export const fcId = (vmId: string) => `smolvm-${vmId.replace(/[^A-Za-z0-9-]/g, "-")}`.slice(0, 64);
+/** What its process's command line holds, whole (`--id X` must not match `--id X2`): the liveness marker. */
+const marker = (vmId: string) => `--id\0${fcId(vmId)}\0`;
+/** The MMIO address of Firecracker's boot timer device (x86_64): moved in v1.13.0. */
+export const bootTimerAddress = (version: string) =>
+  compareSemver(version, "1.13.0") >= 0 ? "0xc0000000" : "0xd0000000";
 
 /** Kernel command line: what Firecracker's guests need (no PCI, its i8042 for reboot), then ours, then the user's. */
-export function fcCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">): string {
+export function fcCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">, bootTimer: string | null = null): string {
   return [
     "console=ttyS0",
     "quiet",
@@ -61,11 +73,10 @@ export function fcCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">): string
     "pci=off",
     "i8042.noaux",
     "i8042.nomux",
-    "i8042.nopnp",
     "i8042.dumbkbd",
     "smolvm.channel=vsock",
     `smolvm.hostname=${spec.hostname}`,
-    ...(process.env.SMOLVM_FC_BOOT_TIMER === "1" ? ["smolvm.boot_timer=1"] : []),
+    ...(bootTimer ? [`smolvm.boot_timer=${bootTimer}`] : []),
     spec.bootArgs,
   ]
     .filter(Boolean)
@@ -117,9 +128,12 @@ async function rawCopy(base: string, format: "raw" | "qcow2", out: string): Prom
   }
 }
 
-/** Put `file` into the VM's folder under `name`: a hard link (same file system), else a copy, or a symlink when
- * Firecracker is not chrooted (it then resolves it itself). */
-function stage(file: string, dir: string, name: string, jailed: boolean): void {
+/**
+ * Put `file` into the VM's folder under `name`: a symlink when Firecracker is not chrooted (it resolves it itself);
+ * under the jailer a hard link (same file system), else a copy, readable by the VM's identity (0644: the folders
+ * above are SmolVM's alone). Only read-only files are staged so: a copy of a disk would lose the guest's writes.
+ */
+async function stage(file: string, dir: string, name: string, jailed: boolean): Promise<void> {
   const to = join(dir, name);
   rmSync(to, { force: true });
   if (!jailed) {
@@ -129,8 +143,9 @@ function stage(file: string, dir: string, name: string, jailed: boolean): void {
   try {
     linkSync(file, to);
   } catch {
-    copyFileSync(file, to);
+    await copyFile(file, to);
   }
+  chmodSync(to, 0o644);
 }
 
 export class FirecrackerBackend implements Backend {
@@ -173,7 +188,9 @@ export class FirecrackerBackend implements Backend {
   }
 
   async boot(spec: BootSpec): Promise<VMHandle> {
-    const { bin } = requireFirecracker();
+    const { bin: found, version } = requireFirecracker();
+    // the jailer names the chroot after the binary's real file name (a symlink is resolved)
+    const bin = realpathSync(found);
     // Guest RAM in a file: Firecracker has none while running (its memory is anonymous), so a capture's RAM file
     // (`ram.share`) is written when the state is saved, and a restore maps a RAM file privately (copy-on-write).
     // A restore without one loads a snapshot as `snapshot()` wrote it: memory in `incoming`, state beside it.
@@ -192,7 +209,15 @@ export class FirecrackerBackend implements Backend {
     const vmDir = dirname(spec.logPath);
     const id = fcId(spec.vmId);
     const who = vmmIdentity(spec.runDir);
-    const jailer = who ? jailerBinary() : null;
+    const jailer = who ? jailerBinary(found) : null;
+    if (jailer && dirname(spec.diskPath) !== vmDir) {
+      // the disk must be linked into the chroot; the image itself (diskMode "shared") is not SmolVM's to hand over
+      throw new ConfigError("diskMode", 'Firecracker under the jailer runs isolated disks only, not "shared"');
+    }
+    if (jailer && compareSemver(version, "1.13.0") < 0 && !basename(bin).includes("firecracker")) {
+      throw new SmolVMError(`the jailer of Firecracker ${version} runs only a binary named *firecracker*, not ${bin}`);
+    }
+    const bootTimer = process.env.SMOLVM_FC_BOOT_TIMER === "1" ? bootTimerAddress(version) : null;
     const jailBase = jailer ? join(vmDir, "jail") : undefined;
     const dir = jailBase ? join(jailBase, basename(bin), id, "root") : join(vmDir, "fc");
     if (jailBase) rmSync(jailBase, { recursive: true, force: true });
@@ -215,7 +240,7 @@ export class FirecrackerBackend implements Backend {
     const statusPath = join(vmDir, "vmm-status.json");
     let pid: number | null = null;
     const fail = async (e: unknown): Promise<never> => {
-      if (pid) await killAndWait(pid, id);
+      if (pid) await killAndWait(pid, marker(spec.vmId));
       removeCgroups(cg);
       if (tap) await removeTap(tap).catch(() => {});
       rmSync(spec.runDir, { recursive: true, force: true });
@@ -234,17 +259,13 @@ export class FirecrackerBackend implements Backend {
         await createPersistentTap(tap, jailer ? who : null, null);
       }
       if (!jailBase) {
-        stage(vmlinux, dir, JAIL_NAMES.kernel, false);
-        stage(spec.initrdPath, dir, JAIL_NAMES.initrd, false);
-        stage(spec.diskPath, dir, JAIL_NAMES.disk, false);
+        await stage(vmlinux, dir, JAIL_NAMES.kernel, false);
+        await stage(spec.initrdPath, dir, JAIL_NAMES.initrd, false);
+        await stage(spec.diskPath, dir, JAIL_NAMES.disk, false);
       }
-      const fcArgs = [
-        "--api-sock",
-        JAIL_NAMES.api,
-        "--level",
-        "Warning",
-        ...(process.env.SMOLVM_FC_BOOT_TIMER === "1" ? ["--boot-timer"] : []),
-      ];
+      // its log goes to its stdout, the console FIFO (Info: the boot timer's line is an Info one)
+      const fcArgs = ["--api-sock", JAIL_NAMES.api, "--level", bootTimer ? "Info" : "Warning"];
+      if (bootTimer) fcArgs.push("--boot-timer");
       const prog =
         jailer && who && jailBase
           ? [
@@ -281,9 +302,10 @@ export class FirecrackerBackend implements Backend {
       trace("firecracker: up");
       if (jailBase && who) {
         // the jailer made the chroot; Firecracker (as the VM's identity) opens what it is given there
-        stage(vmlinux, dir, JAIL_NAMES.kernel, true);
-        stage(spec.initrdPath, dir, JAIL_NAMES.initrd, true);
-        stage(spec.diskPath, dir, JAIL_NAMES.disk, true);
+        await stage(vmlinux, dir, JAIL_NAMES.kernel, true);
+        await stage(spec.initrdPath, dir, JAIL_NAMES.initrd, true);
+        // the VM's own disk (checked above): a hard link, never a copy, writable by the VM's identity
+        linkSync(spec.diskPath, join(dir, JAIL_NAMES.disk));
         chownSync(join(dir, JAIL_NAMES.disk), who.uid, who.gid);
         chownSync(dir, who.uid, who.gid);
       }
@@ -291,8 +313,8 @@ export class FirecrackerBackend implements Backend {
       if (restoreFiles) {
         // under the jailer, links into the chroot; else symlinks (a template's RAM file in the data dir is then
         // mapped where it is, shared by every clone, whatever the file systems)
-        stage(restoreFiles.mem, dir, SNAP.mem, !!jailBase);
-        stage(restoreFiles.state, dir, SNAP.state, !!jailBase);
+        await stage(restoreFiles.mem, dir, SNAP.mem, !!jailBase);
+        await stage(restoreFiles.state, dir, SNAP.state, !!jailBase);
         spec.onStarted?.();
         await restoreSequence(fc, { statePath: SNAP.state, memPath: SNAP.mem, tap });
         rmSync(join(dir, SNAP.state), { force: true }); // read; the memory file stays mapped
@@ -306,11 +328,13 @@ export class FirecrackerBackend implements Backend {
         await bootSequence(fc, {
           vcpuCount: spec.vcpuCount,
           memSizeMib: spec.memSizeMib,
-          bootArgs: fcCmdline(spec),
+          bootArgs: fcCmdline(spec, bootTimer),
           readOnly: false,
           ...(tap && spec.nic ? { tap: { name: tap, mac: spec.nic.mac } } : {}),
         });
       }
+      // the proxy drops to the VM's identity and may have to connect again (after a snapshot): the socket is its
+      if (who && !jailBase) chownSync(join(dir, JAIL_NAMES.vsock), who.uid, who.gid);
       trace("firecracker: started");
     } catch (e) {
       return fail(e);
@@ -418,9 +442,13 @@ export class FirecrackerBackend implements Backend {
     await snapshotSequence(this.client(h), { statePath: SNAP.state, memPath: SNAP.mem, running });
     renameSync(join(dir, SNAP.mem), memFile);
     renameSync(join(dir, SNAP.state), stateFile);
-    // under the jailer, clones (each its own identity) open these through hard links in their chroots; the files
-    // stay in SmolVM's private state folder, so no one else reaches them
-    if (h.fc?.jailBase) for (const f of [memFile, stateFile]) chmodSync(f, 0o644);
+    // SmolVM's from now on: under the jailer, clones (each its own identity) read them through hard links in their
+    // chroots, and the identity that wrote them must not keep a hold on what every clone maps (the files stay in
+    // SmolVM's private folders, so no one else reaches them)
+    for (const f of [memFile, stateFile]) {
+      if (process.getuid?.() === 0) chownSync(f, 0, 0);
+      chmodSync(f, 0o644);
+    }
   }
 
   async saveState(h: VMHandle, file: string, ramInFile: boolean): Promise<void> {
@@ -465,7 +493,7 @@ export class FirecrackerBackend implements Backend {
 
   async kill(h: VMHandle): Promise<void> {
     const wasAlive = this.isAlive(h);
-    await killAndWait(h.pid, fcId(h.vmId));
+    await killAndWait(h.pid, marker(h.vmId));
     if (wasAlive && h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);
     await killAndWait(h.proxyPid, h.agentSocket);
     await waitFor(() => {
@@ -478,7 +506,7 @@ export class FirecrackerBackend implements Backend {
   }
 
   isAlive(h: VMHandle): boolean {
-    return processAlive(h.pid, fcId(h.vmId));
+    return processAlive(h.pid, marker(h.vmId));
   }
 
   agentChannel(h: VMHandle): string {
