@@ -18,11 +18,11 @@ import { checkPrivateDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
-import { readExitInfo } from "../exit-info.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
+import { readExitInfo } from "../exit-info.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
-import { buildQemuArgs, NIC_FD, qemuPaths } from "./args.js";
+import { buildQemuArgs, idleTuning, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
 import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
@@ -81,7 +81,7 @@ export class QemuBackend implements Backend {
   identity(): string {
     const q = requireQemu();
     const st = statSync(q);
-    return `qemu:${q}:${st.size}:${st.mtimeMs}`;
+    return `qemu:${q}:${st.size}:${st.mtimeMs}${idleTuning() ? "" : ":idle-legacy"}`;
   }
 
   resolveAccel(requested: AccelName, image: { kernelPath: string; initrdPath: string }): Promise<AccelName> {
