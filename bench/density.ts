@@ -6,8 +6,8 @@
  * (the default) and without it (SMOLVM_IDLE_TUNING=0: the machine and kernel arguments from before), so the report
  * compares the two on the same machine under the same load. Everything started is deleted at the end, also on failure
  * and on SIGINT/SIGTERM.
- *   node dist/bench/density.js [--n 10,50,100] [--quick] [--modes tuned,baseline] [--settle 20] [--window 30]
- *                             [--runs 200] [--no-write]
+ *   node dist/bench/density.js [--n 10,50,100] [--baseline-n 10,50] [--quick] [--modes baseline,tuned] [--settle 20]
+ *                             [--window 30] [--runs 200] [--runs-max-s 90] [--batch 4] [--no-write]
  * Prints JSON; writes its section of docs/BENCHMARKS.md unless --no-write.
  */
 import { readFileSync } from "node:fs";
@@ -25,9 +25,13 @@ const opt = (name: string): string | undefined => {
 const QUICK = argv.includes("--quick");
 const NS = (opt("n") ?? (QUICK ? "10" : "10,50,100")).split(",").map(Number);
 const MODES = (opt("modes") ?? "baseline,tuned").split(",") as ("tuned" | "baseline")[];
+/** The Ns measured without the tuning (default: all): the baseline saturates 2 cores near 50 idle VMs. */
+const BASELINE_NS = (opt("baseline-n") ?? NS.join(",")).split(",").map(Number);
 const SETTLE_S = Number(opt("settle") ?? (QUICK ? 10 : 20));
 const WINDOW_S = Number(opt("window") ?? (QUICK ? 15 : 30));
 const RUNS = Number(opt("runs") ?? (QUICK ? 50 : 200));
+/** The `run("true")` samples stop after this long (a saturated host makes each take seconds). */
+const RUNS_MAX_S = Number(opt("runs-max-s") ?? 90);
 const BATCH = Number(opt("batch") ?? 4);
 const MEM_MIB = 256;
 const CLK_TCK = 100; // USER_HZ on Linux
@@ -197,7 +201,8 @@ async function measure(mode: string, n: number, startS: number, quietPct: number
   );
 
   const times: number[] = [];
-  for (let i = 0; i < RUNS; i++) {
+  const until = performance.now() + RUNS_MAX_S * 1000;
+  for (let i = 0; i < RUNS && performance.now() < until; i++) {
     const v = live[Math.floor(Math.random() * live.length)] as Vm;
     const t = performance.now();
     await v.vm.run("true");
@@ -244,7 +249,7 @@ try {
     await (await SmolVM.create({ memSizeMib: MEM_MIB, vcpuCount: 1 })).delete();
     const quietPct = await quiet();
     const t0 = performance.now();
-    for (const n of [...NS].sort((a, b) => a - b)) {
+    for (const n of [...(mode === "baseline" ? BASELINE_NS : NS)].sort((a, b) => a - b)) {
       const need = (n - live.length) * 80 + 1024;
       if (memAvailableMib() < need) {
         log(`${mode} N=${n}: skipped, ${Math.round(memAvailableMib())} MiB available, ${need} needed`);
@@ -269,7 +274,17 @@ const result = {
   date: new Date().toISOString(),
   machine: machine(),
   accel,
-  params: { ns: NS, memSizeMib: MEM_MIB, vcpuCount: 1, settleS: SETTLE_S, windowS: WINDOW_S, runs: RUNS, batch: BATCH },
+  params: {
+    ns: NS,
+    baselineNs: BASELINE_NS,
+    runsMaxS: RUNS_MAX_S,
+    memSizeMib: MEM_MIB,
+    vcpuCount: 1,
+    settleS: SETTLE_S,
+    windowS: WINDOW_S,
+    runs: RUNS,
+    batch: BATCH,
+  },
   results,
   leftovers,
 };
@@ -295,6 +310,7 @@ if (!argv.includes("--no-write") && results.length) {
         line("PSS per VM (MiB)", (r) => r.pssMib.perVm, 1),
         line('`run("true")` p50 (ms)', (r) => r.runTrueMs.p50, 1),
         line('`run("true")` p95 (ms)', (r) => r.runTrueMs.p95, 1),
+        line('`run("true")` samples', (r) => r.runTrueMs.n, 0),
       ];
     });
   const splitOf = (r: Measure | undefined) =>
@@ -310,7 +326,7 @@ ${result.date.slice(0, 10)} on ${result.machine}; accelerator **${accel}**. N id
 warm start), started ${BATCH} at a time; after ${SETTLE_S} s, CPU over ${WINDOW_S} s: the VMs' own processes (QEMU, agent
 proxy, VMM supervisor: utime+stime from /proc/PID/stat, robust to other load on the machine) and the whole host
 (/proc/stat, includes everything else running). PSS: smaps_rollup of each VM's QEMU, proxy and supervisor. Then
-${RUNS} \`run("true")\` on random VMs while the rest idle. **baseline**: \`SMOLVM_IDLE_TUNING=0\` (the arguments from
+${RUNS} \`run("true")\` on random VMs while the rest idle (at most ${RUNS_MAX_S} s of them: n says how many ran). **baseline**: \`SMOLVM_IDLE_TUNING=0\` (the arguments from
 before the idle work); **tuned**: the default. Both measured in this run. docs/DENSITY.md explains the changes.
 
 | N | measure | baseline | tuned | tuned/baseline |
