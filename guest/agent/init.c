@@ -15,6 +15,9 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/mman.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <sys/io.h>
+#endif
 #include <unistd.h>
 
 #include "proto.h"
@@ -130,6 +133,37 @@ static void boot_timer(const char *at) {
 	close(fd);
 }
 
+/* Does the kernel use the i8254 PIT for its clock events (as its tick or broadcast device)? */
+static int kernel_uses_pit(void) {
+	const char *files[] = {"/sys/devices/system/clockevents/broadcast/current_device",
+			       "/sys/devices/system/clockevents/clockevent0/current_device"};
+	for (int i = 0; i < 2; i++) {
+		char buf[64] = {0};
+		int fd = open(files[i], O_RDONLY | O_CLOEXEC);
+		if (fd < 0) continue;
+		ssize_t n = read(fd, buf, sizeof buf - 1);
+		close(fd);
+		if (n > 0 && strstr(buf, "pit")) return 1;
+	}
+	return 0;
+}
+
+/* The firmware (SeaBIOS) leaves the PIT's channel 0 counting in square-wave mode at 18.2 Hz; a kernel that ticks with
+ * its APIC timer never touches it (Linux stops it only since 6.11), so the VMM kept a timer firing every 27 ms for an
+ * interrupt nobody listens to: a third of a QEMU's idle CPU (docs/DENSITY.md). Writing mode 0 (one-shot) to channel 0
+ * stops it after its current count. Left alone when the kernel does use it, or when asked (smolvm.pit=keep). */
+static void stop_unused_pit(void) {
+#if defined(__x86_64__) || defined(__i386__)
+	const char *pit = param("smolvm.pit");
+	if ((pit && !strcmp(pit, "keep")) || kernel_uses_pit()) return;
+	if (ioperm(0x40, 4, 1) < 0) return;
+	outb(0x30, 0x43); /* channel 0, low then high byte, mode 0, binary */
+	outb(0, 0x40);
+	outb(0, 0x40);
+	ioperm(0x40, 4, 0);
+#endif
+}
+
 int init_main(void) {
 	must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	int fd = open("/proc/cmdline", O_RDONLY);
@@ -147,6 +181,7 @@ int init_main(void) {
 	}
 	must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	stop_unused_pit();
 	logmsg("loading modules");
 	load_modules();
 	logmsg("modules loaded");

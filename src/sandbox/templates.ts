@@ -26,8 +26,9 @@ import { diskFormatOf, type LaunchPlan } from "./snapshots.js";
 
 /** Bump when the template layout or capture procedure changes. */
 // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network;
-// 6: booted with reboot=t (a panic ends the VM at once)
-const TEMPLATE_VERSION = 6;
+// 6: booted with reboot=t (a panic ends the VM at once); 7: idle tuning (TCG CPU with ARAT, tsc=reliable, nowatchdog,
+// no proactive compaction, the firmware's PIT stopped: docs/DENSITY.md)
+const TEMPLATE_VERSION = 7;
 setTemplateVersion(TEMPLATE_VERSION);
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;

@@ -50,6 +50,24 @@ export function sandboxArg(c: Confinement): string {
   return `on,obsolete=deny,spawn=deny,resourcecontrol=deny${c.runas ? "" : ",elevateprivileges=deny"}`;
 }
 
+/**
+ * SMOLVM_IDLE_TUNING=0 brings back the CPU and kernel arguments (and the guest's running PIT) from before the idle-CPU work (docs/DENSITY.md),
+ * so a benchmark can measure both in one run. It is part of the VMM's identity: templates of the two never mix.
+ */
+export const idleTuning = (): boolean => process.env.SMOLVM_IDLE_TUNING !== "0";
+
+/**
+ * What an idle guest stops doing (docs/DENSITY.md has the measurements). Under TCG the guest's local APIC timer has no
+ * ARAT and its TSC is checked by the clocksource watchdog against jiffies: the kernel never leaves its periodic 250 Hz
+ * tick, and each tick is a TCG exit. `tsc=reliable` (QEMU's TCG TSC follows the host's monotonic clock) with ARAT on
+ * the CPU (see accelArgs) let it switch to one-shot timers and stop the tick when idle. On every accelerator: no
+ * soft/hard lockup watchdog (an hrtimer every 4 s) and no proactive compaction (kcompactd wakes twice a second).
+ */
+function idleArgs(accel: string): string[] {
+  if (!idleTuning()) return ["smolvm.pit=keep"]; // the agent leaves the firmware's PIT running, as it used to
+  return [...(accel === "tcg" ? ["tsc=reliable"] : []), "nowatchdog", "sysctl.vm.compaction_proactiveness=0"];
+}
+
 /** Kernel command line: our fixed part, then the user's extra arguments (which may override ours). */
 export function kernelCmdline(
   spec: Pick<BootSpec, "hostname" | "bootArgs">,
@@ -68,6 +86,7 @@ export function kernelCmdline(
     `smolvm.hostname=${spec.hostname}`,
   ];
   if (accel === "tcg" && tscKhz && process.arch === "x64") base.push(`tsc_early_khz=${tscKhz}`);
+  base.push(...idleArgs(accel));
   return [...base, spec.bootArgs].filter(Boolean).join(" ");
 }
 
@@ -80,7 +99,9 @@ export function accelArgs(accel: string): string[] {
   // TCG's translated-code buffer defaults to 1 GiB in QEMU 7.2 and fills up under a long, busy workload: with guest
   // RAM it outgrew the VMM's memory limit (guest RAM x 1.25 + 512 MiB) and the cgroup OOM-killed QEMU (seen with 16
   // commands in flight for a few minutes). 256 MiB keeps it inside the limit; a full buffer is flushed and refilled.
-  return ["-accel", `tcg,tb-size=${TCG_TB_MIB}`];
+  // +arat: the guest may keep its APIC timer in one-shot mode when idle (without it Linux wants a broadcast timer,
+  // which a microvm does not have, and stays periodic)
+  return ["-accel", `tcg,tb-size=${TCG_TB_MIB}`, ...(idleTuning() ? ["-cpu", "qemu64,+arat"] : [])];
 }
 
 /** Descriptor number of the NIC's backend in QEMU: the TAP (opened there by the launcher) or passt's socket. 3 and 4
@@ -158,8 +179,7 @@ export function buildQemuArgs(spec: BootSpec, accel: string, p: QemuPaths, c: Co
     "chardev:con",
     "-kernel",
     spec.kernelPath,
-    "-initrd",
-    spec.initrdPath,
+    ...(spec.initrdPath ? ["-initrd", spec.initrdPath] : []),
     "-append",
     kernelCmdline(spec, accel),
     "-no-reboot",

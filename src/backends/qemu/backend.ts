@@ -7,14 +7,16 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
+  writeFileSync,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
 import { agentPath } from "../../images/agent-build.js";
-import { checkPrivateDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
+import { checkPrivateDir, dataDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
 import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
@@ -22,7 +24,7 @@ import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import { readExitInfo } from "../exit-info.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { resolveAccel } from "./accel.js";
-import { buildQemuArgs, NIC_FD, qemuPaths } from "./args.js";
+import { buildQemuArgs, idleTuning, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
 import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
@@ -53,6 +55,28 @@ function emptyRoot(): string {
   return dir;
 }
 
+/**
+ * The kernel a restoring QEMU is given instead of the guest's. QEMU reads the `-kernel` file into its heap at start and
+ * keeps it there for the firmware to load at a reset, but a restored guest is already running and never boots (a
+ * reset ends the VM: -no-reboot): for Debian's kernel that was 13.5 MiB of private memory in every restored VM, a
+ * third of an idle VM's own memory (docs/DENSITY.md). The kernel is not in the saved state (fw_cfg's data is not
+ * migrated), so any file QEMU accepts loads the same state: 8 KiB of zeros, which QEMU takes for an ancient zImage
+ * (no header, no initrd), with the same option ROM (linuxboot_dma.bin) as a real kernel.
+ */
+export function restoreKernel(): string {
+  const file = join(dataDir(), "restore-kernel.bin");
+  try {
+    if (statSync(file).size === RESTORE_KERNEL_BYTES) return file;
+  } catch {
+    // not written yet
+  }
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, Buffer.alloc(RESTORE_KERNEL_BYTES), { mode: 0o644 });
+  renameSync(tmp, file);
+  return file;
+}
+const RESTORE_KERNEL_BYTES = 8192;
+
 /** What held a restored guest's start failed (not the restore itself). */
 class GateError extends Error {
   constructor(override readonly cause: unknown) {
@@ -81,7 +105,7 @@ export class QemuBackend implements Backend {
   identity(): string {
     const q = requireQemu();
     const st = statSync(q);
-    return `qemu:${q}:${st.size}:${st.mtimeMs}`;
+    return `qemu:${q}:${st.size}:${st.mtimeMs}${idleTuning() ? "" : ":idle-legacy"}`;
   }
 
   resolveAccel(requested: AccelName, image: { kernelPath: string; initrdPath: string }): Promise<AccelName> {
@@ -106,7 +130,9 @@ export class QemuBackend implements Backend {
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
     // passt's socket pair is made by the launcher: QEMU would connect a stream netdev only after it has chrooted
     const tap = spec.nic?.kind === "tap" ? spec.nic : null;
-    const args = buildQemuArgs(spec, accel, paths, {
+    // a restore gets a placeholder kernel and no initrd: QEMU keeps both in memory for a boot that never comes
+    const bootFiles = spec.incoming && idleTuning() ? { kernelPath: restoreKernel(), initrdPath: "" } : {};
+    const args = buildQemuArgs({ ...spec, ...bootFiles }, accel, paths, {
       runas: who,
       runWith: features.runWith,
       chroot: who ? emptyRoot() : undefined,
