@@ -21,6 +21,7 @@ interface ServeOpts {
   allowPrivateCidrs?: boolean;
   logLevel: string;
   json?: boolean;
+  pool?: string;
 }
 
 /** 127.0.0.0/8, ::1, localhost. */
@@ -59,6 +60,7 @@ export function registerServe(program: Command): void {
       "--allow-private-cidrs",
       "let clients allow their guests private, link-local or host addresses in network.internet.allowCidrs",
     )
+    .option("--pool <N>", "keep N sandboxes of each shape asked for ready, paused (default SMOLVM_POOL, else 0)")
     .option("--log-level <LEVEL>", "fatal, error, warn, info, debug or silent", "info")
     .option("--json", "print where it listens as JSON")
     .action(async (o: ServeOpts) => serve(o));
@@ -86,6 +88,11 @@ async function serve(o: ServeOpts): Promise<void> {
   limits.allowPrivateCidrs = o.allowPrivateCidrs === true;
   if (limits.defaultTimeoutMs > limits.maxTimeoutMs) {
     throw new ConfigError("--default-timeout", "is longer than --max-timeout");
+  }
+  const poolSize = int("--pool", o.pool, { min: 0, max: 64 });
+  if (poolSize !== undefined) {
+    const { SmolVM } = await import("../sandbox/smolvm.js");
+    SmolVM.configurePool({ size: poolSize });
   }
   const tok = loadToken({ tokenFile: o.tokenFile });
   const https = o.tlsCert && o.tlsKey ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : null;
@@ -124,6 +131,9 @@ async function serve(o: ServeOpts): Promise<void> {
     // graceful: stop taking requests, let running ones finish; the sandboxes keep running
     await app.close();
     hub.close();
+    // the sandboxes waiting in the pool are the server's own: they go with it
+    const { SmolVM } = await import("../sandbox/smolvm.js");
+    await SmolVM.closePool();
     if (o.socket) rmSync(o.socket, { force: true });
   });
   if (o.json) {

@@ -84,6 +84,16 @@ export function startLease(c: ResolvedVMConfig, vmDir: string, stateDir: string)
   };
 }
 
+/** A running VM's lease handed to the lifetime and owner of `c` (a pool VM given to its caller), from now. */
+export function handOverLease(c: ResolvedVMConfig, vmDir: string): void {
+  const l = lifetimeOf(c);
+  writeLease(vmDir, {
+    expiresAt: l.timeoutMs === null ? null : Date.now() + l.timeoutMs,
+    action: l.onTimeout,
+    owner: l.keep ? null : selfOwner(),
+  });
+}
+
 /** Time left of a lease in ms (0: ended), or null for none. */
 export function timeLeft(l: Lease | null, now = Date.now()): number | null {
   if (!l?.expiresAt) return null;

@@ -4,13 +4,14 @@ import { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
-import { type InternetPolicy, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
+import { type InternetPolicy, labelsOf, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
 import { ConfigError, howToRun, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { ensureAgent } from "../images/agent-build.js";
 import type { PackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
 import { setLifetime } from "../lifecycle/lifetime.js";
+import { POOL_LABEL, type PoolStats } from "../lifecycle/pool.js";
 import { takeSnapshot } from "../lifecycle/snapshot.js";
 import { deleteVm, stopVm } from "../lifecycle/teardown.js";
 import { tempSnapshot } from "../lifecycle/temp-snapshot.js";
@@ -40,6 +41,7 @@ import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
 import { VmNetwork } from "./network.js";
 import { packSnapshot } from "./packs.js";
+import { closePool, configurePool, poolStats, takePooled } from "./pooling.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
 import { deleteSnapshot, type LaunchPlan, type SnapshotInfo, snapshotInfo, syncClock } from "./snapshots.js";
@@ -77,9 +79,23 @@ export class SmolVM implements AsyncDisposable {
     this.backend = resolveBackendName(this.config.backend);
   }
 
-  /** Construct and start a VM. */
+  /** Construct and start a VM: one from the pool when there is one of its shape waiting (`configurePool`). */
   static async create(config: VMConfig = {}, opts: StartOptions = {}): Promise<SmolVM> {
     const vm = new SmolVM(config);
+    // a name already taken fails the usual way, below
+    if (!vm.config.name || !vm.store.getByName(vm.config.name)) {
+      const pooled = await takePooled(config, vm.config, vm.backend);
+      if (pooled) return pooled;
+    }
+    return SmolVM.startOwned(vm, opts);
+  }
+
+  /** @internal Construct and start a VM, never from the pool (the pool's own VMs). */
+  static createUnpooled(config: VMConfig = {}, opts: StartOptions = {}): Promise<SmolVM> {
+    return SmolVM.startOwned(new SmolVM(config), opts);
+  }
+
+  private static async startOwned(vm: SmolVM, opts: StartOptions): Promise<SmolVM> {
     try {
       await vm.start(opts);
     } catch (e) {
@@ -107,11 +123,37 @@ export class SmolVM implements AsyncDisposable {
     return vm;
   }
 
-  /** Every VM in the state store, after reconciling dead ones. */
+  /** Every VM in the state store, after reconciling dead ones (not the ones waiting in a pool). */
   static async list(): Promise<VMInfo[]> {
     const store = StateStore.open();
     await reconcile(store);
-    return store.list().map(info);
+    return store
+      .list()
+      .filter((r) => !labelsOf(r.config)[POOL_LABEL])
+      .map(info);
+  }
+
+  /**
+   * Keep `size` VMs of each shape `create()` is asked for ready (0: no pool; default `SMOLVM_POOL`). See
+   * src/lifecycle/pool.ts.
+   */
+  static configurePool(opts: { size: number }): void {
+    configurePool(opts.size);
+  }
+
+  /** How the pool has done: hits, misses and bypasses, counted apart. */
+  static poolStats(): PoolStats {
+    return poolStats();
+  }
+
+  /** Delete every VM waiting in the pool and stop refilling it (VMs handed out stay their callers'). */
+  static closePool(): Promise<void> {
+    return closePool();
+  }
+
+  /** @internal the agent connection (for the modules that drive a VM from outside: pooling.ts) */
+  agentClient(): Promise<AgentClient> {
+    return this.agent();
   }
 
   get vmId(): string {

@@ -243,7 +243,7 @@ export class StateStore {
   update(
     id: string,
     fields: Partial<
-      Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId" | "config">
+      Pick<VMRecord, "status" | "handle" | "diskPath" | "diskFormat" | "error" | "snapshotId" | "config" | "name">
     >,
   ): void {
     const sets: string[] = [];

@@ -34,6 +34,7 @@ import { mustRun, runHost, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import { readExitInfo } from "../exit-info.js";
+import { idleArgs } from "../qemu/args.js";
 import { vmmIdentity } from "../qemu/vmm-user.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
 import { FirecrackerClient } from "./api.js";
@@ -74,6 +75,8 @@ export function fcCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">, bootTim
     "i8042.noaux",
     "i8042.nomux",
     "i8042.dumbkbd",
+    // what an idle guest stops doing (docs/DENSITY.md), as on QEMU under KVM
+    ...idleArgs("kvm"),
     "smolvm.channel=vsock",
     `smolvm.hostname=${spec.hostname}`,
     ...(bootTimer ? [`smolvm.boot_timer=${bootTimer}`] : []),

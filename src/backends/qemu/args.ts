@@ -63,7 +63,7 @@ export const idleTuning = (): boolean => process.env.SMOLVM_IDLE_TUNING !== "0";
  * the CPU (see accelArgs) let it switch to one-shot timers and stop the tick when idle. On every accelerator: no
  * soft/hard lockup watchdog (an hrtimer every 4 s) and no proactive compaction (kcompactd wakes twice a second).
  */
-function idleArgs(accel: string): string[] {
+export function idleArgs(accel: string): string[] {
   if (!idleTuning()) return ["smolvm.pit=keep"]; // the agent leaves the firmware's PIT running, as it used to
   return [...(accel === "tcg" ? ["tsc=reliable"] : []), "nowatchdog", "sysctl.vm.compaction_proactiveness=0"];
 }

@@ -1,0 +1,64 @@
+/** The pool of this process (src/lifecycle/pool.ts) bound to SmolVM: how its VMs start and how one is handed out. */
+import type { BackendKind } from "../backends/types.js";
+import { labelsOf, type ResolvedVMConfig, type VMConfig } from "../config.js";
+import { ConfigError, VMStateError } from "../errors.js";
+import { handOverLease } from "../lifecycle/lease.js";
+import { Pool, POOL_LABEL, type PoolStats, poolSizeFromEnv } from "../lifecycle/pool.js";
+import { StateStore } from "../state/store.js";
+import type { SmolVM } from "./smolvm.js";
+import { resyncGuest } from "./snapshots.js";
+
+let pool: Pool<SmolVM> | null = null;
+
+function thePool(): Pool<SmolVM> {
+  pool ??= new Pool<SmolVM>(
+    {
+      // a plain (warm) start, never through the pool, then paused: it costs no CPU while it waits
+      start: async (c) => {
+        const { SmolVM } = await import("./smolvm.js");
+        const vm = await SmolVM.createUnpooled(c);
+        await vm.pause();
+        return vm;
+      },
+      handOut,
+    },
+    poolSizeFromEnv(),
+  );
+  return pool;
+}
+
+/** This paused pool VM becomes the one `requested` asked for: its name, env, labels, lifetime, owner; then it runs. */
+async function handOut(vm: SmolVM, requested: ResolvedVMConfig): Promise<void> {
+  const store = StateStore.open();
+  const rec = store.getById(vm.vmId);
+  if (!rec?.handle || vm.status !== "paused") throw new VMStateError(`pool VM ${vm.vmId} is ${vm.status}`);
+  const { [POOL_LABEL]: _pool, ...labels } = labelsOf(vm.config);
+  const config: ResolvedVMConfig = {
+    ...vm.config,
+    name: requested.name,
+    env: { ...vm.config.env, ...requested.env },
+    labels: { ...labels, ...labelsOf(requested) },
+    timeoutMs: requested.timeoutMs,
+    onTimeout: requested.onTimeout,
+    keep: requested.keep,
+  };
+  store.update(rec.id, { config, name: requested.name });
+  (vm as { config: ResolvedVMConfig }).config = config;
+  handOverLease(config, rec.vmDir);
+  await vm.resume();
+  // a new hostname, the host's clock, fresh entropy (as every restored VM gets)
+  await resyncGuest(await vm.agentClient(), requested.name ?? vm.vmId);
+}
+
+export function takePooled(requested: VMConfig, resolved: ResolvedVMConfig, backend: BackendKind) {
+  return thePool().take(requested, resolved, backend);
+}
+
+export function configurePool(size: number): void {
+  if (!Number.isInteger(size) || size < 0 || size > 64) throw new ConfigError("size", "must be a whole number from 0 to 64");
+  thePool().reopen(size);
+}
+
+export const poolStats = (): PoolStats => thePool().stats();
+
+export const closePool = (): Promise<void> => thePool().close();
