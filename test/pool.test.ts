@@ -4,9 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
-import { POOL_LABEL, poolShape } from "../src/lifecycle/pool.js";
 import { resolveConfig } from "../src/config.js";
 import { SmolVM } from "../src/index.js";
+import { POOL_LABEL, poolShape } from "../src/lifecycle/pool.js";
 import { StateStore } from "../src/state/store.js";
 import { processAlive, waitFor } from "../src/util/proc.js";
 import { isolatedState } from "./helpers.js";
@@ -56,7 +56,10 @@ describe("pool", () => {
         const skew = Number((await v.run("date +%s")).output) - Date.now() / 1000;
         assert.ok(Math.abs(skew) <= 2, `guest clock off by ${skew} s`);
       }
-      assert.ok((await SmolVM.list()).some((v) => v.vmId === a.vmId), "a handed-out VM is listed");
+      assert.ok(
+        (await SmolVM.list()).some((v) => v.vmId === a.vmId),
+        "a handed-out VM is listed",
+      );
       // and the pool fills again
       assert.ok(await waitFor(() => SmolVM.poolStats().ready === 2, 180_000, 200), "the pool did not refill");
     } finally {
@@ -68,6 +71,7 @@ describe("pool", () => {
   it("configs it cannot serve bypass it (counted); the shape follows size and image", async () => {
     const s0 = SmolVM.poolStats();
     await using cold = await SmolVM.create({ ...SHAPE, coldBoot: true });
+    assert.equal(cold.status, "running");
     assert.equal(SmolVM.poolStats().bypassed, s0.bypassed + 1);
     assert.equal(SmolVM.poolStats().hits, s0.hits);
     const shape = (c: object) => poolShape(resolveConfig(c), "qemu", false);

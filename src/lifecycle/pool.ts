@@ -74,7 +74,8 @@ export function poolSizeFromEnv(): number {
  * VM's id (a pooled VM's id is already drawn).
  */
 export function poolShape(c: ResolvedVMConfig, backend: string, explicitId: boolean): string | null {
-  if (explicitId || c.coldBoot || c.diskMode !== "isolated" || c.kernelPath || c.initrdPath || c.rootfsPath) return null;
+  if (explicitId || c.coldBoot || c.diskMode !== "isolated" || c.kernelPath || c.initrdPath || c.rootfsPath)
+    return null;
   const shape = [backend, c.image, c.diskSizeMib, c.memSizeMib, c.vcpuCount, c.bootArgs, c.accel, networkOf(c)];
   return createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 16);
 }

@@ -3,7 +3,7 @@ import type { BackendKind } from "../backends/types.js";
 import { labelsOf, type ResolvedVMConfig, type VMConfig } from "../config.js";
 import { ConfigError, VMStateError } from "../errors.js";
 import { handOverLease } from "../lifecycle/lease.js";
-import { Pool, POOL_LABEL, type PoolStats, poolSizeFromEnv } from "../lifecycle/pool.js";
+import { POOL_LABEL, Pool, type PoolStats, poolSizeFromEnv } from "../lifecycle/pool.js";
 import { StateStore } from "../state/store.js";
 import type { SmolVM } from "./smolvm.js";
 import { resyncGuest } from "./snapshots.js";
@@ -55,7 +55,8 @@ export function takePooled(requested: VMConfig, resolved: ResolvedVMConfig, back
 }
 
 export function configurePool(size: number): void {
-  if (!Number.isInteger(size) || size < 0 || size > 64) throw new ConfigError("size", "must be a whole number from 0 to 64");
+  if (!Number.isInteger(size) || size < 0 || size > 64)
+    throw new ConfigError("size", "must be a whole number from 0 to 64");
   thePool().reopen(size);
 }
 
