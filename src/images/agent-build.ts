@@ -26,15 +26,27 @@ export function agentHash(): string {
 
 export const agentPath = (hash = agentHash()) => join(dataDir(), "agent", hash, "smolvm-agent");
 
+/** Builds under way in this process, by hash: concurrent starts (a pool refilling beside a create) share one. */
+const building = new Map<string, Promise<string>>();
+
 export async function ensureAgent(progress: Progress = silent): Promise<string> {
   const hash = agentHash();
   const out = agentPath(hash);
   if (existsSync(out)) return out;
+  let b = building.get(hash);
+  if (!b) {
+    b = buildAgent(hash, out, progress).finally(() => building.delete(hash));
+    building.set(hash, b);
+  }
+  return b;
+}
+
+async function buildAgent(hash: string, out: string, progress: Progress): Promise<string> {
   const cc = process.env.CC || which("gcc") || which("cc");
   if (!cc) throw new ImageError("no C compiler found to build the guest agent; install gcc and libc6-dev");
   progress(`building the guest agent (${hash})`);
   mkdirSync(join(dataDir(), "agent", hash), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = `${out}.tmp-${process.pid}-${Date.now()}`;
   const files = sources().filter((f) => f.endsWith(".c"));
   const r = await runHost(cc, ["-static", "-O2", "-Wall", "-o", tmp, ...files]);
   if (r.code !== 0) {

@@ -66,13 +66,23 @@ export function buildInitrd(agent: string, kernel: KernelInfo): Buffer {
 }
 
 function writeAtomic(path: string, data: Buffer): void {
-  const tmp = `${path}.tmp-${process.pid}`;
+  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
   writeFileSync(tmp, data);
   renameSync(tmp, path);
 }
 
+/** The build under way in this process: concurrent starts (a pool refilling beside a create) share it. */
+let building: Promise<ImagePaths> | null = null;
+
 /** Build whatever part of the default image is missing, and return its paths. */
-export async function ensureDefaultImage(progress: Progress = silent): Promise<ImagePaths> {
+export function ensureDefaultImage(progress: Progress = silent): Promise<ImagePaths> {
+  building ??= buildDefaultImage(progress).finally(() => {
+    building = null;
+  });
+  return building;
+}
+
+async function buildDefaultImage(progress: Progress): Promise<ImagePaths> {
   const agent = await ensureAgent(progress);
   const kernel = await ensureKernel(progress);
   const initrdPath = initrdPathFor(kernel);
