@@ -13,10 +13,13 @@ let pool: Pool<SmolVM> | null = null;
 function thePool(): Pool<SmolVM> {
   pool ??= new Pool<SmolVM>(
     {
-      // a plain (warm) start, never through the pool, then paused: it costs no CPU while it waits
+      // a plain (warm) start, never through the pool, one command, then paused: no CPU while it waits
       start: async (c) => {
         const { SmolVM } = await import("./smolvm.js");
         const vm = await SmolVM.createUnpooled(c);
+        // a restored guest's first command is slow (under TCG nothing of the exec path is translated yet): that
+        // first one is the pool's, not the caller's
+        await vm.run(["true"]);
         await vm.pause();
         return vm;
       },
