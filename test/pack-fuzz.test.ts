@@ -27,6 +27,7 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import fc from "fast-check";
+import { stateFileOf } from "../src/backends/firecracker/vmm.js";
 import { extractPack, PackError, readPackManifest, verifyPack, writePack } from "../src/images/pack.js";
 import { unzstdToFile } from "../src/images/pack-io.js";
 import {
@@ -114,6 +115,18 @@ describe("pack files as hostile input", () => {
       assert.match(r.stderr, /not a usable \.smolmachine file: unknown section/);
     });
   }
+
+  it("a Firecracker pack's vmstate extracts beside its memory, where the backend looks for it; never without mem", async () => {
+    const state = randomBytes(3000);
+    const vmstate = part("vmstate", state);
+    const file = save(buildPack([kernel, initrd, disk, mem, vmstate]));
+    const dest = freshDest();
+    await extractPack(file, dest);
+    assert.deepEqual(readdirSync(dest).sort(), ["disk.qcow2", "initrd", "kernel", "mem", "mem.vmstate"]);
+    assert.equal(stateFileOf(join(dest, "mem")), join(dest, "mem.vmstate"));
+    assert.deepEqual(readFileSync(join(dest, "mem.vmstate")), state);
+    await refusedExtract(save(buildPack([kernel, initrd, disk, vmstate])), freshDest(), /vmstate without section mem/);
+  });
 
   it("duplicate and unknown sections are refused", async () => {
     await refusedExtract(save(buildPack([kernel, kernel, initrd, disk])), freshDest(), /duplicate section kernel/);

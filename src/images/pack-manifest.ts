@@ -8,7 +8,8 @@ import { SmolVMError } from "../errors.js";
 export const PACK_VERSION = 1;
 export const MAX_MANIFEST = 1 << 20;
 
-export const SECTION_NAMES = ["kernel", "initrd", "disk", "mem"] as const;
+/** `vmstate`: Firecracker's device state, beside its memory file `mem` (a QEMU state stream is `mem` alone). */
+export const SECTION_NAMES = ["kernel", "initrd", "disk", "mem", "vmstate"] as const;
 export type SectionName = (typeof SECTION_NAMES)[number];
 
 /** The name each section is written under when extracted: fixed, never taken from the file. */
@@ -17,6 +18,8 @@ export const SECTION_FILES: Readonly<Record<SectionName, string>> = {
   initrd: "initrd",
   disk: "disk.qcow2",
   mem: "mem",
+  // where Firecracker's backend looks for the state of a memory file (stateFileOf in backends/firecracker/vmm.ts)
+  vmstate: "mem.vmstate",
 };
 
 const MiB = 1024 * 1024;
@@ -26,6 +29,7 @@ export const SECTION_MAX_SIZE: Readonly<Record<SectionName, number>> = {
   kernel: 256 * MiB,
   initrd: 1 * GiB,
   mem: 17 * GiB,
+  vmstate: 64 * MiB,
   disk: 1024 * GiB,
 };
 
@@ -283,6 +287,9 @@ function validateSections(file: string, raw: unknown): PackSection[] {
   }
   for (const need of ["kernel", "initrd", "disk"] as const) {
     if (!out.some((s) => s.name === need)) throw new PackError(file, `missing section ${need}`);
+  }
+  if (out.some((s) => s.name === "vmstate") && !out.some((s) => s.name === "mem")) {
+    throw new PackError(file, "section vmstate without section mem (the memory it describes)");
   }
   const byOffset = [...out].sort((a, b) => a.offset - b.offset);
   let end = 0;

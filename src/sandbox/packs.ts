@@ -4,6 +4,7 @@ import { lstatSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { firecrackerBinary, firecrackerVersion } from "../backends/firecracker/binary.js";
+import { stateFileOf } from "../backends/firecracker/vmm.js";
 import { qemuBinary, qemuVersion } from "../backends/qemu/binary.js";
 import type { Backend } from "../backends/types.js";
 import { type AccelName, type ImageDefaults, labelsOf } from "../config.js";
@@ -44,11 +45,6 @@ export async function packSnapshot(
   withMemory: boolean,
   progress: Progress,
 ): Promise<PackManifest> {
-  if (withMemory && snap.backend === "firecracker") {
-    throw new SmolVMError(
-      `snapshot ${snap.id} was taken on Firecracker: packs carry the disk of such snapshots only (pack it without memory)`,
-    );
-  }
   const qemuImg = which("qemu-img");
   if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup'");
   const work = mkdtempSync(join(tmpdir(), "smolvm-pack-"));
@@ -59,6 +55,8 @@ export async function packSnapshot(
     const format = diskFormatOf(snap.diskFile);
     await mustRun(qemuImg, ["convert", "-f", format, "-O", "qcow2", snap.diskFile, flat], { timeoutMs: 1_800_000 });
     const mem = withMemory ? await fullStateFile(backend, snap, work) : null;
+    // Firecracker's state is two files: its memory, and its device state beside it
+    const vmstate = mem && snap.backend === "firecracker" ? stateFileOf(mem) : null;
     progress("compressing");
     return await writePack(
       out,
@@ -67,6 +65,7 @@ export async function packSnapshot(
         initrd: snap.boot.initrdPath,
         disk: flat,
         ...(mem ? { mem } : {}),
+        ...(vmstate ? { vmstate } : {}),
       },
       {
         config: {
@@ -142,7 +141,10 @@ export async function packPlan(
   }
   // What was verified (and extracted) is what decides: a file rewritten between the reads is refused.
   if (JSON.stringify(checked) !== JSON.stringify(manifest)) throw new PackError(file, "it changed while being read");
-  const hasMem = manifest.sections.some((s) => s.name === "mem");
+  // Firecracker's memory restores only with its device state beside it
+  const hasMem =
+    manifest.sections.some((s) => s.name === "mem") &&
+    (manifest.backend !== "firecracker" || manifest.sections.some((s) => s.name === "vmstate"));
   const vmmOk = manifest.backend === backend.kind && manifest.vmm === vmmVersion(backend.kind);
   let memOk = false;
   if (hasMem && !vmmOk) {
