@@ -8,7 +8,7 @@
  *   sections         stored back to back; offsets in the manifest count from the end of the manifest
  *
  * Sections: kernel, initrd, disk (the VM's disk flattened to one sparse qcow2), and optionally mem (the QEMU
- * migration stream). Each is zstd-compressed and carries the sha256 of its stored bytes, checked before anything
+ * migration stream, or Firecracker's memory file) with, on Firecracker, vmstate (its device state). Each is zstd-compressed and carries the sha256 of its stored bytes, checked before anything
  * boots, so a truncated or corrupted file is refused with the section named. The manifest is signed with this
  * host's pack key (pack-key.ts).
  *
