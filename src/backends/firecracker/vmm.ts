@@ -16,7 +16,6 @@ import {
   existsSync,
   linkSync,
   mkdirSync,
-  readFileSync,
   realpathSync,
   renameSync,
   rmSync,
@@ -29,7 +28,7 @@ import type { AccelName } from "../../config.js";
 import { BackendUnavailableError, ConfigError, SmolVMError } from "../../errors.js";
 import { ensureVmlinux } from "../../images/vmlinux.js";
 import { checkPrivateDir, ensurePrivateDir } from "../../paths.js";
-import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
+import { killAndWait, processAlive, sleep } from "../../util/proc.js";
 import { mustRun, runHost, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
@@ -37,6 +36,7 @@ import { readExitInfo } from "../exit-info.js";
 import { idleArgs } from "../qemu/args.js";
 import { vmmIdentity } from "../qemu/vmm-user.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
+import { endVmmProcesses, readPid } from "../vmm-process.js";
 import { FirecrackerClient } from "./api.js";
 import {
   checkFirecrackerVersion,
@@ -84,15 +84,6 @@ export function fcCmdline(spec: Pick<BootSpec, "hostname" | "bootArgs">, bootTim
   ]
     .filter(Boolean)
     .join(" ");
-}
-
-function readPid(file: string): number | null {
-  try {
-    const n = Number.parseInt(readFileSync(file, "utf8").trim(), 10);
-    return Number.isInteger(n) && n > 0 ? n : null;
-  } catch {
-    return null;
-  }
 }
 
 /** The binary to run, checked: present and of a release this client speaks to. */
@@ -495,14 +486,7 @@ export class FirecrackerBackend implements Backend {
   }
 
   async kill(h: VMHandle): Promise<void> {
-    const wasAlive = this.isAlive(h);
-    await killAndWait(h.pid, marker(h.vmId));
-    if (wasAlive && h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);
-    await killAndWait(h.proxyPid, h.agentSocket);
-    await waitFor(() => {
-      removeCgroups(h.cgroups);
-      return (h.cgroups ?? []).every((d) => !existsSync(d));
-    }, 2000);
+    await endVmmProcesses(h, marker(h.vmId), this.isAlive(h));
     if (h.fc?.tap) await removeTap(h.fc.tap).catch(() => {});
     rmSync(h.runDir, { recursive: true, force: true });
     if (h.fc) rmSync(h.fc.jailBase ?? h.fc.dir, { recursive: true, force: true });

@@ -17,12 +17,13 @@ import type { AccelName } from "../../config.js";
 import { SmolVMError } from "../../errors.js";
 import { agentPath } from "../../images/agent-build.js";
 import { checkPrivateDir, dataDir, ensurePrivateDir, runtimeDir } from "../../paths.js";
-import { killAndWait, processAlive, sleep, waitFor } from "../../util/proc.js";
+import { killAndWait, processAlive, sleep } from "../../util/proc.js";
 import { mustRun, runHost, runWithFds, which } from "../../util/run.js";
 import { trace } from "../../util/trace.js";
 import { createVmCgroups, limitsFor, removeCgroups } from "../cgroups.js";
 import { readExitInfo } from "../exit-info.js";
 import type { Backend, BootSpec, DiskSpec, ExitInfo, SnapshotResult, SplitInfo, VMHandle } from "../types.js";
+import { endVmmProcesses, readPid } from "../vmm-process.js";
 import { resolveAccel } from "./accel.js";
 import { buildQemuArgs, idleTuning, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
@@ -30,15 +31,6 @@ import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
 import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
 import { vmmIdentity } from "./vmm-user.js";
-
-function readPid(file: string): number | null {
-  try {
-    const n = Number.parseInt(readFileSync(file, "utf8").trim(), 10);
-    return Number.isInteger(n) && n > 0 ? n : null;
-  } catch {
-    return null;
-  }
-}
 
 /** An empty folder nobody can write: the root directory of every confined VMM once it has initialized. */
 function emptyRoot(): string {
@@ -464,17 +456,7 @@ export class QemuBackend implements Backend {
   }
 
   async kill(h: VMHandle): Promise<void> {
-    const wasAlive = this.isAlive(h);
-    await killAndWait(h.pid, `smolvm-${h.vmId}`);
-    // its supervisor writes the exit status a moment later, into the VM's folder: wait for it, so that a delete
-    // right after this does not race with that write
-    if (wasAlive && h.statusPath) await waitFor(() => existsSync(h.statusPath as string), 1000);
-    await killAndWait(h.proxyPid, h.agentSocket);
-    // the VMM's supervisor reaps it and removes its cgroups; a cgroup holding a dying process is retried briefly
-    await waitFor(() => {
-      removeCgroups(h.cgroups);
-      return (h.cgroups ?? []).every((d) => !existsSync(d));
-    }, 2000);
+    await endVmmProcesses(h, `smolvm-${h.vmId}`, this.isAlive(h));
     rmSync(h.runDir, { recursive: true, force: true });
   }
 
