@@ -209,11 +209,15 @@ async function listTable(): Promise<TableJson | null> {
   }
 }
 
-/** The shell test "no VM has a chain in the table", then its deletion (run under the lock). */
+/**
+ * The shell test "no VM has a chain in the table", then its deletion (run under the lock). A listing that fails
+ * deletes nothing. (`nft list chains` takes a family only: `list chains inet smolvm` is a syntax error, whose empty
+ * output once read as "no VM left" and dropped every other VM's rules with the last one's.)
+ */
 function dropIfUnusedSh(bin: string): string {
   return (
-    `if "${bin}" list table inet ${TABLE} >/dev/null 2>&1 && ` +
-    `! "${bin}" list chains inet ${TABLE} | grep -Eq 'chain [ghu]_[0-9a-f]{12} '; then "${bin}" delete table inet ${TABLE}; fi`
+    `if t=$("${bin}" list table inet ${TABLE} 2>/dev/null) && ` +
+    `! printf '%s\n' "$t" | grep -Eq 'chain [ghu]_[0-9a-f]{12} '; then "${bin}" delete table inet ${TABLE}; fi`
   );
 }
 
