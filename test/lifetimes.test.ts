@@ -58,6 +58,19 @@ function firstLine(child: ChildProcess, re: RegExp, timeoutMs = 180_000): Promis
   });
 }
 
+/** An SDK script in a child process: VM `a` (its own) and VM `b` (kept) are created, then `rest` runs. */
+function sdkScript(name: string, rest: string): ChildProcess {
+  const script = join(stateDir, name);
+  writeFileSync(
+    script,
+    `import { SmolVM } from ${JSON.stringify(join(repoRoot, "dist", "src", "index.js"))};
+     const a = await SmolVM.create({ memSizeMib: 256 });
+     const b = await SmolVM.create({ memSizeMib: 256, keep: true });
+     ${rest}`,
+  );
+  return spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "pipe"] });
+}
+
 describe("lifetimes", () => {
   it("a VM with a 5 s lifetime is deleted after it with no client running; list shows the time left", async () => {
     const id = await ok(["create", "--mem", "256", "--ttl", "5s"]);
@@ -89,23 +102,41 @@ describe("lifetimes", () => {
   });
 
   it("the VM of an SDK process killed with -9 is reaped; a kept one is not", async () => {
-    const script = join(stateDir, "owner.mjs");
-    const index = join(repoRoot, "dist", "src", "index.js");
-    writeFileSync(
-      script,
-      `import { SmolVM } from ${JSON.stringify(index)};
-       const a = await SmolVM.create({ memSizeMib: 256 });
-       const b = await SmolVM.create({ memSizeMib: 256, keep: true });
-       console.log("vms " + a.vmId + " " + b.vmId);
+    const child = sdkScript(
+      "owner.mjs",
+      `console.log("vms " + a.vmId + " " + b.vmId);
        setInterval(() => {}, 1000);`,
     );
-    const child = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "pipe"] });
     const [, owned, kept] = (await firstLine(child, /vms \S+ \S+/)).split(" ") as [string, string, string];
     assert.equal((await listed(owned))?.ownerPid, child.pid);
     child.kill("SIGKILL");
     await waitUntil("the owned VM is reaped", async () => (await listed(owned)) === undefined, 60_000);
     assert.equal((await listed(kept))?.status, "running", "a kept VM stays");
     await ok(["rm", "-f", kept]);
+  });
+
+  it("an SDK script that ran commands ends by itself; its kept VM stays, its own VM goes with it", async () => {
+    const child = sdkScript(
+      "ends.mjs",
+      `await a.run("true");
+       const r = await b.run("echo hi");
+       console.log("vms " + a.vmId + " " + b.vmId + " " + r.output);`,
+    );
+    const [, owned, kept, said] = (await firstLine(child, /vms \S+ \S+ \S+/)).split(" ") as string[];
+    assert.equal(said, "hi");
+    // the open agent channels do not hold the process: it ends once nothing waits for a guest
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error("the script did not end")), 60_000);
+      child.once("exit", (c) => {
+        clearTimeout(t);
+        resolve(c);
+      });
+      if (child.exitCode !== null) resolve(child.exitCode);
+    });
+    assert.equal(code, 0);
+    await waitUntil("the owned VM is reaped", async () => (await listed(owned as string)) === undefined, 60_000);
+    assert.equal((await listed(kept as string))?.status, "running", "a kept VM stays");
+    await ok(["rm", "-f", kept as string]);
   });
 
   for (const [signal, how] of [

@@ -227,6 +227,7 @@ export class AgentClient {
         }
         this.dispatch(f);
       }
+      this.holdLoop();
     });
     const closed = (err?: Error) => {
       const e = new VMDiedError(`the agent channel closed${err ? `: ${err.message}` : ""}`);
@@ -235,6 +236,7 @@ export class AgentClient {
     };
     sock.on("error", closed);
     sock.on("close", () => closed());
+    this.holdLoop();
   }
 
   /** Connect to a VM's agent socket (the proxy). */
@@ -282,6 +284,16 @@ export class AgentClient {
     } catch {
       return [];
     }
+  }
+
+  /**
+   * The connection keeps this process running only while a request waits for the guest: a script that created a
+   * kept VM and ran its commands ends, as it would without the open channel.
+   */
+  private holdLoop(): void {
+    const s = this.sock as Duplex & { ref?: () => void; unref?: () => void };
+    if (this.pending.size > 0) s.ref?.();
+    else s.unref?.();
   }
 
   private fail(e: Error): void {
@@ -423,6 +435,7 @@ export class AgentClient {
     const p = this.pending.get(stream);
     if (!p) return;
     this.pending.delete(stream);
+    this.holdLoop();
     this.wake(p);
     p.rejectStarted(reason);
     p.rejectEnd(reason);
@@ -680,6 +693,7 @@ export class AgentClient {
       stream,
       Object.assign(d, handlers, { started: false, inflight: 0, waiters: [], outWin: 0, credit: 0 }),
     );
+    this.holdLoop();
     return { stream, started, ended };
   }
 
