@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { QmpClient } from "../src/backends/qemu/qmp.js";
+import { QmpClient, qmpOnce } from "../src/backends/qemu/qmp.js";
 
 test("a command sent after QEMU closed the connection fails at once", async () => {
   const dir = mkdtempSync(join(tmpdir(), "smolvm-qmp-"));
@@ -38,5 +38,62 @@ test("a command sent after QEMU closed the connection fails at once", async () =
   } finally {
     server.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** A fake QMP server: greets, then answers each command line with `answer(command)` (null: never). */
+async function fakeQmp(answer: (cmd: string) => string | null) {
+  const dir = mkdtempSync(join(tmpdir(), "smolvm-qmp-"));
+  const path = join(dir, "qmp.sock");
+  const seen: string[] = [];
+  const server = createServer((c) => {
+    c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
+    let buf = "";
+    c.on("data", (d) => {
+      buf += d.toString();
+      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+        const cmd = (JSON.parse(buf.slice(0, nl)) as { execute: string }).execute;
+        buf = buf.slice(nl + 1);
+        seen.push(cmd);
+        const a = answer(cmd);
+        if (a !== null) c.write(`${a}\n`);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    path,
+    seen,
+    close: () => {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+test("qmpOnce negotiates, then runs the command sent right behind it, and returns its answer", async () => {
+  const f = await fakeQmp((cmd) => (cmd === "query-status" ? '{"return": {"status": "paused"}}' : '{"return": {}}'));
+  try {
+    assert.deepEqual(await qmpOnce(f.path, "query-status"), { status: "paused" });
+    assert.deepEqual(f.seen, ["qmp_capabilities", "query-status"]);
+  } finally {
+    f.close();
+  }
+});
+
+test("qmpOnce reports QEMU's error, a missing socket, and a QEMU that never answers", async () => {
+  const f = await fakeQmp((cmd) =>
+    cmd === "cont"
+      ? '{"error": {"class": "GenericError", "desc": "migration in progress"}}'
+      : cmd === "stop"
+        ? null
+        : '{"return": {}}',
+  );
+  try {
+    await assert.rejects(qmpOnce(f.path, "cont"), /QMP: migration in progress/);
+    await assert.rejects(qmpOnce(f.path, "stop", undefined, 300), /did not answer stop/);
+    await assert.rejects(qmpOnce(join(f.path, "..", "gone.sock"), "cont"), /ENOENT/);
+  } finally {
+    f.close();
   }
 });

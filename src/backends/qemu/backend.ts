@@ -27,7 +27,8 @@ import { endVmmProcesses, readPid } from "../vmm-process.js";
 import { resolveAccel } from "./accel.js";
 import { buildQemuArgs, idleTuning, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
-import { migrateTo, newLayerNode, startMigrationIn } from "./migrate.js";
+import { migrateTo, newLayerNode } from "./migrate.js";
+import { createOverlay } from "./overlay.js";
 import { QmpClient, qmpOnce } from "./qmp.js";
 import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
 import { vmmIdentity } from "./vmm-user.js";
@@ -88,9 +89,7 @@ export class QemuBackend implements Backend {
     if (spec.mode === "shared") return { path: spec.base, format: spec.baseFormat ?? "raw" };
     const overlay = join(spec.vmDir, "disk.qcow2");
     if (existsSync(overlay)) return { path: overlay, format: "qcow2" }; // a stopped VM keeps its layer
-    const qemuImg = which("qemu-img");
-    if (!qemuImg) throw new SmolVMError("qemu-img not found; run 'npx smolvm setup' (package qemu-utils)");
-    await mustRun(qemuImg, ["create", "-q", "-f", "qcow2", "-F", spec.baseFormat ?? "raw", "-b", spec.base, overlay]);
+    await createOverlay(spec.base, spec.baseFormat ?? "raw", overlay);
     return { path: overlay, format: "qcow2" };
   }
 
@@ -120,6 +119,22 @@ export class QemuBackend implements Backend {
     // the root disk is handed over as descriptors: once QEMU has dropped its privileges it cannot open paths, and a
     // snapshot reopens the layer read-only
     const fds = spec.diskFormat === "qcow2" ? [openSync(spec.diskPath, "r+"), openSync(spec.diskPath, "r")] : [];
+    const childFds: (number | "ignore")[] = [...fds];
+    // a restore's state file goes in the same way, at start (past the NIC's number, which the launcher fills):
+    // `migrate-incoming fd:N` then needs no descriptor passing (a process start) on the monitor
+    let stateFd: number | null = null;
+    if (spec.incoming) {
+      try {
+        const fd = openSync(spec.incoming, "r");
+        fds.push(fd);
+        while (3 + childFds.length <= NIC_FD) childFds.push("ignore");
+        stateFd = 3 + childFds.length;
+        childFds.push(fd);
+      } catch (e) {
+        for (const fd of fds) closeSync(fd);
+        throw new SmolVMError(`cannot restore from ${spec.incoming}: ${(e as Error).message}`, { cause: e });
+      }
+    }
     // passt's socket pair is made by the launcher: QEMU would connect a stream netdev only after it has chrooted
     const tap = spec.nic?.kind === "tap" ? spec.nic : null;
     // a restore gets a placeholder kernel and no initrd: QEMU keeps both in memory for a boot that never comes
@@ -128,12 +143,11 @@ export class QemuBackend implements Backend {
       runas: who,
       runWith: features.runWith,
       chroot: who ? emptyRoot() : undefined,
-      diskFds: fds.length > 0,
+      diskFds: spec.diskFormat === "qcow2",
       ramReadonly: features.rom,
     });
     if (spec.incoming) args.push("-incoming", "defer");
     const peer = spec.nic?.kind === "stream" ? spec.nic.peer : null;
-    const childFds: (number | "ignore")[] = fds;
     let r: Awaited<ReturnType<typeof runWithFds>>;
     trace("qemu: launcher spawn");
     try {
@@ -146,7 +160,7 @@ export class QemuBackend implements Backend {
           ...(spec.lease
             ? ["--lease", spec.lease.path, "--on-expire", String(spec.lease.onExpire.length), ...spec.lease.onExpire]
             : []),
-          ...fds.flatMap((_, i) => ["--keep-fd", String(3 + i)]),
+          ...childFds.flatMap((fd, i) => (fd === "ignore" ? [] : ["--keep-fd", String(3 + i)])),
           ...(peer
             ? [
                 ...["--peer", String(NIC_FD), "--peer-err", peer.errPath, "--peer-pidfile", peer.pidPath],
@@ -207,12 +221,12 @@ export class QemuBackend implements Backend {
       agentBinary: spec.agentBinary,
       ...(who ? { uid: who.uid, gid: who.gid } : {}),
       cgroups: cg,
-      diskFds: fds.length > 0,
+      diskFds: spec.diskFormat === "qcow2",
       consoleLog: spec.logPath,
       exitPath: spec.exitPath ?? join(dirname(spec.logPath), "exit.json"),
       statusPath: join(dirname(spec.logPath), "vmm-status.json"),
     };
-    if (spec.incoming) await this.waitIncoming(handle, spec);
+    if (spec.incoming && stateFd !== null) await this.waitIncoming(handle, spec, stateFd);
     try {
       const h = await this.startProxy(handle, !!spec.incoming);
       trace("qemu: proxy started");
@@ -273,18 +287,21 @@ export class QemuBackend implements Backend {
   }
 
   /** Load the incoming state and start the guest (unless startPaused); a bad state file fails here, naming it. */
-  private async waitIncoming(h: VMHandle, spec: BootSpec): Promise<void> {
+  private async waitIncoming(h: VMHandle, spec: BootSpec, stateFd: number): Promise<void> {
     const file = spec.incoming as string;
     const deadline = Date.now() + 60_000;
     let q: QmpClient | null = null;
     try {
       q = await QmpClient.connect(h.controlSocket);
+      trace("qemu: qmp connected");
       if (spec.ignoreShared) {
         await q.execute("migrate-set-capabilities", {
           capabilities: [{ capability: "x-ignore-shared", state: true }],
         });
       }
-      await startMigrationIn(q, h, file);
+      // the descriptor QEMU was started with (a number: QEMU takes it as is, no `getfd`)
+      await q.execute("migrate-incoming", { uri: `fd:${stateFd}` });
+      trace("qemu: migration started");
       for (;;) {
         const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
         if (mig.status === "failed")

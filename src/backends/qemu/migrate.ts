@@ -1,7 +1,8 @@
 /**
  * Moving a VM's state in and out of QEMU, and putting a new disk layer under a running VM. QEMU runs unprivileged
  * and cannot spawn (`-sandbox spawn=deny`), so it never opens a path itself: SmolVM opens the file and hands the
- * descriptor over the VM's second monitor (`getfd` + `fd:` migration, `add-fd` + `/dev/fdset/N` for disks).
+ * descriptor over the VM's second monitor (`getfd` + `fd:` migration, `add-fd` + `/dev/fdset/N` for disks), or at
+ * the VMM's start (a restore's state file).
  */
 import { closeSync, openSync } from "node:fs";
 import { SmolVMError } from "../../errors.js";
@@ -15,35 +16,32 @@ const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
 const agentOf = (h: VMHandle) => h.agentBinary ?? agentPath();
 
 /**
- * Start a migration (`migrate` out to `file`, created 0600 and new; `migrate-incoming` from it) through a descriptor
- * SmolVM opened. A VM started before confinement opens the path itself through `exec:`.
+ * Start migrating out to `file` (created 0600 and new) through a descriptor SmolVM opened. A VM started before
+ * confinement opens the path itself through `exec:`. (A restore gets its state file as a descriptor at start:
+ * backend.ts.)
  */
-async function startMigration(q: QmpClient, h: VMHandle, dir: "in" | "out", file: string): Promise<void> {
-  const command = dir === "out" ? "migrate" : "migrate-incoming";
+async function startMigrationOut(q: QmpClient, h: VMHandle, file: string): Promise<void> {
   if (!h.ctlSocket) {
-    await q.execute(command, { uri: `exec:cat ${dir === "out" ? ">" : ""} ${shellQuote(file)}` });
+    await q.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
     return;
   }
-  const fd = dir === "out" ? openSync(file, "wx", 0o600) : openSync(file, "r");
+  const fd = openSync(file, "wx", 0o600);
   try {
     await qmpWithFds(agentOf(h), h.ctlSocket, [
-      { execute: "getfd", arguments: { fdname: `mig${dir}` }, fd },
-      { execute: command, arguments: { uri: `fd:mig${dir}` } },
+      { execute: "getfd", arguments: { fdname: "migout" }, fd },
+      { execute: "migrate", arguments: { uri: "fd:migout" } },
     ]);
   } finally {
     closeSync(fd);
   }
 }
 
-/** Start loading the state in `file` into a VM started with `-incoming defer`. */
-export const startMigrationIn = (q: QmpClient, h: VMHandle, file: string) => startMigration(q, h, "in", file);
-
 /** Migrate to a file and wait for the end. */
 export async function migrateTo(q: QmpClient, h: VMHandle, file: string): Promise<void> {
   // QEMU caps migration at 128 MiB/s by default, meant for a live guest on a network; this is a stopped guest
   // going to a local file
   await q.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
-  await startMigration(q, h, "out", file);
+  await startMigrationOut(q, h, file);
   for (const deadline = Date.now() + 120_000; ; ) {
     const mig = (await q.execute("query-migrate")) as { status?: string; "error-desc"?: string };
     if (mig.status === "completed") {

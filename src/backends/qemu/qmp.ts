@@ -1,6 +1,7 @@
 /** A minimal QMP client: connect, negotiate capabilities, execute commands one at a time. */
 import { connect, type Socket } from "node:net";
 import { SmolVMError } from "../../errors.js";
+import { trace } from "../../util/trace.js";
 
 export class QmpClient {
   private buf = "";
@@ -9,7 +10,7 @@ export class QmpClient {
   private closed = false;
   private greeting: Promise<void>;
 
-  private constructor(private readonly sock: Socket) {
+  constructor(private readonly sock: Socket) {
     let greeted: () => void = () => {};
     this.greeting = new Promise((r) => {
       greeted = r;
@@ -41,15 +42,29 @@ export class QmpClient {
         }
       }
     });
-    const fail = () => {
+    const fail = (e?: Error) => {
       this.closed = true;
-      for (const w of this.waiters.splice(0)) w.reject(new SmolVMError("QMP connection closed"));
+      const why = e ? `QMP at ${sock.remoteAddress ?? "its socket"}: ${e.message}` : "QMP connection closed";
+      for (const w of this.waiters.splice(0)) w.reject(new SmolVMError(why));
     };
-    sock.on("close", fail);
+    sock.on("close", () => fail());
     sock.on("error", fail);
   }
 
   static async connect(path: string, timeoutMs = 15_000): Promise<QmpClient> {
+    const client = await QmpClient.greeted(path, timeoutMs);
+    trace("qmp: greeted");
+    try {
+      await client.execute("qmp_capabilities");
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+    return client;
+  }
+
+  /** Connected and greeted, capabilities not yet negotiated. */
+  private static async greeted(path: string, timeoutMs: number): Promise<QmpClient> {
     const sock = connect(path);
     const client = new QmpClient(sock);
     let timer: NodeJS.Timeout | undefined;
@@ -63,7 +78,6 @@ export class QmpClient {
           timer = setTimeout(() => reject(new SmolVMError(`QMP at ${path} did not greet`)), timeoutMs);
         }),
       ]);
-      await client.execute("qmp_capabilities");
       return client;
     } catch (e) {
       sock.destroy();
@@ -91,12 +105,29 @@ export class QmpClient {
   }
 }
 
-/** Connect, run one command, disconnect. */
-export async function qmpOnce(path: string, command: string, args?: Record<string, unknown>): Promise<unknown> {
-  const q = await QmpClient.connect(path);
+/**
+ * Connect, run one command, disconnect. Nothing waits for the greeting: `qmp_capabilities` and the command are written
+ * at once (QEMU reads them after greeting), which saves two round trips through QEMU's main loop.
+ */
+export async function qmpOnce(
+  path: string,
+  command: string,
+  args?: Record<string, unknown>,
+  timeoutMs = 15_000,
+): Promise<unknown> {
+  const q = new QmpClient(connect(path));
+  let timer: NodeJS.Timeout | undefined;
   try {
-    return await q.execute(command, args);
+    const caps = q.execute("qmp_capabilities");
+    const result = q.execute(command, args);
+    result.catch(() => {}); // a failed connection or negotiation is the error to report
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new SmolVMError(`QMP at ${path} did not answer ${command}`)), timeoutMs);
+    });
+    await Promise.race([caps, timeout]);
+    return await Promise.race([result, timeout]);
   } finally {
+    clearTimeout(timer);
     q.close();
   }
 }
