@@ -5,13 +5,17 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { cliPath, isolatedState } from "./helpers.js";
 import { createFakeNet, FAKENET as F, type FakeNet } from "./support/fakenet.js";
 import { createVm, deleteVm, guestGet, guestSh, smolvm, status } from "./support/netvm.js";
+
+/** dist/ (this file is dist/test/network.test.js) */
+const distRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 const canRun =
   process.getuid?.() === 0 &&
@@ -212,6 +216,65 @@ describe("networking", { skip: canRun ? false : "needs root, passt, dnsmasq and 
     } finally {
       await deleteVm(net, a.id);
       await deleteVm(net, b.id);
+    }
+  });
+
+  it("deleting one VM leaves every other VM's rules: it stays online and confined", async () => {
+    const a = await createVm(net, ["--net", "tap"]);
+    const b = await createVm(net, ["--net", "tap"]);
+    try {
+      await deleteVm(net, a.id);
+      const t = await net.exec("nft", ["list", "table", "inet", "smolvm"]);
+      assert.equal(t.code, 0, "the table went with the first VM's rules");
+      assert.equal(await guestGet(net, b.id, F.peers[0] as string, 80, "/whoami"), F.hostAddr, "b is offline");
+      assert.equal(await guestGet(net, b.id, F.lanAddr, F.lanPort), "", "b reaches the host's LAN");
+      assert.equal(await guestGet(net, b.id, F.metadata, 80), "", "b reaches the metadata address");
+    } finally {
+      await deleteVm(net, a.id);
+      await deleteVm(net, b.id);
+    }
+  });
+
+  it("pool VMs in tap mode: each handed out with its own address and TAP, both online", async () => {
+    // the pool lives in one process: a script in the fake host fills it, takes two (kept, so they outlive it)
+    const dir = mkdtempSync(join(tmpdir(), "smolvm-pooltap-"));
+    const script = join(dir, "pool.mjs");
+    writeFileSync(
+      script,
+      `import { SmolVM } from ${JSON.stringify(pathToFileURL(join(distRoot, "src", "index.js")).href)};
+const shape = { memSizeMib: 256, vcpuCount: 1, network: { mode: "tap" } };
+SmolVM.configurePool({ size: 2 });
+await (await SmolVM.create(shape)).delete(); // a miss: the pool fills behind it
+for (const t = Date.now(); SmolVM.poolStats().ready < 2; await new Promise((r) => setTimeout(r, 200)))
+  if (Date.now() - t > 180000) throw new Error("the pool did not fill");
+const a = await SmolVM.create({ ...shape, keep: true });
+const b = await SmolVM.create({ ...shape, keep: true });
+const stats = SmolVM.poolStats();
+await SmolVM.closePool();
+console.log(JSON.stringify({ stats, ids: [a.vmId, b.vmId] }));
+`,
+    );
+    let ids: string[] = [];
+    try {
+      const r = await net.exec(process.execPath, [script], {
+        timeoutMs: 300_000,
+        env: { SMOLVM_STATE_DIR: process.env.SMOLVM_STATE_DIR ?? "" },
+      });
+      assert.equal(r.code, 0, r.stderr);
+      const out = JSON.parse(r.stdout.trim().split("\n").pop() as string) as {
+        stats: { hits: number };
+        ids: string[];
+      };
+      ids = out.ids;
+      assert.equal(out.stats.hits, 2, "both came from the pool");
+      const nets = await Promise.all(ids.map(async (id) => (await status(net, id)).network as Record<string, string>));
+      assert.notEqual(nets[0]?.guestIp, nets[1]?.guestIp);
+      assert.notEqual(nets[0]?.tapDevice, nets[1]?.tapDevice);
+      const got = await Promise.all(ids.map((id) => guestGet(net, id, F.peers[0] as string, 80, "/whoami")));
+      assert.deepEqual(got, [F.hostAddr, F.hostAddr]);
+    } finally {
+      for (const id of ids) await deleteVm(net, id);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -57,6 +57,8 @@ export interface PoolDriver<T extends PoolMember> {
 }
 
 const MAX_POOL = 64;
+/** How long after a hit the refill starts. */
+const REFILL_DELAY_MS = 500;
 
 /** The pool size `SMOLVM_POOL` asks for (0: off). */
 export function poolSizeFromEnv(): number {
@@ -115,7 +117,9 @@ export class Pool<T extends PoolMember> {
       try {
         await this.driver.handOut(vm, resolved);
         this.counts.hits++;
-        this.refill(shape);
+        // later, so that the caller's first commands do not compete with a VM being started (on a small host they
+        // would wait for CPU): the refill is half a second behind
+        setTimeout(() => this.refill(shape), REFILL_DELAY_MS).unref();
         return vm;
       } catch {
         // it died while it waited (killed, or its host went through a restart): drop it, try the next

@@ -1,12 +1,14 @@
 /**
  * New VMs that start from saved state rather than an image: a snapshot (`SmolVM.fromSnapshot`, and each clone of
- * `fork`) or a `.smolmachine` file (`SmolVM.fromPack`). Each gets a new identity and its own disk layer; a VM
+ * `fork`, started here) or a `.smolmachine` file (`SmolVM.fromPack`). Each gets a new identity and its own disk layer; a VM
  * whose start fails is deleted again, so nothing is left behind.
  */
+
+import type { Backend } from "../backends/types.js";
 import { labelsOf, type VMConfig } from "../config.js";
 import { ensureAgent } from "../images/agent-build.js";
 import { readPackManifest } from "../images/pack.js";
-import { StateStore } from "../state/store.js";
+import { type SnapshotRecord, StateStore } from "../state/store.js";
 import { packPlan } from "./packs.js";
 import type { SmolVM } from "./smolvm.js";
 import { checkSnapshotFiles, type LaunchPlan, SnapshotNotFoundError } from "./snapshots.js";
@@ -104,4 +106,35 @@ export async function restorePack(make: (c: VMConfig) => SmolVM, file: string, o
     },
     t0,
   );
+}
+
+/** `count` clones of the snapshot `snap` (a fork's), 4 starting at a time; if one fails, the others are deleted. */
+export async function forkClones(
+  backend: Backend,
+  snap: SnapshotRecord,
+  count: number,
+  restore: (snapshotId: string) => Promise<SmolVM>,
+): Promise<SmolVM[]> {
+  // a snapshot kept as a full state file is converted once, before the clones start side by side
+  await snapshotPlan(backend, snap, await ensureAgent());
+  const clones: SmolVM[] = [];
+  const failures: unknown[] = [];
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(4, count) }, async () => {
+      while (next < count) {
+        next++;
+        try {
+          clones.push(await restore(snap.id));
+        } catch (e) {
+          failures.push(e);
+        }
+      }
+    }),
+  );
+  if (failures.length) {
+    for (const c of clones) await c.delete();
+    throw failures[0];
+  }
+  return clones;
 }

@@ -5,21 +5,21 @@ import { ConfigError, VMStateError } from "../errors.js";
 import { handOverLease } from "../lifecycle/lease.js";
 import { POOL_LABEL, Pool, type PoolStats, poolSizeFromEnv } from "../lifecycle/pool.js";
 import { StateStore } from "../state/store.js";
+import { trace } from "../util/trace.js";
 import type { SmolVM } from "./smolvm.js";
-import { resyncGuest } from "./snapshots.js";
 
 let pool: Pool<SmolVM> | null = null;
 
 function thePool(): Pool<SmolVM> {
   pool ??= new Pool<SmolVM>(
     {
-      // a plain (warm) start, never through the pool, one command, then paused: no CPU while it waits
+      // a plain (warm) start, never through the pool, three commands, then paused: no CPU while it waits
       start: async (c) => {
         const { SmolVM } = await import("./smolvm.js");
         const vm = await SmolVM.createUnpooled(c);
-        // a restored guest's first command is slow (under TCG nothing of the exec path is translated yet): that
-        // first one is the pool's, not the caller's
-        await vm.run(["true"]);
+        // a restored guest's first command is slow (under TCG nothing of the exec path is translated yet), the next
+        // ones a little: those are the pool's, not the caller's
+        for (let i = 0; i < 3; i++) await vm.run(["true"]);
         await vm.pause();
         return vm;
       },
@@ -32,9 +32,7 @@ function thePool(): Pool<SmolVM> {
 
 /** This paused pool VM becomes the one `requested` asked for: its name, env, labels, lifetime, owner; then it runs. */
 async function handOut(vm: SmolVM, requested: ResolvedVMConfig): Promise<void> {
-  const store = StateStore.open();
-  const rec = store.getById(vm.vmId);
-  if (!rec?.handle || vm.status !== "paused") throw new VMStateError(`pool VM ${vm.vmId} is ${vm.status}`);
+  trace("pool: hand out");
   const { [POOL_LABEL]: _pool, ...labels } = labelsOf(vm.config);
   const config: ResolvedVMConfig = {
     ...vm.config,
@@ -45,12 +43,13 @@ async function handOut(vm: SmolVM, requested: ResolvedVMConfig): Promise<void> {
     onTimeout: requested.onTimeout,
     keep: requested.keep,
   };
-  store.update(rec.id, { config, name: requested.name });
-  (vm as { config: ResolvedVMConfig }).config = config;
+  const rec = StateStore.open().getById(vm.vmId);
+  if (!rec) throw new VMStateError(`pool VM ${vm.vmId} is gone`);
   handOverLease(config, rec.vmDir);
-  await vm.resume();
-  // a new hostname, the host's clock, fresh entropy (as every restored VM gets)
-  await resyncGuest(await vm.agentClient(), requested.name ?? vm.vmId);
+  // a new hostname and the host's clock, then it runs; its record says so only once it does
+  await vm.resumeAs(requested.name ?? vm.vmId, { config, name: requested.name });
+  (vm as { config: ResolvedVMConfig }).config = config;
+  trace("pool: resumed and resynced");
 }
 
 export function takePooled(requested: VMConfig, resolved: ResolvedVMConfig, backend: BackendKind) {

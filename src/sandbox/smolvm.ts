@@ -1,12 +1,11 @@
 /** The SmolVM facade: lifecycle of one sandbox, whatever backend drives it. */
 
-import { AgentClient } from "../agent/client.js";
+import type { AgentClient } from "../agent/client.js";
 import { T } from "../agent/codec.js";
 import { getBackend, resolveBackendName } from "../backends/resolve.js";
 import type { Backend, BackendKind } from "../backends/types.js";
 import { type InternetPolicy, labelsOf, type ResolvedVMConfig, resolveConfig, type VMConfig } from "../config.js";
-import { ConfigError, howToRun, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
-import { ensureAgent } from "../images/agent-build.js";
+import { ConfigError, VMNotFoundError, VMStateError } from "../errors.js";
 import type { PackManifest } from "../images/pack.js";
 import { describeEnd } from "../lifecycle/exit-reason.js";
 import { launchVm, type StartOptions, type StartTimings, startPlan } from "../lifecycle/launch.js";
@@ -32,6 +31,7 @@ import {
 import {
   type FromPackOptions,
   type FromSnapshotOptions,
+  forkClones,
   type Lifetime,
   lifetimeFrom,
   restorePack,
@@ -41,11 +41,11 @@ import { Env } from "./env.js";
 import { Files, type WriteResult } from "./files.js";
 import { VmNetwork } from "./network.js";
 import { packSnapshot } from "./packs.js";
+import { openAgent, pauseVm, resumeAs, resumeVm, type VmControl } from "./pausing.js";
 import { closePool, configurePool, poolStats, takePooled } from "./pooling.js";
 import { Processes } from "./processes.js";
 import { Pty } from "./pty.js";
-import { deleteSnapshot, type LaunchPlan, type SnapshotInfo, snapshotInfo, syncClock } from "./snapshots.js";
-import { snapshotPlan } from "./templates.js";
+import { deleteSnapshot, type LaunchPlan, type SnapshotInfo, snapshotInfo } from "./snapshots.js";
 import type { TransferOptions } from "./transfers.js";
 import { info, type VMInfo } from "./vm-info.js";
 
@@ -248,30 +248,9 @@ export class SmolVM implements AsyncDisposable {
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new ConfigError("count", "must be 1 to 64");
     // temporary unless named: its memory goes once the clones have started, its disk layer with its last user
     using temp = await tempSnapshot(this.store, this.driver(), this.refresh(), this.status, "forked", opts);
-    const snap = temp.snap;
     this.refresh();
-    // a snapshot kept as a full state file is converted once, before the clones start side by side
-    await snapshotPlan(this.driver(), snap, await ensureAgent());
-    const clones: SmolVM[] = [];
-    const failures: unknown[] = [];
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: Math.min(4, count) }, async () => {
-        while (next < count) {
-          next++;
-          try {
-            clones.push(await SmolVM.fromSnapshot(snap.id, lifetimeFrom(opts)));
-          } catch (e) {
-            failures.push(e);
-          }
-        }
-      }),
-    );
-    if (failures.length) {
-      for (const c of clones) await c.delete();
-      throw failures[0];
-    }
-    return clones;
+    // awaited here: `temp` is disposed of (its memory deleted) when this block ends
+    return await forkClones(this.driver(), temp.snap, count, (id) => SmolVM.fromSnapshot(id, lifetimeFrom(opts)));
   }
 
   /**
@@ -310,25 +289,7 @@ export class SmolVM implements AsyncDisposable {
 
   /** The agent connection, opened on first use. */
   private async agent(): Promise<AgentClient> {
-    if (this.client && !this.client.closed) return this.client;
-    const rec = this.refresh();
-    if (!rec) throw new VMNotFoundError(this.vmId);
-    const status = this.status;
-    if (status !== "running" || !rec.handle) {
-      throw new VMStateError(`VM ${this.vmId} is ${status}; ${howToRun(this.vmId, status, await this.endReason())}`);
-    }
-    try {
-      this.client = await AgentClient.connect(this.driver().agentChannel(rec.handle));
-    } catch (e) {
-      // its proxy may have died: reconcile restarts it (or, if the guest broke the protocol, ends the VM)
-      const after = await reconcileVm(this.store, rec);
-      this.rec = after;
-      if (after.status !== "running" || !after.handle || after.handle === rec.handle) {
-        const why = after.error ? ` (${after.error})` : "";
-        throw new VMDiedError(`cannot reach the agent of VM ${this.vmId}: ${(e as Error).message}${why}`);
-      }
-      this.client = await AgentClient.connect(this.driver().agentChannel(after.handle));
-    }
+    if (!this.client || this.client.closed) this.client = await openAgent(this.control());
     return this.client;
   }
 
@@ -474,32 +435,34 @@ export class SmolVM implements AsyncDisposable {
   }
 
   /** Freeze the VM's vCPUs. A paused VM stays paused (no error); a VM that is not running is an error saying why. */
-  async pause(): Promise<void> {
-    const rec = this.refresh();
-    if (this.status === "paused") return;
-    if (!rec?.handle || this.status !== "running") {
-      throw new VMStateError(
-        `VM ${this.vmId} is ${this.status}: only a running VM can be paused; ${howToRun(this.vmId, this.status, await this.endReason())}`,
-      );
-    }
-    await this.driver().pause(rec.handle);
-    this.store.update(rec.id, { status: "paused" });
-    this.refresh();
+  pause(): Promise<void> {
+    return pauseVm(this.control());
   }
 
   /** Continue a paused VM. A running VM is left as it is (no error). */
-  async resume(): Promise<void> {
-    const rec = this.refresh();
-    if (this.status === "running") return;
-    if (!rec?.handle || this.status !== "paused") {
-      throw new VMStateError(
-        `VM ${this.vmId} is ${this.status}, not paused; ${howToRun(this.vmId, this.status, await this.endReason())}`,
-      );
-    }
-    await this.driver().resume(rec.handle);
-    this.store.update(rec.id, { status: "running" });
-    this.refresh();
-    await syncClock(await this.agent()); // its clock stood still while paused; the proxy's next sync is up to 30 s off
+  resume(): Promise<void> {
+    return resumeVm(this.control());
+  }
+
+  /** @internal Resume a paused VM as a new sandbox (the pool's hand-out: src/sandbox/pausing.ts). */
+  resumeAs(hostname: string, update: Partial<VMRecord>): Promise<void> {
+    return resumeAs(this.control(), hostname, update);
+  }
+
+  private control(): VmControl {
+    return {
+      vmId: this.vmId,
+      store: this.store,
+      driver: this.driver(),
+      refresh: () => this.refresh(),
+      status: () => this.status,
+      agent: () => this.agent(),
+      client: () => this.client,
+      setClient: (c) => {
+        this.client = c;
+      },
+      endReason: () => this.endReason(),
+    };
   }
 
   /**

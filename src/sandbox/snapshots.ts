@@ -211,12 +211,15 @@ export async function syncClock(client: AgentClient): Promise<void> {
   await client.op(T.SYNC, [[1, ns]]).done;
 }
 
-export async function resyncGuest(client: AgentClient, hostname: string): Promise<void> {
+/**
+ * A restored guest's new identity: the host's clock, `hostname`, and (unless `entropy: false`: a guest whose random
+ * state was never copied since its last reseed) 64 fresh random bytes its kernel reseeds from.
+ */
+export async function resyncGuest(client: AgentClient, hostname: string, opts: { entropy?: boolean } = {}) {
   const ns = Buffer.alloc(8);
   ns.writeBigUInt64BE(BigInt(Date.now()) * 1_000_000n);
-  await client.op(T.SYNC, [
-    [1, ns],
-    [2, randomBytes(64)],
-    [3, hostname.slice(0, 63)],
-  ]).done;
+  const fields: [number, Buffer | string][] = [[1, ns]];
+  if (opts.entropy !== false) fields.push([2, randomBytes(64)]);
+  fields.push([3, hostname.slice(0, 63)]);
+  await client.op(T.SYNC, fields).done;
 }
