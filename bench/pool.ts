@@ -88,8 +88,9 @@ ${row("pool hit (`SMOLVM_POOL=2`)", ms.poolHit ?? null, ratio.poolHit ?? null, "
 ${row("pool miss (pool empty: a warm start)", ms.poolMiss ?? null, null, "")}
 
 Pool counters of the run: ${pool.hits} hits, ${pool.misses} misses, ${pool.started} VMs started for the pool, ${pool.failed} failed.
-A hit resumes a paused VM that was restored from the warm template, then gives it its identity (hostname, clock,
-entropy through one agent request; name, env, labels, lifetime in the state store). Hits are measured with the pool
+A hit resumes a paused VM that was restored from the warm template (and ran three commands), then gives it its
+identity: its hostname and the host's clock through one agent request queued before the resume (its entropy is its
+own since its restore), its name, env, labels and lifetime in the state store. Hits are measured with the pool
 full, as a user who waits between sandboxes finds it; one who takes them faster than the pool refills gets misses.`;
   writeSection(join(packageRoot(), "docs", "BENCHMARKS.md"), "pool", body);
 }
