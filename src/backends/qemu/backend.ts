@@ -132,6 +132,7 @@ export class QemuBackend implements Backend {
         childFds.push(fd);
       } catch (e) {
         for (const fd of fds) closeSync(fd);
+        removeCgroups(cg);
         throw new SmolVMError(`cannot restore from ${spec.incoming}: ${(e as Error).message}`, { cause: e });
       }
     }
