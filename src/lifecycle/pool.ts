@@ -4,9 +4,10 @@
  * (backend, image, size, network, boot arguments). A shape's pool fills after its first `create()`, in the background,
  * one VM at a time: each is a normal warm start, then paused, so it costs memory but no CPU while it waits.
  *
- * Handing one out gives it the caller's identity: its id was drawn at random and never shown to anyone; its hostname,
- * clock and entropy are set anew (the agent's SYNC), its name, env, labels and lifetime are the caller's, and it is
- * owned by the caller from then on. Its network address is its own lease, as every VM's (`tap`), or the same private
+ * Handing one out gives it the caller's identity: its id was drawn at random and never shown to anyone; its hostname
+ * and clock are set anew (the agent's SYNC), its entropy is its own since its restore reseeded it (its random state
+ * is never copied while it waits), its name, env, labels and lifetime are the caller's, and it is owned by the caller
+ * from then on. Its network address is its own lease, as every VM's (`tap`), or the same private
  * address every VM has behind its own NAT (`user`). Pool VMs belong to the process that made them (not kept): when
  * it ends, their supervisors delete them; `closePool()` does it at once.
  *
