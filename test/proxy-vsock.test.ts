@@ -94,6 +94,21 @@ async function muxer(opts: Parameters<typeof startFakeVsockMuxer>[1]): Promise<F
 const exitReason = (file: string) => (JSON.parse(readFileSync(file, "utf8")) as { reason: string }).reason;
 
 /** utime + stime of a process, in clock ticks. */
+/** The proxy in vsock mode, daemonized, dropping to the VM's identity (1234567): its socket and pid. */
+async function daemonProxyAsVm(upstream: string): Promise<{ listen: string; pid: number }> {
+  const listen = fresh("proxy.sock");
+  const pidfile = fresh("proxy.pid");
+  const r = await runAgent([
+    "proxy",
+    ...["--upstream", upstream, "--vsock-port", "1024", "--listen", listen, "--runas", "1234567:1234567"],
+    ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const pid = Number(readFileSync(pidfile, "utf8"));
+  pids.push(pid);
+  return { listen, pid };
+}
+
 function cpuTicks(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -162,16 +177,7 @@ describe("proxy --vsock-port: Firecracker's host-initiated vsock", () => {
     const agent = await startAgent();
     const mux = await muxer({ target: agent, guestListening: false, closeFirst: 3 });
     setTimeout(() => mux.setGuestListening(true), 300); // the guest agent comes up while the proxy is starting
-    const listen = fresh("proxy.sock");
-    const pidfile = fresh("proxy.pid");
-    const r = await runAgent([
-      "proxy",
-      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", listen, "--runas", "1234567:1234567"],
-      ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
-    ]);
-    assert.equal(r.code, 0, r.stderr);
-    const pid = Number(readFileSync(pidfile, "utf8"));
-    pids.push(pid);
+    const { listen, pid } = await daemonProxyAsVm(mux.path);
     assert.equal(mux.answered(), 1, "connected before it daemonized");
     const uid = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
     assert.equal(uid, "1234567", "the proxy did not drop privileges");
@@ -232,15 +238,7 @@ describe("proxy --vsock-port: Firecracker's host-initiated vsock", () => {
     const agent = await startAgent();
     const mux = await muxer({ target: agent });
     chownSync(mux.path, 1234567, 1234567); // as Firecracker, run as the VM's identity, makes it
-    const listen = fresh("proxy.sock");
-    const pidfile = fresh("proxy.pid");
-    const r = await runAgent([
-      "proxy",
-      ...["--upstream", mux.path, "--vsock-port", "1024", "--listen", listen, "--runas", "1234567:1234567"],
-      ...["--daemon", "--pidfile", pidfile, "--log", fresh("proxy.log")],
-    ]);
-    assert.equal(r.code, 0, r.stderr);
-    pids.push(Number(readFileSync(pidfile, "utf8")));
+    const { listen } = await daemonProxyAsVm(mux.path);
     mux.resetConnections();
     assert.ok(await waitFor(() => mux.answered() === 2, 5000), "no reconnection after dropping privileges");
     const c = await AgentClient.connect(listen);
