@@ -1,7 +1,6 @@
 /** A minimal QMP client: connect, negotiate capabilities, execute commands one at a time. */
 import { connect, type Socket } from "node:net";
 import { SmolVMError } from "../../errors.js";
-import { trace } from "../../util/trace.js";
 
 export class QmpClient {
   private buf = "";
@@ -53,7 +52,6 @@ export class QmpClient {
 
   static async connect(path: string, timeoutMs = 15_000): Promise<QmpClient> {
     const client = await QmpClient.greeted(path, timeoutMs);
-    trace("qmp: greeted");
     try {
       await client.execute("qmp_capabilities");
     } catch (e) {
