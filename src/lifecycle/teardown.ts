@@ -14,6 +14,7 @@ import { collectTemporary } from "../sandbox/snapshots.js";
 import { beginOp, endOp } from "../state/journal.js";
 import { backendFor } from "../state/reconcile.js";
 import type { StateStore, VMRecord } from "../state/store.js";
+import { sleep } from "../util/proc.js";
 import { killByRunDir } from "./recover.js";
 
 /** Shut the guest down cleanly (disks synced), then make sure the VMM and its network are gone. */
@@ -45,6 +46,34 @@ export async function stopVm(
   store.update(rec.id, { status: "stopped", handle: null });
 }
 
+/**
+ * Remove a VM's folder: its private layer and console log (never the base image). Retried whole, listing it afresh
+ * each time: a supervisor may write its VMM's exit status there for a moment after the VMM is gone, and `rmSync`'s
+ * own retries only retry the last `rmdir`, never the file that appeared meanwhile.
+ */
+async function removeVmDir(dir: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+      return;
+    } catch (e) {
+      if (attempt < 5) {
+        await sleep(50 * attempt);
+        continue;
+      }
+      let left: string[] = [];
+      try {
+        left = readdirSync(dir);
+      } catch {
+        // gone meanwhile
+      }
+      throw new SmolVMError(
+        `cannot remove ${dir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`,
+      );
+    }
+  }
+}
+
 /** Kill the VM and remove everything it owns. */
 export async function deleteVm(store: StateStore, rec: VMRecord): Promise<void> {
   const op = beginOp(store, "delete", { vmId: rec.id });
@@ -54,21 +83,7 @@ export async function deleteVm(store: StateStore, rec: VMRecord): Promise<void> 
     if (rec.handle) await backendFor(rec.backend).kill(rec.handle);
     else await killByRunDir(rec.id, runDir); // a start that never recorded its handle
     await detachNetwork(store, rec.id, runDir);
-    // the private layer and console log (never the base image); retried: the VMM's supervisor may still be writing
-    // its exit status there for a moment after the VMM is gone
-    try {
-      rmSync(rec.vmDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
-    } catch (e) {
-      let left: string[] = [];
-      try {
-        left = readdirSync(rec.vmDir);
-      } catch {
-        // gone meanwhile
-      }
-      throw new SmolVMError(
-        `cannot remove ${rec.vmDir} (still holds ${left.join(", ") || "nothing"}): ${(e as Error).message}`,
-      );
-    }
+    await removeVmDir(rec.vmDir);
     const base = store.getById(rec.id)?.snapshotId ?? rec.snapshotId; // a snapshot since may have moved it
     store.delete(rec.id);
     collectTemporary(store, base); // a fork's or pack's snapshot that only this VM still sat on

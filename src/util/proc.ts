@@ -20,6 +20,21 @@ export function processAlive(pid: number | null | undefined, marker?: string): b
   }
 }
 
+/**
+ * Whether `pid` is a process that has ended but that its parent has not reaped yet, and that parent is not PID 1:
+ * a supervisor that is about to see the end and act on it.
+ */
+export function unreapedChild(pid: number | null | undefined): boolean {
+  if (!pid || pid <= 0) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return state === "Z" && Number(ppid) > 1;
+  } catch {
+    return false;
+  }
+}
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Poll until `pred` holds or `timeoutMs` passes; returns whether it held. */
