@@ -30,8 +30,7 @@ const PHASES: [string, string, string][] = [
   ["state load (migrate-incoming)", "qemu: qmp connected", "qemu: state loaded"],
   ["firewall rules, cont", "qemu: state loaded", "qemu: cont"],
   ["agent proxy start", "qemu: cont", "qemu: proxy started"],
-  ["agent answers (guest resumes)", "qemu: proxy started", "launch: agent ready"],
-  ["resync (clock, entropy, hostname)", "launch: agent ready", "launch: resynced"],
+  ["guest resumes, agent answers its resync (clock, entropy, hostname)", "qemu: proxy started", "launch: resynced"],
   ["create() total", "create", "created"],
 ];
 

@@ -4,8 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
+import { qmpOnce } from "../src/backends/qemu/qmp.js";
 import { resolveConfig } from "../src/config.js";
 import { SmolVM } from "../src/index.js";
+import { readLease, selfOwner } from "../src/lifecycle/lease.js";
 import { POOL_LABEL, poolShape } from "../src/lifecycle/pool.js";
 import { StateStore } from "../src/state/store.js";
 import { processAlive, waitFor } from "../src/util/proc.js";
@@ -33,7 +35,7 @@ describe("pool", () => {
     assert.ok(!(await SmolVM.list()).some((v) => waiting.some((w) => w.id === v.vmId)));
 
     const a = await SmolVM.create({ ...SHAPE, name: "pooled-a", env: { WHO: "a" }, labels: { team: "x" } });
-    const b = await SmolVM.create({ ...SHAPE, env: { WHO: "b" } });
+    const b = await SmolVM.create({ ...SHAPE, env: { WHO: "b" }, timeoutMs: 600_000 });
     try {
       const s = SmolVM.poolStats();
       assert.equal(s.hits, before.hits + 2);
@@ -60,6 +62,21 @@ describe("pool", () => {
         (await SmolVM.list()).some((v) => v.vmId === a.vmId),
         "a handed-out VM is listed",
       );
+      // lifetimes: each the caller's (a kept lease needs no write, a new deadline is written)
+      const leaseOf = (v: SmolVM) => readLease(StateStore.open().getById(v.vmId)?.vmDir ?? "");
+      assert.deepEqual(leaseOf(a), { expiresAt: null, action: "delete", owner: selfOwner() });
+      const lb = leaseOf(b);
+      assert.ok(lb?.expiresAt && Math.abs(lb.expiresAt - (Date.now() + 600_000)) < 60_000, JSON.stringify(lb));
+      // the QMP connection held while it waited is released: anyone can drive the VMM again
+      for (const v of [a, b]) {
+        const h = StateStore.open().getById(v.vmId)?.handle;
+        assert.ok(h);
+        const st = (await qmpOnce(h.controlSocket, "query-status", undefined, 5000)) as { status: string };
+        assert.equal(st.status, "running");
+      }
+      await a.pause();
+      await a.resume();
+      assert.equal((await a.run("echo again")).output, "again");
       // and the pool fills again
       assert.ok(await waitFor(() => SmolVM.poolStats().ready === 2, 180_000, 200), "the pool did not refill");
     } finally {

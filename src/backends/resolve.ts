@@ -35,8 +35,19 @@ export function resolveBackendName(explicit?: BackendName, kvmUsable?: () => boo
     }
     if (env !== "auto") return env as BackendKind;
   }
-  return platformDefault(kvmUsable);
+  if (kvmUsable) return platformDefault(kvmUsable);
+  // looked up again at most every 30 s (a PATH search per create() is a measurable part of a pool hit): a binary
+  // installed meanwhile is seen within that; a changed environment at once
+  const key = `${process.env.PATH}\0${process.env.SMOLVM_FIRECRACKER_BIN}\0${process.env.HOME}`;
+  const now = Date.now();
+  if (!lastDefault || lastDefault.key !== key || now - lastDefault.at > PLATFORM_DEFAULT_TTL_MS) {
+    lastDefault = { key, at: now, kind: platformDefault() };
+  }
+  return lastDefault.kind;
 }
+
+let lastDefault: { key: string; at: number; kind: BackendKind } | null = null;
+const PLATFORM_DEFAULT_TTL_MS = 30_000;
 
 export function getBackend(kind: BackendKind): Backend {
   if (kind === "qemu") return new QemuBackend();

@@ -158,7 +158,11 @@ export interface Backend {
   resolveAccel(requested: AccelName, image: { kernelPath: string; initrdPath: string }): Promise<AccelName>;
   /** Start the VMM with the guest booting; resolves once the agent socket accepts connections. */
   boot(spec: BootSpec): Promise<VMHandle>;
-  pause(h: VMHandle): Promise<void>;
+  /**
+   * Stop the vCPUs. `resumeSoon`: a resume is the next thing this process does with the VM (a pool VM waiting to be
+   * handed out), so a backend may keep what makes it faster ready (QEMU: its QMP connection, negotiated).
+   */
+  pause(h: VMHandle, opts?: { resumeSoon?: boolean }): Promise<void>;
   /**
    * Stop the vCPUs and save device state (and RAM, unless `ramInFile`: then only device state, the RAM being in the
    * VM's shared RAM file) to `file`. The VM stays stopped.

@@ -246,9 +246,13 @@ export async function launchVm(
     const tBoot = performance.now();
     const timeout = opts.bootTimeoutMs ?? Number(process.env.SMOLVM_BOOT_TIMEOUT_MS ?? 60_000);
     client = await AgentClient.connect(handle.agentSocket);
-    await client.waitReady(timeout, plan.incoming ? 5 : 25);
-    trace("launch: agent ready");
-    if (plan.incoming) await resyncGuest(client, c.name ?? c.vmId);
+    if (plan.incoming) {
+      await restoredReady(client, c.name ?? c.vmId, timeout);
+      trace("launch: agent ready");
+    } else {
+      await client.waitReady(timeout, 25);
+      trace("launch: agent ready");
+    }
     const tAgent = performance.now();
     trace("launch: resynced");
     await net.ready();
@@ -284,3 +288,31 @@ export async function launchVm(
     endOp(store, op);
   }
 }
+
+/**
+ * A restored guest's agent was serving when its state was saved, so its resync (clock, entropy, hostname) is sent at
+ * once and its answer is the sign that it runs: one round trip, not a ping and then the resync. Frames sent before
+ * the guest runs wait in the channel (QEMU's chardev, the proxy's queue under Firecracker), so it is not lost; should
+ * it still get no answer soon, the agent is pinged until it answers, and resynced again unless the first answer came
+ * meanwhile (the agent answers in order).
+ */
+async function restoredReady(client: AgentClient, hostname: string, timeoutMs: number): Promise<void> {
+  let answered = false;
+  const synced = resyncGuest(client, hostname).then(() => {
+    answered = true;
+  });
+  synced.catch(() => {}); // raced below; a closed channel fails the ping loop too
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    synced,
+    new Promise<void>((r) => {
+      timer = setTimeout(r, RESYNC_FIRST_WAIT_MS);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  if (answered) return;
+  await client.waitReady(timeoutMs, 5);
+  if (!answered) await resyncGuest(client, hostname);
+}
+
+/** How long a restored guest's first resync is awaited before the agent is pinged as well. */
+const RESYNC_FIRST_WAIT_MS = 3000;

@@ -32,8 +32,10 @@ export interface Lease {
 export const leasePath = (vmDir: string) => join(vmDir, "lease");
 
 /** This process, as an owner. */
+let self: Owner | null = null;
 export function selfOwner(): Owner {
-  return { pid: process.pid, start: processStart(process.pid) ?? "0" };
+  self ??= { pid: process.pid, start: processStart(process.pid) ?? "0" };
+  return self;
 }
 
 export function ownerAlive(o: Owner): boolean {
@@ -84,14 +86,26 @@ export function startLease(c: ResolvedVMConfig, vmDir: string, stateDir: string)
   };
 }
 
-/** A running VM's lease handed to the lifetime and owner of `c` (a pool VM given to its caller), from now. */
+/**
+ * A running VM's lease handed to the lifetime and owner of `c` (a pool VM given to its caller), from now. A lease
+ * already saying the same (no deadline, the same owner and action: a pool VM handed to its own process with no
+ * lifetime) is left as it is: no write, and no wake-up of the supervisor that watches it.
+ */
 export function handOverLease(c: ResolvedVMConfig, vmDir: string): void {
   const l = lifetimeOf(c);
-  writeLease(vmDir, {
+  const next: Lease = {
     expiresAt: l.timeoutMs === null ? null : Date.now() + l.timeoutMs,
     action: l.onTimeout,
     owner: l.keep ? null : selfOwner(),
-  });
+  };
+  const now = next.expiresAt === null ? readLease(vmDir) : null;
+  const same =
+    now !== null &&
+    now.expiresAt === null &&
+    now.action === next.action &&
+    now.owner?.pid === next.owner?.pid &&
+    now.owner?.start === next.owner?.start;
+  if (!same) writeLease(vmDir, next);
 }
 
 /** Time left of a lease in ms (0: ended), or null for none. */

@@ -13,6 +13,7 @@ import { checkSnapshotName, newSnapshotId, type SnapshotInfo, snapshotInfo } fro
 import { type FastImage, readFast, splitToFast } from "../sandbox/templates.js";
 import { beginOp, endOp } from "../state/journal.js";
 import type { StateStore, VMRecord } from "../state/store.js";
+import { trace } from "../util/trace.js";
 
 export async function takeSnapshot(
   store: StateStore,
@@ -74,6 +75,7 @@ export async function takeSnapshot(
       switched = true;
       store.update(rec.id, { diskPath: next }); // at once: the VM's data now lives in `next`
     });
+    trace("snapshot: state saved, VM running again");
     // split now, with the VM running again: the snapshot then restores without loading RAM through the VMM,
     // and the full stream (a second copy of the RAM) need not be kept
     let memFile = r.memFile;
@@ -89,6 +91,7 @@ export async function takeSnapshot(
     } catch {
       // keep the full stream; it is converted on first restore
     }
+    trace("snapshot: split");
     const snap = record(
       memFile,
       r.diskFile,

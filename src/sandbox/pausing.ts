@@ -8,6 +8,7 @@ import type { Backend } from "../backends/types.js";
 import { howToRun, VMDiedError, VMNotFoundError, VMStateError } from "../errors.js";
 import { reconcileVm } from "../state/reconcile.js";
 import type { StateStore, VMRecord, VMStatus } from "../state/store.js";
+import { trace } from "../util/trace.js";
 import { resyncGuest, syncClock } from "./snapshots.js";
 
 /** One VM as the facade sees it: its record, status, backend and agent connection. */
@@ -46,7 +47,8 @@ export async function openAgent(v: VmControl): Promise<AgentClient> {
   }
 }
 
-export async function pauseVm(v: VmControl): Promise<void> {
+/** Freeze the VM's vCPUs. `resumeSoon`: see `Backend.pause` (a pool VM waiting to be handed out). */
+export async function pauseVm(v: VmControl, opts: { resumeSoon?: boolean } = {}): Promise<void> {
   const rec = v.refresh();
   if (v.status() === "paused") return;
   if (!rec?.handle || v.status() !== "running") {
@@ -54,7 +56,7 @@ export async function pauseVm(v: VmControl): Promise<void> {
       `VM ${v.vmId} is ${v.status()}: only a running VM can be paused; ${howToRun(v.vmId, v.status(), await v.endReason())}`,
     );
   }
-  await v.driver.pause(rec.handle);
+  await v.driver.pause(rec.handle, opts);
   v.store.update(rec.id, { status: "paused" });
   v.refresh();
 }
@@ -77,11 +79,12 @@ export async function resumeVm(v: VmControl): Promise<void> {
  * Resume a paused VM as a new sandbox (the pool's hand-out): its resync (hostname, clock) is queued on the agent
  * channel before its vCPUs continue, so both cost one round trip, and the agent has done it before it reads any
  * later request. No new entropy: a pool VM reseeded at its own start, and its random state was never copied. Its
- * record gets `update` once it runs.
+ * record gets `update` while the resume is under way (a VM whose resume fails is deleted by the pool).
  */
 export async function resumeAs(v: VmControl, hostname: string, update: Partial<VMRecord>): Promise<void> {
   const rec = v.refresh();
-  if (!rec?.handle || v.status() !== "paused") throw new VMStateError(`VM ${v.vmId} is ${v.status()}, not paused`);
+  // (a VMM that died meanwhile fails the resume below: the pool deletes the VM and hands out the next)
+  if (!rec?.handle || rec.status !== "paused") throw new VMStateError(`VM ${v.vmId} is ${v.status()}, not paused`);
   let client = v.client();
   if (!client || client.closed) {
     client = await AgentClient.connect(v.driver.agentChannel(rec.handle));
@@ -89,8 +92,13 @@ export async function resumeAs(v: VmControl, hostname: string, update: Partial<V
   }
   const synced = resyncGuest(client, hostname, { entropy: false });
   synced.catch(() => {}); // awaited below, unless the resume fails first
-  await v.driver.resume(rec.handle);
+  trace("pool: resync queued");
+  const resumed = v.driver.resume(rec.handle);
+  // written while QEMU works on the resume: a resume that fails ends this VM (the pool deletes it)
   v.store.update(rec.id, { ...update, status: "running" });
   v.refresh();
+  trace("pool: record updated");
+  await resumed;
+  trace("pool: cont answered");
   await synced;
 }

@@ -20,7 +20,7 @@ function thePool(): Pool<SmolVM> {
         // a restored guest's first command is slow (under TCG nothing of the exec path is translated yet), the next
         // ones a little: those are the pool's, not the caller's
         for (let i = 0; i < 3; i++) await vm.run(["true"]);
-        await vm.pause();
+        await vm.pauseForHandOut();
         return vm;
       },
       handOut,
@@ -46,6 +46,7 @@ async function handOut(vm: SmolVM, requested: ResolvedVMConfig): Promise<void> {
   const rec = StateStore.open().getById(vm.vmId);
   if (!rec) throw new VMStateError(`pool VM ${vm.vmId} is gone`);
   handOverLease(config, rec.vmDir);
+  trace("pool: lease handed over");
   // a new hostname and the host's clock, then it runs; its record says so only once it does
   await vm.resumeAs(requested.name ?? vm.vmId, { config, name: requested.name });
   (vm as { config: ResolvedVMConfig }).config = config;

@@ -19,6 +19,7 @@ import type { ExposedPort } from "../network/ports.js";
 import { backendFor, reconcile, reconcileVm } from "../state/reconcile.js";
 import { StateStore, type VMRecord, type VMStatus } from "../state/store.js";
 import { type Progress, silent } from "../util/run.js";
+import { trace } from "../util/trace.js";
 import { Browser } from "./browser.js";
 import {
   type CommandResult,
@@ -82,6 +83,7 @@ export class SmolVM implements AsyncDisposable {
   /** Construct and start a VM: one from the pool when there is one of its shape waiting (`configurePool`). */
   static async create(config: VMConfig = {}, opts: StartOptions = {}): Promise<SmolVM> {
     const vm = new SmolVM(config);
+    trace("create: config resolved");
     // a name already taken fails the usual way, below
     if (!vm.config.name || !vm.store.getByName(vm.config.name)) {
       const pooled = await takePooled(config, vm.config, vm.backend);
@@ -442,6 +444,11 @@ export class SmolVM implements AsyncDisposable {
   /** Continue a paused VM. A running VM is left as it is (no error). */
   resume(): Promise<void> {
     return resumeVm(this.control());
+  }
+
+  /** @internal Pause a pool VM: its next step is its hand-out (`resumeAs`), which the backend may prepare for. */
+  pauseForHandOut(): Promise<void> {
+    return pauseVm(this.control(), { resumeSoon: true });
   }
 
   /** @internal Resume a paused VM as a new sandbox (the pool's hand-out: src/sandbox/pausing.ts). */

@@ -28,7 +28,8 @@ import { diskFormatOf, type LaunchPlan } from "./snapshots.js";
 // 2: NICs captured up; 3: with /etc/resolv.conf; 4: NIC offloads off; 5: captured with the guest's final network;
 // 6: booted with reboot=t (a panic ends the VM at once); 7: idle tuning (TCG CPU with ARAT, tsc=reliable, nowatchdog,
 // no proactive compaction, the firmware's PIT stopped: docs/DENSITY.md)
-const TEMPLATE_VERSION = 7;
+// 8: the exec path warmed before the capture (warmExecPath)
+const TEMPLATE_VERSION = 8;
 setTemplateVersion(TEMPLATE_VERSION);
 const TEMPLATE_HOSTNAME = "smolvm-template";
 const MIB = 1024 * 1024;
@@ -332,6 +333,19 @@ function templateDisk(dir: string): { diskBase: string; diskBaseFormat: "raw" | 
     : { diskBase: join(dir, "disk.qcow2"), diskBaseFormat: "qcow2" };
 }
 
+/**
+ * Run what every sandbox's first commands run (a program by its path, a shell command) before the capture: the
+ * binaries, libraries and directory entries they read are then in the template's page cache, and a restored VM's
+ * first command reads nothing from its disk (under TCG, every guest code path it takes is also translated anew).
+ * Best effort: an image may have no shell or no `true` (distroless).
+ */
+async function warmExecPath(c: AgentClient): Promise<void> {
+  for (const req of [{ argv: ["true"] }, { shell: "true" }]) {
+    // best effort: an image may have no shell or no `true` (distroless)
+    await c.exec(req).exited.catch(() => {});
+  }
+}
+
 /** Boot a template VM of these inputs, let its agent settle (and its network be configured), and capture it. */
 async function captureTemplate(backend: Backend, w: WarmInputs, vmmIdentity: string, dir: string): Promise<void> {
   await capture(
@@ -358,6 +372,7 @@ async function captureTemplate(backend: Backend, w: WarmInputs, vmmIdentity: str
         // the template is not reconfigured at all (one without internet only gets its resolver removed)
         const mode = networkOf(w.config).mode;
         if (mode !== "none") await c.netConfig(templateGuestNet(mode));
+        await warmExecPath(c);
         await w.warmup?.run(c);
       } finally {
         c.close();

@@ -101,6 +101,16 @@ export class QmpClient {
   close(): void {
     this.sock.destroy();
   }
+
+  /** Whether the connection is still open. */
+  get open(): boolean {
+    return !this.closed && !this.sock.destroyed;
+  }
+
+  /** Let the process exit while this connection is open (one held for later use). */
+  unref(): void {
+    this.sock.unref();
+  }
 }
 
 /**
