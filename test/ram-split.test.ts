@@ -145,6 +145,36 @@ describe("RAM split", () => {
     assert.ok(statSync(ramPath).blocks * 512 < 1024 * 1024, "RAM file is not sparse");
   });
 
+  it("pages written in runs land where they belong: a run, a page sent again inside it, a gap, a fill page", () => {
+    const ramBytes = 8 * PAGE;
+    const rec = (n: number, fill: number, first = false) =>
+      first
+        ? Buffer.concat([u64((n * PAGE) | 0x08), id("ram0"), page(fill)])
+        : Buffer.concat([u64((n * PAGE) | 0x08 | 0x20), page(fill)]);
+    const stream = Buffer.concat([
+      HEADER,
+      start(ramBytes),
+      part(
+        rec(0, 0xa1, true),
+        rec(1, 0xa2),
+        rec(2, 0xa3),
+        rec(1, 0xb2), // again, while the run holding it is not written yet
+        rec(5, 0xc5), // after a gap
+        Buffer.concat([u64((6 * PAGE) | 0x02 | 0x20), u8(0x66)]), // a page filled with one byte
+        Buffer.concat([u64((2 * PAGE) | 0x02 | 0x20), u8(0)]), // and one cleared
+      ),
+      END,
+      DEVICES,
+    ]);
+    const { ram, res } = run(stream, ramBytes);
+    const want = [0xa1, 0xb2, 0, 0, 0, 0xc5, 0x66, 0];
+    want.forEach((fill, i) => {
+      assert.ok(ram.subarray(i * PAGE, (i + 1) * PAGE).equals(page(fill)), `page ${i}`);
+    });
+    assert.equal(res.dataPages, 6);
+    assert.equal(res.zeroPages, 1);
+  });
+
   const refuses = (name: string, stream: Buffer, why: RegExp) =>
     it(`refuses ${name}`, () => {
       assert.throws(
