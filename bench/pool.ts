@@ -90,7 +90,8 @@ ${row("pool miss (pool empty: a warm start)", ms.poolMiss ?? null, null, "")}
 Pool counters of the run: ${pool.hits} hits, ${pool.misses} misses, ${pool.started} VMs started for the pool, ${pool.failed} failed.
 A hit resumes a paused VM that was restored from the warm template (and ran three commands), then gives it its
 identity: its hostname and the host's clock through one agent request queued before the resume (its entropy is its
-own since its restore), its name, env, labels and lifetime in the state store. Hits are measured with the pool
+own since its restore), its name, env, labels and lifetime in the state store. The resume is one QMP \`cont\` on the
+connection held since the pause. Hits are measured with the pool
 full, as a user who waits between sandboxes finds it; one who takes them faster than the pool refills gets misses.`;
   writeSection(join(packageRoot(), "docs", "BENCHMARKS.md"), "pool", body);
 }
