@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { QmpClient, qmpOnce } from "../src/backends/qemu/qmp.js";
+import { contReleasing, QmpClient, qmpOnce, releaseHeld, stopAndHold } from "../src/backends/qemu/qmp.js";
 
 test("a command sent after QEMU closed the connection fails at once", async () => {
   const dir = mkdtempSync(join(tmpdir(), "smolvm-qmp-"));
@@ -46,7 +46,11 @@ async function fakeQmp(answer: (cmd: string) => string | null) {
   const dir = mkdtempSync(join(tmpdir(), "smolvm-qmp-"));
   const path = join(dir, "qmp.sock");
   const seen: string[] = [];
+  const conns = { made: 0, open: 0 };
   const server = createServer((c) => {
+    conns.made++;
+    conns.open++;
+    c.on("close", () => conns.open--);
     c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
     let buf = "";
     c.on("data", (d) => {
@@ -64,6 +68,7 @@ async function fakeQmp(answer: (cmd: string) => string | null) {
   return {
     path,
     seen,
+    conns,
     close: () => {
       server.close();
       rmSync(dir, { recursive: true, force: true });
@@ -93,6 +98,30 @@ test("qmpOnce reports QEMU's error, a missing socket, and a QEMU that never answ
     await assert.rejects(qmpOnce(f.path, "cont"), /QMP: migration in progress/);
     await assert.rejects(qmpOnce(f.path, "stop", undefined, 300), /did not answer stop/);
     await assert.rejects(qmpOnce(join(f.path, "..", "gone.sock"), "cont"), /ENOENT/);
+  } finally {
+    f.close();
+  }
+});
+
+test("a stop held for its resume: one connection carries both and is closed after; a kill releases it", async () => {
+  const f = await fakeQmp(() => '{"return": {}}');
+  const settle = () => new Promise((r) => setTimeout(r, 50));
+  try {
+    await stopAndHold(f.path);
+    await settle();
+    assert.equal(f.conns.open, 1, "the connection is held while the VM waits");
+    await contReleasing(f.path);
+    await settle();
+    assert.deepEqual(f.seen, ["qmp_capabilities", "stop", "cont"]);
+    assert.deepEqual(f.conns, { made: 1, open: 0 }, "cont went over the held connection, which is closed now");
+    // nothing held: a resume connects anew
+    await contReleasing(f.path);
+    assert.equal(f.conns.made, 2);
+    // a kill closes a held connection
+    await stopAndHold(f.path);
+    releaseHeld(f.path);
+    await settle();
+    assert.equal(f.conns.open, 0);
   } finally {
     f.close();
   }

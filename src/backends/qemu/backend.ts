@@ -29,7 +29,7 @@ import { buildQemuArgs, idleTuning, NIC_FD, qemuPaths } from "./args.js";
 import { qemuFeatures, requireQemu } from "./binary.js";
 import { migrateTo, newLayerNode } from "./migrate.js";
 import { createOverlay } from "./overlay.js";
-import { QmpClient, qmpOnce } from "./qmp.js";
+import { contReleasing, QmpClient, qmpOnce, releaseHeld, stopAndHold } from "./qmp.js";
 import { inWorker, type RamJoinPoint, UnsupportedStreamError } from "./ram-split.js";
 import { vmmIdentity } from "./vmm-user.js";
 
@@ -79,12 +79,6 @@ class GateError extends Error {
 
 /** Console log size at which the proxy keeps only the newest half. */
 const CONSOLE_MAX_BYTES = 1 << 20;
-
-/**
- * QMP connections of this process, negotiated and held open from a pause to the resume that follows it (`pause`'s
- * `resumeSoon`): a pool VM's hand-out then sends `cont` alone, without a connect, greeting and negotiation.
- */
-const heldQmp = new Map<string, QmpClient>();
 
 export class QemuBackend implements Backend {
   readonly kind = "qemu" as const;
@@ -477,41 +471,16 @@ export class QemuBackend implements Backend {
   }
 
   async pause(h: VMHandle, opts: { resumeSoon?: boolean } = {}): Promise<void> {
-    if (!opts.resumeSoon) {
-      await qmpOnce(h.controlSocket, "stop");
-      return;
-    }
-    const q = await QmpClient.connect(h.controlSocket);
-    try {
-      await q.execute("stop");
-    } catch (e) {
-      q.close();
-      throw e;
-    }
-    // QEMU serves one QMP client at a time: this one is closed at the resume (or the kill)
-    q.unref();
-    heldQmp.get(h.controlSocket)?.close();
-    heldQmp.set(h.controlSocket, q);
+    if (opts.resumeSoon) await stopAndHold(h.controlSocket);
+    else await qmpOnce(h.controlSocket, "stop");
   }
 
   async resume(h: VMHandle): Promise<void> {
-    const q = heldQmp.get(h.controlSocket);
-    heldQmp.delete(h.controlSocket);
-    if (q?.open) {
-      try {
-        await q.execute("cont");
-        return;
-      } finally {
-        q.close();
-      }
-    }
-    q?.close();
-    await qmpOnce(h.controlSocket, "cont");
+    await contReleasing(h.controlSocket);
   }
 
   async kill(h: VMHandle): Promise<void> {
-    heldQmp.get(h.controlSocket)?.close();
-    heldQmp.delete(h.controlSocket);
+    releaseHeld(h.controlSocket);
     await endVmmProcesses(h, `smolvm-${h.vmId}`, this.isAlive(h));
     rmSync(h.runDir, { recursive: true, force: true });
   }

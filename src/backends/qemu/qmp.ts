@@ -139,3 +139,45 @@ export async function qmpOnce(
     q.close();
   }
 }
+
+/**
+ * QMP connections of this process, negotiated and held open from a pause to the resume that follows it (`pause`'s
+ * `resumeSoon`): a pool VM's hand-out then sends `cont` alone, without a connect, greeting and negotiation. QEMU
+ * serves one QMP client at a time, so each is closed at that resume (or the VM's kill).
+ */
+const held = new Map<string, QmpClient>();
+
+/** `stop`, keeping the connection for the `cont` that follows (`contReleasing`). */
+export async function stopAndHold(path: string): Promise<void> {
+  const q = await QmpClient.connect(path);
+  try {
+    await q.execute("stop");
+  } catch (e) {
+    q.close();
+    throw e;
+  }
+  q.unref(); // the process may end meanwhile
+  releaseHeld(path);
+  held.set(path, q);
+}
+
+/** `cont`, on the held connection if there is one (closed after), else on a new one. */
+export async function contReleasing(path: string): Promise<void> {
+  const q = held.get(path);
+  held.delete(path);
+  if (q?.open) {
+    try {
+      await q.execute("cont");
+      return;
+    } finally {
+      q.close();
+    }
+  }
+  q?.close();
+  await qmpOnce(path, "cont");
+}
+
+export function releaseHeld(path: string): void {
+  held.get(path)?.close();
+  held.delete(path);
+}
