@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { findDefaultImage } from "../src/images/store.js";
-import { chainOf } from "../src/images/usage.js";
+import { backingFile, chainOf } from "../src/images/usage.js";
 import { SmolVM } from "../src/index.js";
 import type { DiskUsage } from "../src/lifecycle/disk-usage.js";
 import type { SystemPruneResult } from "../src/lifecycle/prune.js";
@@ -141,6 +141,9 @@ describe("system df and prune", () => {
     assert.equal(kind(after, "snapshots").items.find((i) => i.id === snap.id)?.reclaimable, 0);
     const base = kind(after, "images").items.find((i) => i.name === "base");
     assert.equal(base?.bytes, du(join(data, "images", basename(shared.rootfsPath))));
+    const layers = kind(after, "caches").items.find((i) => i.id === "overlays");
+    assert.equal(layers?.bytes, du(join(data, "overlays")));
+    assert.equal(layers?.reclaimable, layers?.bytes);
     const text = await cli(["system", "df", "-v"]);
     assert.match(text.stdout, /^snapshots +\d+ /m);
     assert.match(text.stdout, new RegExp(snap.id));
@@ -191,6 +194,15 @@ describe("system df and prune", () => {
     const rootfs = join(data, "images", basename(shared.rootfsPath));
     qcow2Over(rootfs, join(unused, "disk.qcow2"));
     copyFileSync(join(data, "warm", inUse[0] as string, "inputs.json"), join(unused, "inputs.json"));
+    // the empty layers kept to copy for new VMs: one over a base that is gone goes always, the rest with --all
+    const overlays = join(data, "overlays");
+    const kept = readdirSync(overlays);
+    // the bases of some are gone already: the snapshots a fork and a pack took (deleted above)
+    const live = kept.filter((n) => existsSync(backingFile(join(overlays, n)) as string));
+    const gone = kept.filter((n) => !live.includes(n)).map((n) => join(overlays, n));
+    assert.ok(live.length >= 1 && gone.length >= 1, `kept empty layers: ${live.length} live, ${gone.length} stale`);
+    const deadLayer = join(overlays, "0123456789abcdef0123456789abcdef.qcow2");
+    qcow2Over("/nonexistent.ext4", deadLayer);
 
     const noTty = await cli(["system", "prune"]);
     assert.equal(noTty.code, 2);
@@ -206,11 +218,15 @@ describe("system df and prune", () => {
     assert.equal(existsSync(join(snapshotsDir, orphan)), false);
     assert.equal(existsSync(stale), false);
     assert.ok(existsSync(unused), "a usable template was removed without --all");
+    assert.deepEqual(pruned.overlays.sort(), [...gone, deadLayer].sort());
+    assert.deepEqual(readdirSync(overlays).sort(), live.sort());
 
     const all = await cli(["system", "prune", "--all", "-f", "--json"]);
     assert.equal(all.code, 0, all.stderr);
     const prunedAll = JSON.parse(all.stdout) as SystemPruneResult;
     assert.deepEqual([prunedAll.snapshots, prunedAll.templates], [[], [unused]]);
+    assert.deepEqual(prunedAll.overlays.sort(), live.map((n) => join(overlays, n)).sort());
+    assert.deepEqual(readdirSync(overlays), []);
     assert.ok(existsSync(join(data, "warm", inUse[0] as string)), "the running VM's template was removed");
     assert.deepEqual(
       (await snapList(true)).map((s) => s.name),
@@ -219,5 +235,6 @@ describe("system df and prune", () => {
     assert.equal((await src.run("cat /root/kept")).output, "kept");
     await using restored = await SmolVM.fromSnapshot("kept");
     assert.equal((await restored.run("cat /root/kept")).output, "kept");
+    assert.equal(readdirSync(overlays).length, 1, "the restore's empty layer was not made again and kept");
   });
 });

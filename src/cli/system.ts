@@ -77,7 +77,7 @@ export function registerSystem(program: Command): void {
   system
     .command("prune")
     .description("remove unused temporary snapshots, stale warm templates, unused layers, leftovers (never a VM)")
-    .option("--all", "also unused warm templates, images and unpacked packs, and the whole layer blob cache")
+    .option("--all", "also unused warm templates, images and unpacked packs, the layer blob cache, kept empty layers")
     .option("-f, --force", "do not ask for confirmation")
     .option("--json", "print what was removed as JSON")
     .action(async (o: { all?: boolean; force?: boolean; json?: boolean }) => {
@@ -96,6 +96,7 @@ export function registerSystem(program: Command): void {
         ["warm template", r.templates],
         ["unpacked pack", r.packs],
         ["leftover", r.leftovers],
+        ["kept empty disk layer", r.overlays],
       ];
       for (const [what, list] of lines) for (const x of list) process.stdout.write(`removed ${what} ${x}\n`);
       process.stdout.write(`removed ${r.blobs.length} layer blobs\nreclaimed ${human(r.bytes)}\n`);

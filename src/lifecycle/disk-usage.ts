@@ -6,6 +6,7 @@
  */
 import { lstatSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { overlayCacheDir } from "../backends/qemu/overlay.js";
 import { blobsDir, imageDir, imagesDir, listDir, listImages, refsOf, shortId } from "../images/image-store.js";
 import { kernelsDir } from "../images/kernel.js";
 import { deadTemplates, diskReaders, imageUsers, listTemplates } from "../images/usage.js";
@@ -118,6 +119,7 @@ export function diskUsage(store: StateStore): DiskUsage {
     item("kernels", "guest kernels", kernelsDir(), "cache", () => 0),
     item("agent", "agent builds", join(dataDir(), "agent"), "cache", () => 0),
     item("initrd", "initramfs builds", join(dataDir(), "initrd"), "cache", () => 0),
+    item("overlays", "empty disk layers to copy", overlayCacheDir(), "cache", (b) => b),
     ...listDir(packsDir(store)).map((n) => {
       const dir = join(packsDir(store), n);
       const used = read(dir) || heldByOp(store, dir);

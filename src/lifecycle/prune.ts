@@ -6,11 +6,14 @@
  *            layer blobs no image lists, staging left by killed builds and captures, damaged image folders
  *   --all    also every warm template and image no VM or snapshot uses (rebuilt or pulled again on demand), the
  *            whole layer blob cache, and unpacked `.smolmachine` files no VM uses (unpacked again on demand)
+ *   both     the empty disk layers kept to copy for new VMs (backends/qemu/overlay.ts): those whose base is gone;
+ *            with --all every one (made again on demand)
  */
 import { readFileSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { pruneOverlayCache } from "../backends/qemu/overlay.js";
 import { allocatedBytes, blobsDir, imagesDir, listDir, pidAlive, staleStaging } from "../images/image-store.js";
-import { diskReaders, listTemplates, pruneImages, warmDir } from "../images/usage.js";
+import { backingFile, diskReaders, listTemplates, pruneImages, warmDir } from "../images/usage.js";
 import { collectTemporary, heldByOp } from "../sandbox/snapshots.js";
 import "../sandbox/templates.js"; // sets the template version that tells stale templates apart
 import type { StateStore } from "../state/store.js";
@@ -29,6 +32,8 @@ export interface SystemPruneResult {
   packs: string[];
   /** Staging and temporary folders left by killed processes. */
   leftovers: string[];
+  /** Kept empty disk layers removed (their base gone; all of them with --all). */
+  overlays: string[];
   bytes: number;
 }
 
@@ -71,6 +76,7 @@ export function systemPrune(store: StateStore, opts: { all?: boolean } = {}): Sy
     blobs: [],
     packs: [],
     leftovers: [],
+    overlays: [],
     bytes: 0,
   };
   const drop = (path: string) => {
@@ -104,6 +110,10 @@ export function systemPrune(store: StateStore, opts: { all?: boolean } = {}): Sy
   out.templates.push(...r.templates);
   out.blobs.push(...r.blobs);
   out.bytes += r.bytes;
+
+  const layers = pruneOverlayCache(opts.all === true, backingFile);
+  out.overlays.push(...layers.files);
+  out.bytes += layers.bytes;
 
   if (opts.all) {
     const readers = diskReaders(store);

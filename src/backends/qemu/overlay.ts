@@ -7,7 +7,7 @@
  * least recently used go first): a snapshot's disk layer is the base of its restores, and snapshots come and go.
  */
 import { createHash } from "node:crypto";
-import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import { SmolVMError } from "../../errors.js";
 import { dataDir } from "../../paths.js";
@@ -15,7 +15,8 @@ import { mustRun, which } from "../../util/run.js";
 
 const KEEP = 32;
 
-function cacheDir(): string {
+/** Where the empty layers are kept (`system df` counts it, `system prune` empties it). */
+export function overlayCacheDir(): string {
   return join(dataDir(), "overlays");
 }
 
@@ -34,7 +35,7 @@ export async function createOverlay(base: string, baseFormat: "raw" | "qcow2", d
   } catch (e) {
     throw new SmolVMError(`the disk image ${base} cannot be read: ${(e as Error).message}`, { cause: e });
   }
-  const dir = cacheDir();
+  const dir = overlayCacheDir();
   const kept = join(dir, key);
   try {
     copyFileSync(kept, dest);
@@ -50,12 +51,54 @@ export async function createOverlay(base: string, baseFormat: "raw" | "qcow2", d
   const tmp = join(dir, `.${key}.${process.pid}.${Math.random().toString(36).slice(2)}`);
   try {
     await mustRun(qemuImg, ["create", "-q", "-f", "qcow2", "-F", baseFormat, "-b", base, tmp]);
+    copyFileSync(tmp, dest); // from the file of our own: a prune may remove the kept one at any time
     renameSync(tmp, kept); // atomic: another process making the same one at once writes the same bytes
   } finally {
     rmSync(tmp, { force: true });
   }
-  copyFileSync(kept, dest);
   prune(dir);
+}
+
+/**
+ * Remove kept layers: those whose base is gone (`base` files no longer there), or all of them with `all`; and
+ * temporary files a killed `qemu-img` left (older than an hour). Returns the files removed. Any of them is made again
+ * on demand; a VM's own layer is a copy, never one of these.
+ */
+export function pruneOverlayCache(
+  all: boolean,
+  baseOf: (file: string) => string | null,
+): { files: string[]; bytes: number } {
+  const dir = overlayCacheDir();
+  const out = { files: [] as string[], bytes: 0 };
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const n of names) {
+    const file = join(dir, n);
+    let drop: boolean;
+    if (n.startsWith(".")) {
+      try {
+        drop = Date.now() - statSync(file).mtimeMs > 3600_000;
+      } catch {
+        drop = false;
+      }
+    } else {
+      const base = baseOf(file);
+      drop = all || base === null || !existsSync(base);
+    }
+    if (!drop) continue;
+    try {
+      out.bytes += statSync(file).blocks * 512;
+    } catch {
+      continue; // removed meanwhile
+    }
+    rmSync(file, { force: true });
+    out.files.push(file);
+  }
+  return out;
 }
 
 /** Keep the `KEEP` most recently used layers. */
