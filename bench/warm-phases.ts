@@ -4,7 +4,9 @@
  * apart, with the number of guest code blocks QEMU translated for it (TCG: `info jit`).
  *   node dist/bench/warm-phases.js [--runs 20] [--fork-rounds 5] [--no-write]
  */
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { QmpClient } from "../src/backends/qemu/qmp.js";
 import { SmolVM } from "../src/index.js";
@@ -44,6 +46,26 @@ async function translatedBlocks(controlSocket: string): Promise<number | null> {
   } finally {
     q.close();
   }
+}
+
+/** CPU time (ms) a process used so far: its main thread (QEMU's start, the state load) and its other threads. */
+const TICK_MS = 1000 / Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
+function cpuMs(pid: number): { main: number; other: number } {
+  const out = { main: 0, other: 0 };
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    const s = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    const ms = (Number(f[11]) + Number(f[12])) * TICK_MS;
+    if (Number(t) === pid) out.main += ms;
+    else out.other += ms;
+  }
+  return out;
+}
+/** Host CPU busy so far (ms, all cores), from /proc/stat. */
+function hostBusyMs(): number {
+  const v = (readFileSync("/proc/stat", "utf8").split("\n")[0] as string).trim().split(/\s+/).slice(1, 9).map(Number);
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return (v.reduce((a, b) => a + b, 0) - idle) * TICK_MS;
 }
 
 const pssKiB = (pid: number) => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]);
@@ -99,12 +121,27 @@ const toFirstCommand = created.map((ms, i) => ms + (first[i] ?? 0));
 const src = await SmolVM.create(SHAPE);
 const forkMs: number[] = [];
 const clonePss: number[] = [];
+const cloneMain: number[] = [];
+const cloneOther: number[] = [];
+const sourceCpu: number[] = [];
+const hostBusy: number[] = [];
 try {
   await src.run("echo ready > /root/state");
+  const srcPid = src.info().pid as number;
   for (let r = 0; r < FORK_ROUNDS; r++) {
+    const s0 = cpuMs(srcPid);
+    const h0 = hostBusyMs();
     const t = now();
     const clones = await src.fork(10);
     forkMs.push(now() - t);
+    hostBusy.push(hostBusyMs() - h0);
+    const s1 = cpuMs(srcPid);
+    sourceCpu.push(s1.main + s1.other - s0.main - s0.other);
+    for (const c of clones) {
+      const u = cpuMs(c.info().pid as number);
+      cloneMain.push(u.main);
+      cloneOther.push(u.other);
+    }
     await new Promise((res) => setTimeout(res, 3000)); // idle
     for (const c of clones) clonePss.push(pssKiB(c.info().pid as number) / 1024);
     await Promise.all(clones.map((c) => c.delete()));
@@ -128,6 +165,13 @@ const result = {
   ratioToColdP50: stats(toFirstCommand).p50 / c.p50,
   translatedBlocks: { beforeFirstCommand: stats(tbBefore), forFirstCommand: stats(tbFirst) },
   fork10Ms: stats(forkMs),
+  forkCpuMs: {
+    hostBusy: stats(hostBusy),
+    sourceVmm: stats(sourceCpu),
+    perCloneVmmMainThread: stats(cloneMain),
+    perCloneVmmOtherThreads: stats(cloneOther),
+  },
+  cores: availableParallelism(),
   pssPerIdleCloneMiB: stats(clonePss),
 };
 process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
@@ -156,6 +200,15 @@ the QEMU process, not in the saved state.
 | --- | ---: | ---: | ---: |
 ${row("`fork(10)` total, ms", result.fork10Ms)}
 ${row("PSS per idle clone, MiB", result.pssPerIdleCloneMiB)}
+${row("CPU used by the whole host during `fork(10)` (all cores), ms", result.forkCpuMs.hostBusy)}
+${row("CPU of the source's VMM (the snapshot), ms", result.forkCpuMs.sourceVmm)}
+${row("CPU of one clone's VMM, main thread (its start, the state load), ms", result.forkCpuMs.perCloneVmmMainThread)}
+${row("CPU of one clone's VMM, other threads (the vCPU: resume, resync), ms", result.forkCpuMs.perCloneVmmOtherThreads)}
+
+A \`fork(10)\` is CPU-bound on this host's ${result.cores} cores: ten clones' VMMs alone used
+${((10 * (stats(cloneMain).p50 + stats(cloneOther).p50)) / result.cores).toFixed(0)} ms of the host's cores
+(${(10 * (stats(cloneMain).p50 + stats(cloneOther).p50)).toFixed(0)} ms of CPU / ${result.cores}), after the snapshot's
+${stats(sourceCpu).p50.toFixed(0)} ms.
 `;
   writeSection(join(packageRoot(), "docs", "BENCHMARKS.md"), "warm-phases", body);
 }
