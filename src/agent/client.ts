@@ -1,12 +1,11 @@
 /** Multiplexed client of the guest agent: many commands at once over one byte stream. */
 import { connect } from "node:net";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import { AgentError, VMDiedError } from "../errors.js";
 import {
   decodeFields,
   encodeFields,
   encodeFrame,
-  F,
   FE,
   FF,
   type Field,
@@ -15,162 +14,36 @@ import {
   fieldString,
   fieldU32,
   MAX_PAYLOAD,
-  NC,
   OUTPUT_WINDOW,
   P,
   ST,
   STDIN_WINDOW,
   T,
-  TC,
   u32,
 } from "./codec.js";
+import {
+  type ConnectOptions,
+  type ExecExit,
+  ExecHandle,
+  type ExecHandlers,
+  type ExecRequest,
+  execFields,
+  type NetConfig,
+  netConfigFields,
+  OpHandle,
+  type Pending,
+} from "./handles.js";
+import { openTcpStream } from "./tcp-stream.js";
 
-export interface PtySize {
-  cols: number;
-  rows: number;
-}
-
-export interface ExecRequest {
-  /** Run as this guest user (name or uid); default root. */
-  user?: string;
-  /** Run on a new terminal of this size (stdout and stderr merge into it). */
-  pty?: PtySize;
-  /**
-   * Keep running when this client goes away; output is kept (latest 64 KiB) until someone reattaches. `detached`:
-   * and leave it at once, after its pid: its output and exit wait for a reattach (the handle gets no more).
-   */
-  keep?: boolean | "detached";
-  /** argv to execute directly (PATH lookup in the guest). */
-  argv?: string[];
-  /** Shell command, run as `/bin/sh -c`. */
-  shell?: string;
-  env?: Record<string, string>;
-  cwd?: string;
-  /** true: the caller will write stdin (and must close it); false: stdin is /dev/null. */
-  stdin?: boolean;
-}
-
-export interface ExecExit {
-  /** Exit code, or null when the process was killed by a signal. */
-  exitCode: number | null;
-  signal: number | null;
-}
-
-/**
- * Output handlers. A handler that cannot take more for now returns a promise: the bytes count as consumed (and the
- * agent may send more) only once it resolves, so a slow consumer slows the command down instead of queueing its
- * output in memory. A handler that throws fails its stream.
- */
-export interface ExecHandlers {
-  onStdout?: (chunk: Buffer) => unknown;
-  onStderr?: (chunk: Buffer) => unknown;
-}
-
-/** One stream in flight: a command (ends with EXIT) or an operation (ends with DONE). Any ERROR ends it. */
-interface Pending extends ExecHandlers {
-  resolveStarted: (fields: Field[]) => void;
-  rejectStarted: (e: Error) => void;
-  resolveEnd: (end: ExecExit | Field[]) => void;
-  rejectEnd: (e: Error) => void;
-  started: boolean;
-  /** stdin bytes sent and not yet acknowledged by WINDOW */
-  inflight: number;
-  /** writers waiting for the window to open (or the stream to end) */
-  waiters: Array<() => void>;
-  /** output window the agent applies to this stream (0: none, from an agent without output flow control) */
-  outWin: number;
-  /** output bytes consumed and not yet acknowledged */
-  credit: number;
-}
-
-/** A stream the host can write to (stdin of a command, content of a file being written). */
-class StreamWriter {
-  constructor(
-    protected readonly client: AgentClient,
-    readonly streamId: number,
-  ) {}
-
-  /** Send stdin, never more than the stream's window ahead of what the guest consumed. */
-  async writeStdin(data: Buffer | string): Promise<void> {
-    const buf = typeof data === "string" ? Buffer.from(data) : data;
-    for (let off = 0; off < buf.length; off += MAX_PAYLOAD) {
-      const chunk = buf.subarray(off, off + MAX_PAYLOAD);
-      if (!(await this.client.reserveStdin(this.streamId, chunk.length))) return; // the stream ended
-      await this.client.send(T.STDIN, this.streamId, chunk);
-    }
-  }
-
-  closeStdin(): Promise<void> {
-    return this.client.send(T.STDIN, this.streamId, Buffer.alloc(0));
-  }
-
-  /** Write all of `data` (a Readable is streamed, at the pace the channel takes it), then close the stream. */
-  async writeAllAndClose(data: string | Buffer | AsyncIterable<Buffer | string>): Promise<void> {
-    if (typeof data === "string" || Buffer.isBuffer(data)) await this.writeStdin(data);
-    else for await (const chunk of data) await this.writeStdin(chunk);
-    await this.closeStdin();
-  }
-}
-
-/** A non-exec operation: `started` (file read/write only) and `done` carry the agent's reply fields. */
-export class OpHandle extends StreamWriter {
-  constructor(
-    client: AgentClient,
-    streamId: number,
-    readonly started: Promise<Field[]>,
-    readonly done: Promise<Field[]>,
-  ) {
-    super(client, streamId);
-  }
-}
-
-export class ExecHandle extends StreamWriter {
-  constructor(
-    client: AgentClient,
-    streamId: number,
-    /** Resolves with the guest pid once the process started. */
-    readonly started: Promise<number>,
-    /** Resolves when the process exited and all its output was delivered. */
-    readonly exited: Promise<ExecExit>,
-  ) {
-    super(client, streamId);
-  }
-
-  /** Send a signal to the command's whole process group. */
-  kill(signal = 9): Promise<void> {
-    return this.client.send(T.SIGNAL, this.streamId, u32(signal));
-  }
-
-  /** Change the terminal size of a PTY command. */
-  resize(size: PtySize): Promise<void> {
-    const b = Buffer.alloc(4);
-    b.writeUInt16BE(size.cols, 0);
-    b.writeUInt16BE(size.rows, 2);
-    return this.client.send(T.RESIZE, this.streamId, b);
-  }
-}
-
-/**
- * Network configuration of the guest's first ethernet interface (NETCFG): an IPv4 address with its prefix
- * ("10.0.0.2/24"), the default gateway, the MAC ("aa:bb:cc:dd:ee:ff"), up to 3 DNS servers (written to
- * /etc/resolv.conf; none: a resolv.conf without servers), an optional MTU, up to 4 permanent neighbour entries.
- * `{ down: true }` takes the interface down and removes its addresses.
- */
-export type NetConfig =
-  | {
-      addr: string;
-      gateway: string;
-      mac: string;
-      dns: string[];
-      mtu?: number;
-      neighbors?: { ip: string; mac: string }[];
-    }
-  | { down: true };
-
-export interface ConnectOptions {
-  /** Give up connecting after this long (default 5000 ms). */
-  timeoutMs?: number;
-}
+export type {
+  ConnectOptions,
+  ExecExit,
+  ExecHandlers,
+  ExecRequest,
+  NetConfig,
+  PtySize,
+} from "./handles.js";
+export { ExecHandle, OpHandle } from "./handles.js";
 
 const isThenable = (v: unknown): v is PromiseLike<unknown> =>
   typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
@@ -521,22 +394,7 @@ export class AgentClient {
   /** Start a command. Output arrives through the handlers; `exited` settles after the last byte. */
   exec(req: ExecRequest, handlers: ExecHandlers = {}): ExecHandle {
     if (this.closedError) throw this.closedError;
-    const fields: Field[] = [];
-    if (req.shell !== undefined) fields.push([F.SHELL, req.shell]);
-    for (const a of req.argv ?? []) fields.push([F.ARG, a]);
-    for (const [k, v] of Object.entries(req.env ?? {})) fields.push([F.ENV, `${k}=${v}`]);
-    if (req.cwd !== undefined) fields.push([F.CWD, req.cwd]);
-    if (req.stdin) fields.push([F.STDIN, Buffer.from([1])]);
-    if (req.user !== undefined) fields.push([F.USER, req.user]);
-    if (req.keep) fields.push([F.KEEP, Buffer.from([req.keep === "detached" ? 2 : 1])]);
-    fields.push([F.OUTWIN, u32(OUTPUT_WINDOW)]);
-    if (req.pty) {
-      const b = Buffer.alloc(4);
-      b.writeUInt16BE(req.pty.cols, 0);
-      b.writeUInt16BE(req.pty.rows, 2);
-      fields.push([F.PTY, b]);
-    }
-    const payload = encodeFields(fields);
+    const payload = encodeFields(execFields(req));
     if (payload.length > MAX_PAYLOAD) throw new AgentError("command, env and cwd together exceed 64 KiB");
     const { stream, started, ended } = this.register(handlers);
     this.send(T.EXEC, stream, payload).catch(() => {});
@@ -581,97 +439,22 @@ export class AgentClient {
    * running on the host for tests) the request is checked and nothing is changed.
    */
   async netConfig(cfg: NetConfig): Promise<void> {
-    const fields: Field[] = [];
-    if ("down" in cfg) {
-      fields.push([NC.DOWN, Buffer.from([1])]);
-    } else {
-      fields.push([NC.ADDR, cfg.addr], [NC.GATEWAY, cfg.gateway], [NC.MAC, cfg.mac]);
-      if (cfg.dns.length > 3) throw new RangeError("at most 3 DNS servers");
-      for (const d of cfg.dns) fields.push([NC.DNS, d]);
-      if (cfg.mtu !== undefined) {
-        if (!Number.isInteger(cfg.mtu) || cfg.mtu < 68 || cfg.mtu > 65535) throw new RangeError(`bad MTU ${cfg.mtu}`);
-        fields.push([NC.MTU, u32(cfg.mtu)]);
-      }
-      if ((cfg.neighbors?.length ?? 0) > 4) throw new RangeError("at most 4 neighbours");
-      for (const n of cfg.neighbors ?? []) fields.push([NC.NEIGH, `${n.ip} ${n.mac}`]);
-    }
-    await this.op(T.NETCFG, fields).done;
+    await this.op(T.NETCFG, netConfigFields(cfg)).done;
   }
 
   /**
    * Open a TCP connection to `port` in the guest (default host 127.0.0.1, an IPv4 literal). Resolves once the
    * guest accepted it (rejects with the agent's error, e.g. ECONNREFUSED); the duplex carries the bytes both ways
    * with flow control. Ending the writable side half-closes the connection; destroying it closes the guest's
-   * socket. A reset in the guest destroys the duplex with an error.
+   * socket. A reset in the guest destroys the duplex with an error (src/agent/tcp-stream.ts).
    */
   async tcpConnect(port: number, host?: string): Promise<Duplex> {
     if (this.closedError) throw this.closedError;
-    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`bad port ${port}`);
-    const fields: Field[] = [
-      [TC.PORT, u32(port)],
-      [TC.OUTWIN, u32(OUTPUT_WINDOW)],
-    ];
-    if (host !== undefined) fields.push([TC.HOST, host]);
-    // output the consumer has not read yet counts as unconsumed: the agent's window stops the guest's sender
-    let waiting: Array<() => void> = [];
-    const release = () => {
-      const w = waiting;
-      waiting = [];
-      for (const fn of w) fn();
-    };
-    let duplex: Duplex | null = null;
-    const { stream, started, ended } = this.register({
-      onStdout: (chunk) => {
-        // data may follow STARTED in the same read: duplex is set before STARTED can be dispatched
-        if (!duplex || duplex.destroyed || duplex.push(chunk)) return;
-        return new Promise<void>((resolve) => waiting.push(resolve));
-      },
-    });
-    const writer = new StreamWriter(this, stream);
-    let finished = false;
-    const d = new Duplex({
-      read: release,
-      write: (chunk: Buffer, _enc, cb) => {
-        writer.writeStdin(chunk).then(() => cb(), cb);
-      },
-      final: (cb) => {
-        writer.closeStdin().then(() => cb(), cb);
-      },
-      destroy: (err, cb) => {
-        release();
-        if (!finished) {
-          finished = true;
-          this.send(T.SIGNAL, stream, u32(9)).catch(() => {});
-          this.abandon(stream, new AgentError("TCP stream closed by the host"));
-        }
-        cb(err);
-      },
-    });
-    duplex = d;
-    this.send(T.TCPCONNECT, stream, encodeFields(fields)).catch(() => {});
-    try {
-      await started;
-    } catch (e) {
-      finished = true;
-      d.destroy();
-      throw e;
-    }
-    ended.then(
-      (end) => {
-        finished = true;
-        const code = (end as ExecExit).exitCode;
-        if (code === 0) d.push(null);
-        else d.destroy(new AgentError(`TCP connection to guest port ${port} was reset`));
-      },
-      (e: Error) => {
-        finished = true;
-        d.destroy(e);
-      },
-    );
-    return d;
+    return openTcpStream(this, port, host);
   }
 
-  private register(handlers: ExecHandlers): {
+  /** @internal A new stream with its handlers, waiting for its STARTED and its end. */
+  register(handlers: ExecHandlers): {
     stream: number;
     started: Promise<Field[]>;
     ended: Promise<ExecExit | Field[]>;
